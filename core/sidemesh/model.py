@@ -1,0 +1,134 @@
+"""The typed, validated sidecar config: what ``config.py`` produces from YAML.
+
+Everything here is immutable and already checked; the data path compiles it further
+(``routing.py``, ``chain.py``) when a snapshot is applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ChainEntry",
+    "ClusterConfig",
+    "ControlConfig",
+    "EndpointConfig",
+    "HeaderMatch",
+    "ListenerConfig",
+    "NodeConfig",
+    "RouteConfig",
+    "RouteMatch",
+    "SidecarConfig",
+    "SubsetConfig",
+]
+
+LoadBalancer = Literal["round_robin", "least_request", "random"]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    service: str
+    namespace: str = "default"
+    trust_domain: str = "cluster.local"
+
+    @property
+    def spiffe_id(self) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service}"
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    address: str
+    host: str
+    port: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubsetConfig:
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    endpoints: tuple[EndpointConfig, ...]
+    subsets: tuple[SubsetConfig, ...] = ()
+    connect_timeout: float = 1.0
+    load_balancer: LoadBalancer = "round_robin"
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    """One ``{name, config, version, enabled}`` entry, its config validated and with the
+    plugin schema's defaults filled in. ``scope`` says which list it came from."""
+
+    name: str
+    config: dict[str, Any]
+    scope: Literal["listener", "route"]
+    version: str | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    name: str
+    kind: Literal["exact", "prefix", "regex", "present"]
+    value: str | bool
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    host: str | None = None
+    prefix: str | None = None
+    path: str | None = None
+    regex: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+    methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    match: RouteMatch
+    cluster: str
+    timeout: float | None = 15.0
+    #: the effective chain: listener entries first, overridden by route entries of the
+    #: same name, then the route's own entries, in YAML order; disabled ones removed.
+    chain: tuple[ChainEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    address: str
+    host: str
+    port: int
+    routes: tuple[RouteConfig, ...]
+    #: the listener's own chain (for connection setup when the listener starts).
+    chain: tuple[ChainEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    url: str
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    node: NodeConfig
+    clusters: tuple[ClusterConfig, ...]
+    listeners: tuple[ListenerConfig, ...]
+    admin: str | None = None
+    control: ControlConfig | None = None
+    #: the document as written (after YAML parsing), for ``/config_dump``.
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def cluster(self, name: str) -> ClusterConfig:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise KeyError(name)
