@@ -1,0 +1,250 @@
+"""Requests, responses and attempts as policies see them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .upstream import Endpoint
+
+__all__ = ["Attempt", "ConnectionInfo", "Headers", "Request", "Response"]
+
+
+class Headers:
+    """An ordered multi-map of header fields. Names are stored lower-case (as Envoy
+    forwards them); values are ``str`` (latin-1, as HTTP/1.1 defines them)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
+
+    @classmethod
+    def _trusted(cls, items: list[tuple[str, str]]) -> Headers:
+        # The parser already lower-cased the names: skip the copy on the hot path.
+        headers = cls.__new__(cls)
+        headers._items = items
+        return headers
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for key, value in self._items:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self._items if key == name]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        name = name.lower()
+        return any(key == name for key, _ in self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field called ``name`` with one field."""
+        self.remove(name)
+        self._items.append((name.lower(), value))
+
+    def setdefault(self, name: str, value: str) -> str:
+        current = self.get(name)
+        if current is None:
+            self._items.append((name.lower(), value))
+            return value
+        return current
+
+    def add(self, name: str, value: str) -> None:
+        self._items.append((name.lower(), value))
+
+    def remove(self, name: str) -> None:
+        name = name.lower()
+        self._items = [(k, v) for k, v in self._items if k != name]
+
+    def encode(self) -> bytes:
+        return "".join(f"{k}: {v}\r\n" for k, v in self._items).encode("latin-1")
+
+
+class ConnectionInfo:
+    """The downstream connection a request came on.
+
+    :ivar client_address: ``host:port`` of the peer.
+    :ivar tls: whether the connection is TLS.
+    :ivar peer_certificate: the client's DER certificate, when it presented one.
+    :ivar state: per-connection scratch space for policies (cache a parsed identity here).
+    """
+
+    __slots__ = ("client_address", "peer_certificate", "state", "tls")
+
+    def __init__(
+        self, client_address: str, tls: bool = False, peer_certificate: bytes | None = None
+    ) -> None:
+        self.client_address = client_address
+        self.tls = tls
+        self.peer_certificate = peer_certificate
+        self.state: dict[str, Any] = {}
+
+
+class Request:
+    """One downstream request, as the chain sees it.
+
+    ``method``, ``path`` (the request target in origin form, query included), ``host``
+    and ``headers`` may be changed by request hooks; ``cluster`` may be changed to send
+    the request elsewhere (a split to another cluster). ``state`` is per-request scratch
+    space, one key per policy by convention. ``log`` holds extra access-log fields.
+    """
+
+    __slots__ = (
+        "attempts",
+        "cluster",
+        "connection",
+        "headers",
+        "host",
+        "listener",
+        "log",
+        "method",
+        "path",
+        "peer_identity",
+        "per_try_timeout",
+        "request_id",
+        "retry_buffer_limit",
+        "route",
+        "scheme",
+        "start",
+        "state",
+        "tried",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        host: str,
+        headers: Headers,
+        connection: ConnectionInfo,
+        listener: str = "",
+        scheme: str = "http",
+        version: str = "1.1",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.host = host
+        self.headers = headers
+        self.connection = connection
+        self.listener = listener
+        self.scheme = scheme
+        self.version = version
+        self.route = ""
+        self.cluster = ""
+        self.request_id = ""
+        self.state: dict[str, Any] = {}
+        self.log: dict[str, Any] = {}
+        #: how many attempts have been made so far (1 during the first).
+        self.attempts = 0
+        #: endpoints already tried, in order.
+        self.tried: list[Endpoint] = []
+        #: set by a policy (retry) to bound every attempt; ``None`` means none.
+        self.per_try_timeout: float | None = None
+        #: bytes of request body the core keeps so the request can be sent again.
+        self.retry_buffer_limit = 0
+        #: the verified SPIFFE ID of the downstream peer, set by an mTLS policy.
+        self.peer_identity: str | None = None
+        self.start = 0.0
+
+    @property
+    def path_only(self) -> str:
+        return self.path.split("?", 1)[0]
+
+
+class Response:
+    """A response head (and, for direct answers, a small body)."""
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = None,
+        body: bytes = b"",
+        reason: str = "",
+    ) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self.reason = reason
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        body = json.dumps(payload).encode()
+        return cls(status, Headers([("content-type", "application/json"), *headers]), body)
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        return cls(status, Headers([("content-type", "text/plain"), *headers]), text.encode())
+
+
+class Attempt:
+    """The outcome of one try at the upstream, given to response hooks.
+
+    :ivar number: 1 for the first try.
+    :ivar endpoint: the endpoint tried (``None`` when none could be chosen).
+    :ivar response: the response head, or ``None`` when the attempt failed.
+    :ivar flag: Envoy response flag for a failure (``UF`` connect failure, ``UT`` timeout,
+        ``UC`` connection reset/closed, ``UH`` no healthy upstream, ``UO`` overflow).
+    :ivar error: a human-readable reason for a failure.
+    :ivar duration: seconds the attempt took.
+    """
+
+    __slots__ = (
+        "duration",
+        "endpoint",
+        "error",
+        "flag",
+        "number",
+        "response",
+        "retry_delay",
+        "retry_requested",
+    )
+
+    def __init__(
+        self,
+        number: int,
+        endpoint: Endpoint | None,
+        response: Response | None = None,
+        flag: str | None = None,
+        error: str | None = None,
+        duration: float = 0.0,
+    ) -> None:
+        self.number = number
+        self.endpoint = endpoint
+        self.response = response
+        self.flag = flag
+        self.error = error
+        self.duration = duration
+        self.retry_requested = False
+        self.retry_delay = 0.0
+
+    @property
+    def status(self) -> int | None:
+        return self.response.status if self.response is not None else None
+
+    def retry(self, delay: float = 0.0) -> None:
+        """Ask the core for another attempt after ``delay`` seconds."""
+        self.retry_requested = True
+        self.retry_delay = max(self.retry_delay, delay)
