@@ -1,0 +1,3 @@
+"""The sidemesh control plane: config store, distribution API and certificate authority."""
+
+__all__: list[str] = []
