@@ -191,6 +191,18 @@ class Policy:
             client yet).
         """
 
+    def on_complete(self, request: Request, response: Response | None, flag: str | None) -> None:
+        """Completion hook: called once when the request is finished and logged, in
+        reverse chain order, after the last :meth:`on_response`. Sync only. For tracing
+        and metrics: the response hook cannot know which attempt is the last.
+
+        :param request: the request (``request.log`` has been written to the access log).
+        :param response: the response head sent to the client, or ``None`` when none was
+            (the client went away, or the request failed before any response).
+        :param flag: the Envoy response flag of the request as a whole (``UF``, ``UT``,
+            ``UH``, ``DC``...), or ``None``.
+        """
+
     async def close(self) -> None:
         """Called when the config this instance belongs to has been replaced and its
         last request has finished. Async. Release background tasks here."""

@@ -1,0 +1,152 @@
+"""Zipkin v2 JSON export in batches, from a background asyncio task.
+
+The request path only appends to a bounded queue (:meth:`ZipkinExporter.submit` is
+sync and never waits): a slow or unreachable collector costs dropped spans, counted in
+``sidemesh_tracing_spans_dropped_total``, never request latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import httpx
+
+from .metrics import SPANS_DROPPED, SPANS_EXPORTED
+from .spans import SpanRecord
+
+__all__ = ["ExporterSettings", "ZipkinExporter", "acquire_exporter", "release_exporter"]
+
+log = logging.getLogger("sidemesh.tracing")
+
+#: Bound on one POST, so a collector that accepts but never answers cannot pin a batch.
+POST_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSettings:
+    endpoint: str
+    batch_size: int = 100
+    flush_interval: float = 1.0
+    max_queue: int = 10000
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.rstrip("/") + "/api/v2/spans"
+
+
+class ZipkinExporter:
+    """Queues finished spans and POSTs them to ``{endpoint}/api/v2/spans``."""
+
+    def __init__(self, settings: ExporterSettings) -> None:
+        self.settings = settings
+        self._queue: deque[SpanRecord] = deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing = False
+        self.refs = 0
+
+    def submit(self, span: SpanRecord) -> None:
+        """Queue one finished span. Sync, never waits; drops (and counts) when full."""
+        if len(self._queue) >= self.settings.max_queue:
+            SPANS_DROPPED.labels("queue_full").inc()
+            return
+        self._queue.append(span)
+        self._ensure_task()
+        if self._wake is not None and len(self._queue) >= self.settings.batch_size:
+            self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def _ensure_task(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._task is not None and not self._task.done() and self._loop is loop:
+            return
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="sidemesh-tracing-zipkin")
+
+    async def _run(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        async with httpx.AsyncClient(timeout=POST_TIMEOUT) as client:
+            while True:
+                if len(self._queue) < self.settings.batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), self.settings.flush_interval)
+                wake.clear()
+                await self._drain(client)
+
+    async def _drain(self, client: httpx.AsyncClient) -> None:
+        while self._queue:
+            size = min(self.settings.batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(size)]
+            await self._post(client, batch)
+
+    async def _post(self, client: httpx.AsyncClient, batch: list[SpanRecord]) -> None:
+        body = json.dumps([span.to_zipkin() for span in batch], separators=(",", ":"))
+        try:
+            reply = await client.post(
+                self.settings.url, content=body, headers={"content-type": "application/json"}
+            )
+            ok = reply.status_code < 300
+            problem = f"HTTP {reply.status_code}"
+        except httpx.HTTPError as exc:
+            ok, problem = False, f"{type(exc).__name__}: {exc}"
+        if ok:
+            SPANS_EXPORTED.inc(len(batch))
+            if self._failing:
+                log.info("zipkin collector %s reachable again", self.settings.url)
+            self._failing = False
+            return
+        SPANS_DROPPED.labels("export_failed").inc(len(batch))
+        # One warning per outage, not one per batch.
+        if not self._failing:
+            log.warning("zipkin export to %s failed (%s); dropping spans until it recovers",
+                        self.settings.url, problem)
+        self._failing = True
+
+    async def flush(self) -> None:
+        """Send everything queued now (used on shutdown and by tests)."""
+        async with httpx.AsyncClient(timeout=POST_TIMEOUT) as client:
+            await self._drain(client)
+
+    async def close(self) -> None:
+        """Stop the background task after one last flush."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+
+_exporters: dict[ExporterSettings, ZipkinExporter] = {}
+
+
+def acquire_exporter(settings: ExporterSettings) -> ZipkinExporter:
+    """The process-wide exporter for these settings: every route (and every config
+    generation) sending to the same collector shares one queue and one task."""
+    exporter = _exporters.get(settings)
+    if exporter is None:
+        exporter = _exporters[settings] = ZipkinExporter(settings)
+    exporter.refs += 1
+    return exporter
+
+
+async def release_exporter(exporter: ZipkinExporter) -> None:
+    exporter.refs -= 1
+    if exporter.refs <= 0:
+        if _exporters.get(exporter.settings) is exporter:
+            del _exporters[exporter.settings]
+        await exporter.close()

@@ -1,0 +1,74 @@
+"""Emitting our spans through the OpenTelemetry API when an SDK is configured.
+
+With only ``opentelemetry-api`` installed the global provider is a proxy that makes
+no spans; the plugin then makes its own ids and records (see :mod:`.spans`). With an
+SDK provider set, each span is started through it *when it begins*, so the span id we
+propagate upstream is the SDK's own and both views of the trace agree.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TracerProvider,
+    TraceState,
+)
+
+from .spans import SpanRecord
+
+__all__ = ["end_otel_span", "otel_tracer", "start_otel_span"]
+
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+
+def otel_tracer(provider: TracerProvider | None) -> Tracer | None:
+    """A tracer that really records, or ``None`` when no SDK provider is configured."""
+    chosen = provider if provider is not None else trace.get_tracer_provider()
+    if isinstance(chosen, _NO_SDK):
+        return None
+    return chosen.get_tracer("sidemesh_tracing")
+
+
+def start_otel_span(
+    tracer: Tracer,
+    name: str,
+    kind: SpanKind,
+    trace_id: str,
+    parent_id: str | None,
+    flags: int,
+    tracestate: list[tuple[str, str]],
+    start_us: int,
+    parent: Span | None = None,
+) -> Span:
+    """Start a span as a child of ``parent`` (our server span), or of the caller's remote
+    span, or as a root when the request carried no context."""
+    if parent is not None:
+        context = trace.set_span_in_context(parent)
+    elif parent_id is not None:
+        remote = SpanContext(
+            int(trace_id, 16),
+            int(parent_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(flags & 0xFF),
+            trace_state=TraceState(tracestate),
+        )
+        context = trace.set_span_in_context(NonRecordingSpan(remote))
+    else:
+        context = None
+    return tracer.start_span(name, context=context, kind=kind, start_time=start_us * 1000)
+
+
+def end_otel_span(span: Span, record: SpanRecord) -> None:
+    for key, value in record.tags.items():
+        span.set_attribute(key, value)
+    if record.error:
+        span.set_status(Status(StatusCode.ERROR))
+    span.end(end_time=(record.start_us + record.duration_us) * 1000)

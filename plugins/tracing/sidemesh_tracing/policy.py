@@ -1,0 +1,227 @@
+"""The ``tracing`` policy: one server span per request, one client span per attempt."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from opentelemetry.trace import Span, SpanKind, TracerProvider
+from sidemesh.hookspecs import Policy, PolicyContext
+from sidemesh.messages import Attempt, Request, Response
+
+from .attributes import client_tags, finish_client, finish_server, server_tags
+from .exporter import ExporterSettings, ZipkinExporter, acquire_exporter, release_exporter
+from .otel import end_otel_span, otel_tracer, start_otel_span
+from .propagation import Incoming, Propagation, extract, inject, new_span_id, ratio_sampled
+from .spans import SpanRecord, now_us
+
+if TYPE_CHECKING:
+    from sidemesh.upstream import Endpoint
+
+__all__ = ["RequestTrace", "TracingPolicy", "parse_duration"]
+
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+STATE_KEY = "tracing"
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (expected e.g. 250ms, 1s, 1m)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _load_schema() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """Per-request tracing state, kept in ``request.state["tracing"]``.
+
+    ``injected_id`` is the span id currently written in the request's headers;
+    ``injected_used`` says an attempt already claimed it, so the next one needs a new id.
+    """
+
+    incoming: Incoming
+    sampled: bool
+    server_id: str
+    request_id: str
+    server: SpanRecord | None
+    otel_server: Span | None
+    injected_id: str
+    injected_used: bool = False
+    client: SpanRecord | None = None
+    otel_client: Span | None = None
+    done: bool = False
+
+
+class TracingPolicy(Policy):
+    """Extracts the caller's context (W3C, B3), records spans, propagates upstream and
+    exports to Zipkin."""
+
+    name: ClassVar[str] = "tracing"
+    schema: ClassVar[dict[str, Any]] = _load_schema()
+    #: The OpenTelemetry provider to emit through; ``None`` means the global one.
+    tracer_provider: TracerProvider | None = None
+
+    def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
+        super().__init__(config, context)
+        self.ratio = float(config.get("sampling", 1.0))
+        formats: list[Propagation] = list(config.get("propagation", ["w3c"]))
+        self.formats: tuple[Propagation, ...] = tuple(dict.fromkeys(formats))
+        self.service_name = str(
+            config.get("service_name") or context.node.get("service") or "sidemesh"
+        )
+        zipkin = config.get("zipkin")
+        self.exporter: ZipkinExporter | None = None
+        if zipkin is not None:
+            self.exporter = acquire_exporter(ExporterSettings(
+                endpoint=zipkin["endpoint"],
+                batch_size=int(zipkin.get("batch_size", 100)),
+                flush_interval=parse_duration(zipkin.get("flush_interval", "1s")),
+                max_queue=int(zipkin.get("max_queue", 10000)),
+            ))
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
+        zipkin = config.get("zipkin") or {}
+        if "flush_interval" in zipkin:
+            try:
+                if parse_duration(zipkin["flush_interval"]) <= 0:
+                    return ["zipkin.flush_interval must be greater than 0s"]
+            except ValueError as exc:
+                return [f"zipkin.flush_interval: {exc}"]
+        return []
+
+    def on_request(self, request: Request) -> Response | None:
+        incoming = extract(request.headers)
+        if incoming.debug:
+            sampled = True
+        elif incoming.sampled is not None:
+            sampled = incoming.sampled
+        else:
+            sampled = ratio_sampled(incoming.trace_id, self.ratio)
+        request_id = request.headers.get("x-request-id") or request.request_id or str(
+            uuid.uuid4()
+        )
+        request.headers.setdefault("x-request-id", request_id)
+        if not request.request_id:
+            request.request_id = request_id
+        server: SpanRecord | None = None
+        otel_server: Span | None = None
+        server_id = new_span_id()
+        if sampled:
+            start = now_us()
+            tracer = otel_tracer(self.tracer_provider)
+            if tracer is not None:
+                otel_server = start_otel_span(
+                    tracer, self._server_name(request), SpanKind.SERVER, incoming.trace_id,
+                    incoming.parent_id, incoming.flags, incoming.tracestate, start,
+                )
+                otel_ctx = otel_server.get_span_context()
+                if otel_ctx.is_valid:
+                    server_id = f"{otel_ctx.span_id:016x}"
+                    # A root span's trace id is the SDK's own choice.
+                    incoming.trace_id = f"{otel_ctx.trace_id:032x}"
+            tags, remote = server_tags(request, request_id)
+            server = SpanRecord(
+                incoming.trace_id, server_id, incoming.parent_id, self._server_name(request),
+                "SERVER", start, self.service_name, tags=tags, remote=remote,
+                debug=incoming.debug,
+            )
+        first_id = new_span_id()
+        inject(request.headers, incoming, first_id, server_id, sampled, self.formats)
+        request.state[STATE_KEY] = RequestTrace(
+            incoming, sampled, server_id, request_id, server, otel_server, first_id
+        )
+        request.log["trace_id"] = incoming.trace_id
+        request.log["span_id"] = server_id
+        return None
+
+    def select_upstream(
+        self, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
+        # The per-attempt traceparent is written here, not in on_response: response hooks
+        # run in reverse chain order, so a policy after us (retry) may ask for another
+        # attempt after our on_response already ran, and we could not know it. This hook
+        # runs before *every* attempt, so each one gets its own client span id.
+        state: RequestTrace | None = request.state.get(STATE_KEY)
+        if state is not None and state.client is None and state.otel_client is None:
+            self._open_attempt(request, state)
+        return endpoints
+
+    def on_response(self, request: Request, attempt: Attempt) -> None:
+        state: RequestTrace | None = request.state.get(STATE_KEY)
+        if state is None:
+            return
+        if state.client is None and state.otel_client is None:
+            if attempt.endpoint is None:
+                # No upstream was tried (a policy answered directly): no client span.
+                return
+            self._open_attempt(request, state)
+        span, otel_span = state.client, state.otel_client
+        state.client = state.otel_client = None
+        if span is None:
+            return
+        span.tags.update(client_tags(request, attempt.endpoint, state.request_id,
+                                     attempt.number))
+        finish_client(span, attempt)
+        self._emit(span, otel_span)
+
+    def on_complete(self, request: Request, response: Response | None, flag: str | None) -> None:
+        state: RequestTrace | None = request.state.get(STATE_KEY)
+        if state is None or state.done:
+            return
+        state.done = True
+        if state.server is not None:
+            finish_server(state.server, request, response, flag)
+            self._emit(state.server, state.otel_server)
+
+    async def close(self) -> None:
+        exporter, self.exporter = self.exporter, None
+        if exporter is not None:
+            await release_exporter(exporter)
+
+    def _server_name(self, request: Request) -> str:
+        return f"{request.method} {request.route}" if request.route else request.method
+
+    def _open_attempt(self, request: Request, state: RequestTrace) -> None:
+        span_id = state.injected_id if not state.injected_used else new_span_id()
+        state.injected_used = True
+        if not state.sampled or state.server is None:
+            state.injected_id = span_id
+            inject(request.headers, state.incoming, span_id, state.server_id, False,
+                   self.formats)
+            return
+        start = now_us()
+        name = f"{request.method} {request.cluster}" if request.cluster else request.method
+        tracer = otel_tracer(self.tracer_provider) if state.otel_server is not None else None
+        if tracer is not None:
+            state.otel_client = start_otel_span(
+                tracer, name, SpanKind.CLIENT, state.incoming.trace_id, state.server_id,
+                state.incoming.flags, state.incoming.tracestate, start, state.otel_server,
+            )
+            otel_ctx = state.otel_client.get_span_context()
+            if otel_ctx.is_valid:
+                span_id = f"{otel_ctx.span_id:016x}"
+        state.injected_id = span_id
+        inject(request.headers, state.incoming, span_id, state.server_id, True, self.formats)
+        state.client = SpanRecord(
+            state.incoming.trace_id, span_id, state.server_id, name, "CLIENT", start,
+            self.service_name, debug=state.incoming.debug,
+        )
+
+    def _emit(self, span: SpanRecord, otel_span: Span | None) -> None:
+        if otel_span is not None:
+            end_otel_span(otel_span, span)
+        if self.exporter is not None:
+            self.exporter.submit(span)

@@ -1,0 +1,145 @@
+"""Reading the caller's trace context from a request and writing ours upstream.
+
+W3C wins when a valid ``traceparent`` is present; otherwise a valid ``b3`` single
+header, then the ``x-b3-*`` headers. A ``tracestate`` is only kept with a valid
+``traceparent`` (the spec forbids reading it otherwise).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sidemesh.messages import Headers
+
+from .b3 import format_b3_single, parse_b3_multi, parse_b3_single
+from .w3c import (
+    FLAG_RANDOM,
+    FLAG_SAMPLED,
+    format_traceparent,
+    format_tracestate,
+    parse_traceparent,
+    parse_tracestate,
+)
+
+__all__ = [
+    "B3_MULTI_HEADERS",
+    "Incoming",
+    "Propagation",
+    "extract",
+    "inject",
+    "new_span_id",
+    "new_trace_id",
+    "ratio_sampled",
+]
+
+Propagation = Literal["w3c", "b3", "b3multi"]
+
+B3_MULTI_HEADERS = ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled",
+                    "x-b3-flags")
+_ALL_HEADERS = ("traceparent", "tracestate", "b3", *B3_MULTI_HEADERS)
+# Level 2 suggests deciding on the right-most 7 bytes, the part guaranteed random.
+_RANDOM_BITS = 56
+
+
+@dataclass(slots=True)
+class Incoming:
+    """The context the request arrived with.
+
+    :ivar trace_id: 32 lower-case hex characters (a fresh one when the request had none).
+    :ivar parent_id: the caller's span id, or ``None`` when we start the trace.
+    :ivar sampled: the caller's decision, or ``None`` when it left it to us.
+    :ivar flags: W3C trace-flags to forward (the random bit among them).
+    :ivar tracestate: the caller's tracestate members, forwarded unchanged.
+    :ivar debug: B3 debug flag (forces sampling).
+    :ivar source: which header the context came from (``w3c``, ``b3``, ``b3multi``,
+        or ``None`` for a new trace).
+    """
+
+    trace_id: str
+    parent_id: str | None
+    sampled: bool | None
+    flags: int = 0
+    tracestate: list[tuple[str, str]] = field(default_factory=list)
+    debug: bool = False
+    source: Propagation | None = None
+
+
+def new_trace_id() -> str:
+    return secrets.token_hex(16)
+
+
+def new_span_id() -> str:
+    span_id = secrets.token_hex(8)
+    while span_id == "0" * 16:
+        span_id = secrets.token_hex(8)
+    return span_id
+
+
+def ratio_sampled(trace_id: str, ratio: float) -> bool:
+    """Deterministic on the trace id, so every sidecar on the path agrees on a root
+    decision without talking to each other."""
+    if ratio >= 1.0:
+        return True
+    if ratio <= 0.0:
+        return False
+    return int(trace_id[-14:], 16) < int(ratio * (1 << _RANDOM_BITS))
+
+
+def extract(headers: Headers) -> Incoming:
+    """The caller's context, or a new trace when it sent none (or only broken ones)."""
+    parent = parse_traceparent(headers.get_all("traceparent"))
+    if parent is not None:
+        state = parse_tracestate(headers.get_all("tracestate")) or []
+        return Incoming(parent.trace_id, parent.parent_id, parent.sampled, parent.flags,
+                        state, source="w3c")
+    b3 = parse_b3_single(headers.get_all("b3")) if "b3" in headers else None
+    source: Propagation = "b3"
+    if b3 is None:
+        b3 = parse_b3_multi({name: headers.get_all(name) for name in B3_MULTI_HEADERS
+                             if name in headers})
+        source = "b3multi"
+    if b3 is not None and b3.trace_id is not None:
+        flags = FLAG_SAMPLED if b3.sampled else 0
+        return Incoming(b3.trace_id, b3.span_id, b3.sampled, flags, debug=b3.debug,
+                        source=source)
+    sampled = b3.sampled if b3 is not None else None
+    debug = b3.debug if b3 is not None else False
+    # We made the id with a CSPRNG, so level 2 lets us say it is random.
+    return Incoming(new_trace_id(), None, sampled, FLAG_RANDOM, debug=debug)
+
+
+def inject(
+    headers: Headers,
+    incoming: Incoming,
+    span_id: str,
+    parent_span_id: str,
+    sampled: bool,
+    formats: tuple[Propagation, ...],
+) -> None:
+    """Write the context of one upstream attempt into ``headers``: ``span_id`` is the
+    attempt's client span, ``parent_span_id`` our server span.
+
+    Headers of every known format are removed first: a stale ``b3`` left next to a fresh
+    ``traceparent`` would make the upstream parent its span on the wrong caller.
+    """
+    for name in _ALL_HEADERS:
+        headers.remove(name)
+    flags = (incoming.flags & ~FLAG_SAMPLED) | (FLAG_SAMPLED if sampled else 0)
+    trace_id = incoming.trace_id
+    for fmt in formats:
+        if fmt == "w3c":
+            headers.set("traceparent", format_traceparent(trace_id, span_id, flags))
+            if incoming.tracestate:
+                headers.set("tracestate", format_tracestate(incoming.tracestate))
+        elif fmt == "b3":
+            headers.set("b3", format_b3_single(trace_id, span_id, sampled, incoming.debug,
+                                               parent_span_id))
+        else:
+            headers.set("x-b3-traceid", trace_id)
+            headers.set("x-b3-spanid", span_id)
+            headers.set("x-b3-parentspanid", parent_span_id)
+            headers.set("x-b3-sampled", "1" if sampled else "0")
+            if incoming.debug:
+                headers.set("x-b3-flags", "1")
