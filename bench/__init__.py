@@ -1,0 +1,3 @@
+"""The sidemesh benchmark harness (``python bench/run.py``); see bench/README.md."""
+
+__all__: list[str] = []

@@ -1,0 +1,131 @@
+"""Generated configs: the upstream nginx, the reference proxies, and sidemesh.
+
+Each reference proxy is set up the way one would for a fair fight with a sidecar:
+one worker/thread, keep-alive to the client and to the upstream, no access log.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "PLACEHOLDERS",
+    "RESPONSE_BODY",
+    "haproxy_config",
+    "nginx_proxy_config",
+    "nginx_upstream_config",
+    "render_template",
+    "sidemesh_config",
+]
+
+#: ~100 bytes, like a small JSON API answer; the figure in DESIGN.md used this size.
+RESPONSE_BODY = '{"service":"upstream","status":"ok","payload":"' + "x" * 50 + '"}\n'
+
+#: the tokens a scenario template may use, replaced literally (not ``str.format``, so
+#: YAML flow mappings like ``{name: retry}`` need no escaping).
+PLACEHOLDERS = ("{upstream}", "{listen}", "{admin}", "{next}")
+
+
+def _nginx_common(prefix: Path) -> str:
+    # As root the master would hand workers to "nobody", who cannot write the 0700 prefix.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return (
+        f"{user}"
+        "worker_processes 1;\n"
+        "daemon off;\n"
+        f"pid {prefix}/nginx.pid;\n"
+        f"error_log {prefix}/error.log warn;\n"
+        "events { worker_connections 4096; multi_accept on; }\n"
+    )
+
+
+def _nginx_http_common(prefix: Path) -> str:
+    return (
+        "  access_log off;\n"
+        "  keepalive_timeout 75s;\n"
+        "  keepalive_requests 1000000;\n"
+        f"  client_body_temp_path {prefix}/client_body;\n"
+        f"  proxy_temp_path {prefix}/proxy;\n"
+        f"  fastcgi_temp_path {prefix}/fastcgi;\n"
+        f"  uwsgi_temp_path {prefix}/uwsgi;\n"
+        f"  scgi_temp_path {prefix}/scgi;\n"
+    )
+
+
+def nginx_upstream_config(prefix: Path, port: int) -> str:
+    """The real upstream: a fixed ~100-byte body from memory, keep-alive on."""
+    body = RESPONSE_BODY.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return (
+        _nginx_common(prefix)
+        + "http {\n"
+        + _nginx_http_common(prefix)
+        + f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
+        + "    location / {\n      default_type application/json;\n"
+        + f'      return 200 "{body}";\n    }}\n  }}\n}}\n'
+    )
+
+
+def nginx_proxy_config(prefix: Path, port: int, upstream_port: int) -> str:
+    """nginx as a reverse proxy with a keep-alive pool to the upstream."""
+    return (
+        _nginx_common(prefix)
+        + "http {\n"
+        + _nginx_http_common(prefix)
+        + f"  upstream backend {{\n    server 127.0.0.1:{upstream_port};\n"
+        + "    keepalive 128;\n    keepalive_requests 1000000;\n  }\n"
+        + f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
+        + "    location / {\n      proxy_pass http://backend;\n"
+        + "      proxy_http_version 1.1;\n"
+        + '      proxy_set_header Connection "";\n    }\n  }\n}\n'
+    )
+
+
+def haproxy_config(port: int, upstream_port: int) -> str:
+    """HAProxy in HTTP mode, one thread, connection reuse to the upstream."""
+    return (
+        "global\n  nbthread 1\n  maxconn 4096\n\n"
+        "defaults\n  mode http\n  option http-keep-alive\n"
+        "  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n"
+        f"frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\n"
+        "backend be\n  http-reuse always\n"
+        f"  server upstream 127.0.0.1:{upstream_port} maxconn 1000\n"
+    )
+
+
+def sidemesh_config(listen: str, admin: str, upstream: str) -> dict[str, Any]:
+    """The plain ``sidemesh`` scenario: one listener, one ``/`` route, no plugins."""
+    return {
+        "node": {"service": "bench", "namespace": "default"},
+        "admin": admin,
+        "clusters": [{"name": "upstream", "endpoints": [{"address": upstream}]}],
+        "listeners": [
+            {
+                "name": "bench",
+                "address": listen,
+                "routes": [{"name": "all", "match": {"prefix": "/"}, "cluster": "upstream"}],
+            }
+        ],
+    }
+
+
+def render_template(template: str, values: dict[str, str]) -> dict[str, Any]:
+    """Substitute the placeholders in one sidecar template and parse the YAML.
+
+    :raises ValueError: when the result is not a YAML mapping or a placeholder the
+        template uses has no value (e.g. ``{next}`` in the last sidecar of a chain).
+    """
+    text = template
+    for token in PLACEHOLDERS:
+        if token in text:
+            key = token.strip("{}")
+            if key not in values:
+                raise ValueError(f"placeholder {token} has no value here")
+            text = text.replace(token, values[key])
+    document = yaml.safe_load(text)
+    if not isinstance(document, dict):
+        raise ValueError("a sidecar template must be a YAML mapping")
+    return document

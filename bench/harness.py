@@ -1,0 +1,197 @@
+"""The benchmark run: tools, upstream, each scenario measured in turn, one table.
+
+Pinning (2 cores): the proxy under test gets CPU 0 to itself; the upstream nginx and
+the load generator share CPU 1. The upstream serves a constant from memory, so on
+CPU 1 wrk does most of the work; ``direct`` is then bounded by wrk and nginx sharing
+one core, which makes it a ceiling for this setup rather than nginx's own limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.configs import nginx_upstream_config
+from bench.load import LoadSettings, measure
+from bench.procs import BenchError, ManagedProcess, free_port, peak_rss_kib, wait_for_port
+from bench.report import Row, add_ratios, format_table, write_json
+from bench.scenarios import BUILTIN, Scenario, StartContext, check_answers, load_extra, start
+from bench.tools import Tools, ensure_tools, tool_version
+
+__all__ = ["main"]
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _cpu(text: str) -> int | None:
+    if text.lower() in ("none", "-", ""):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a CPU number or 'none', not {text!r}") from None
+
+
+def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.Namespace:
+    names = [s.name for s in scenarios]
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark sidemesh against nginx and HAProxy on this machine.",
+        epilog="scenarios: " + ", ".join(names),
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--scenarios", default=",".join(names),
+                        help="comma-separated scenario names (default: all)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="fixed-rate latency mode: this many req/s with bench/fixed_rate.py "
+                             "instead of wrk at full speed")
+    parser.add_argument("--proxy-cpu", type=_cpu, default=0, help="CPU for the proxy (or none)")
+    parser.add_argument("--load-cpu", type=_cpu, default=1,
+                        help="CPU for wrk / the fixed-rate client (or none)")
+    parser.add_argument("--upstream-cpu", type=_cpu, default=1,
+                        help="CPU for the upstream nginx (or none)")
+    parser.add_argument("--start-timeout", type=float, default=20.0,
+                        help="seconds to wait for a process to listen")
+    parser.add_argument("--no-install", action="store_true",
+                        help="never apt-get install missing tools")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = parser.parse_args(argv)
+    args.selected = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = sorted(set(args.selected) - set(names))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    if args.duration <= 0 or args.connections < 1 or args.warmup < 0:
+        parser.error("--duration and --connections must be positive, --warmup >= 0")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _upstream(tools: Tools, work_dir: Path, cpu: int | None) -> tuple[ManagedProcess, int]:
+    """The upstream nginx, configured but not started, and its port."""
+    prefix = work_dir / "upstream"
+    prefix.mkdir()
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_upstream_config(prefix, port))
+    argv = [tools.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    return ManagedProcess("upstream", argv, work_dir, cpu), port
+
+
+def _run_scenario(
+    scenario: Scenario, ctx: StartContext, settings: LoadSettings
+) -> Row:
+    if scenario.kind == "haproxy" and ctx.tools.haproxy is None:
+        return Row(scenario.name, "skipped: haproxy not installed")
+    try:
+        running = start(scenario, ctx)
+    except BenchError as exc:
+        return Row(scenario.name, f"failed: {exc}")
+    try:
+        result = measure(settings, running.url)
+        peaks = [p for proc in running.processes if (p := peak_rss_kib(proc.pid)) is not None]
+        dead = [proc for proc in running.processes if proc.exited()]
+        if dead:
+            return Row(scenario.name, f"failed: {dead[0].name} exited during the run: "
+                                      f"{dead[0].log_tail()}")
+        return Row(scenario.name, "ok", measurement=result,
+                   rss_kib=max(peaks) if peaks else None)
+    except BenchError as exc:
+        return Row(scenario.name, f"failed: {exc}")
+    finally:
+        running.stop()
+
+
+def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "interpreter": sys.executable,
+        "nginx": tool_version([tools.nginx, "-v"]),
+        "wrk": tool_version([tools.wrk, "--version"]),
+        "haproxy": tool_version([tools.haproxy, "-v"]) if tools.haproxy else None,
+        "mode": f"fixed rate {args.rate:g} req/s" if args.rate else "wrk, full speed",
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "cpus_pinned": {"proxy": args.proxy_cpu, "load": args.load_cpu,
+                        "upstream": args.upstream_cpu},
+        "loadavg_before": os.getloadavg(),
+    }
+
+
+def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
+    tools = ensure_tools(install=not args.no_install)
+    env = _environment(tools, args)
+    print(f"{env['python']} ({env['interpreter']}); {env['nginx']}; {env['wrk']}; "
+          f"{env['haproxy'] or 'no haproxy'}")
+    print(f"mode: {env['mode']}, {args.connections} connections, {args.duration:g}s "
+          f"(+{args.warmup:g}s warm-up) per scenario; CPUs proxy={args.proxy_cpu} "
+          f"load={args.load_cpu} upstream={args.upstream_cpu}; load average "
+          f"{' '.join(f'{x:.2f}' for x in env['loadavg_before'])}", flush=True)
+    settings = LoadSettings(
+        duration=args.duration, warmup=args.warmup, connections=args.connections,
+        rate=args.rate, cpu=args.load_cpu, wrk=tools.wrk,
+    )
+    by_name = {s.name: s for s in scenarios}
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="sidemesh-bench-") as tmp:
+        work_dir = Path(tmp)
+        upstream, port = _upstream(tools, work_dir, args.upstream_cpu)
+        try:
+            upstream.start()
+            wait_for_port("127.0.0.1", port, args.start_timeout, upstream)
+            check_answers(f"http://127.0.0.1:{port}/")
+            ctx = StartContext(tools, port, work_dir, args.proxy_cpu, args.start_timeout)
+            for name in args.selected:
+                print(f"-- {name}: {by_name[name].description}", flush=True)
+                row = _run_scenario(by_name[name], ctx, settings)
+                print(f"   {row.summary()}", flush=True)
+                rows.append(row)
+        finally:
+            upstream.stop()
+    add_ratios(rows)
+    print()
+    print(format_table(rows))
+    path = write_json(args.results_dir, env, rows)
+    print(f"\nresults: {path}")
+    return 0 if all(not r.status.startswith("failed") for r in rows) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    scenarios = [*BUILTIN, *load_extra()]
+    args = _parse_args(argv, scenarios)
+    if args.list:
+        for scenario in scenarios:
+            print(f"{scenario.name:28} {scenario.description} [{scenario.source}]")
+        return 0
+    previous = {sig: signal.signal(sig, _raise_interrupt)
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _run_all(args, scenarios)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

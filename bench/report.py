@@ -1,0 +1,87 @@
+"""One row per scenario: printed as a table, written as JSON under ``bench/results/``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.load import Measurement
+
+__all__ = ["Row", "add_ratios", "format_table", "write_json"]
+
+
+@dataclass
+class Row:
+    scenario: str
+    #: "ok", "failed: <reason>" or "skipped: <reason>"
+    status: str
+    measurement: Measurement | None = None
+    #: peak RSS (VmHWM) of the proxy process, the largest one if there are several.
+    rss_kib: int | None = None
+    vs_nginx: float | None = None
+    vs_direct: float | None = None
+
+    def summary(self) -> str:
+        m = self.measurement
+        if m is None:
+            return self.status
+        return (f"{m.rps:,.0f} req/s, p50 {_ms(m.p50_ms)}, p99 {_ms(m.p99_ms)}, "
+                f"errors {m.bad_status + m.socket_errors}, peak RSS {_mib(self.rss_kib)}")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """req/s of each row relative to ``nginx`` and ``direct`` measured in the same run."""
+    baselines = {
+        row.scenario: row.measurement.rps
+        for row in rows
+        if row.measurement is not None and row.measurement.rps > 0
+    }
+    for row in rows:
+        if row.measurement is None:
+            continue
+        if "nginx" in baselines:
+            row.vs_nginx = row.measurement.rps / baselines["nginx"]
+        if "direct" in baselines:
+            row.vs_direct = row.measurement.rps / baselines["direct"]
+
+
+def format_table(rows: list[Row]) -> str:
+    """A Markdown table, so it can be pasted into docs as is."""
+    header = ["scenario", "req/s", "p50", "p99", "errors", "peak RSS", "vs nginx", "vs direct"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        m = row.measurement
+        if m is None:
+            cells = [row.scenario, row.status, "", "", "", "", "", ""]
+        else:
+            cells = [
+                row.scenario, f"{m.rps:,.0f}", _ms(m.p50_ms), _ms(m.p99_ms),
+                str(m.bad_status + m.socket_errors), _mib(row.rss_kib),
+                _ratio(row.vs_nginx), _ratio(row.vs_direct),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(directory: Path, environment: dict[str, Any], rows: list[Row]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(
+        {"environment": environment, "results": [asdict(row) for row in rows]}, indent=2
+    ) + "\n")
+    return path
