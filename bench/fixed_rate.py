@@ -17,7 +17,9 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -49,8 +51,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[int] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -73,7 +75,8 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_exception(exc)
 
     async def request(self, raw: bytes) -> int:
-        assert self.transport is not None
+        if self.transport is None or self.closed:
+            raise ConnectionResetError("connection is closed")
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.write(raw)
         return await self._waiter
@@ -112,7 +115,7 @@ async def _worker(
                     conn.close()
                 conn = None
                 continue
-            latencies.append(loop.time() - scheduled)
+            latencies.append(time.perf_counter() - scheduled)
             result.completed += 1
             if not 200 <= status < 300:
                 result.non_2xx += 1
@@ -143,7 +146,7 @@ async def run_fixed_rate(
         f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         "User-Agent: sidemesh-bench-fixed-rate\r\n\r\n"
     ).encode()
-    loop = asyncio.get_running_loop()
+    # Not loop.time(): uvloop's clock ticks in whole milliseconds.
     result = FixedRateResult(target_rate=rate, duration=duration)
     latencies: list[float] = []
     queue: asyncio.Queue[float | None] = asyncio.Queue()
@@ -153,15 +156,15 @@ async def run_fixed_rate(
     ]
     interval = 1.0 / rate
     total = int(rate * duration)
-    start = loop.time() + 0.01
+    start = time.perf_counter() + 0.01
     try:
         while result.sent < total:
-            now = loop.time()
+            now = time.perf_counter()
             # Catch up in one go after a late wake-up: the schedule, not the loop, decides.
             while result.sent < total and start + result.sent * interval <= now:
                 queue.put_nowait(start + result.sent * interval)
                 result.sent += 1
-            await asyncio.sleep(max(0.0, start + result.sent * interval - loop.time()))
+            await asyncio.sleep(max(0.0, start + result.sent * interval - time.perf_counter()))
         for _ in workers:
             queue.put_nowait(None)
         await asyncio.wait_for(asyncio.gather(*workers), duration + request_timeout * 2 + 5)
@@ -169,7 +172,7 @@ async def run_fixed_rate(
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-    elapsed = loop.time() - start
+    elapsed = time.perf_counter() - start
     result.achieved_rate = result.completed / elapsed if elapsed > 0 else 0.0
     if latencies:
         ordered = sorted(latencies)

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scenario.name:28} {scenario.description} [{scenario.source}]")
         return 0
     previous = {sig: signal.signal(sig, _raise_interrupt)
-                for sig in (signal.SIGTERM, signal.SIGHUP)}
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         return _run_all(args, scenarios)
     except BenchError as exc:

@@ -77,8 +77,8 @@ def _run(argv: list[str], timeout: float) -> str:
     except OSError as exc:
         raise BenchError(f"cannot run {argv[0]}: {exc}") from exc
     if result.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} exited {result.returncode}: "
-                         f"{(result.stderr or result.stdout).strip()[-300:]}")
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise BenchError(f"{Path(argv[0]).name} exited {result.returncode}: {lines[-1][:300]}")
     return result.stdout
 
 
