@@ -25,6 +25,8 @@ log = logging.getLogger("sidemesh.tracing")
 
 #: Bound on one POST, so a collector that accepts but never answers cannot pin a batch.
 POST_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+#: Bound on shutdown: a final POST plus some slack.
+CLOSE_TIMEOUT = 6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class ZipkinExporter:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failing = False
+        self._closing = False
         self.refs = 0
 
     def submit(self, span: SpanRecord) -> None:
@@ -80,12 +83,13 @@ class ZipkinExporter:
         wake = self._wake
         assert wake is not None
         async with httpx.AsyncClient(timeout=POST_TIMEOUT) as client:
-            while True:
+            while not self._closing:
                 if len(self._queue) < self.settings.batch_size:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), self.settings.flush_interval)
                 wake.clear()
                 await self._drain(client)
+            await self._drain(client)
 
     async def _drain(self, client: httpx.AsyncClient) -> None:
         while self._queue:
@@ -103,6 +107,9 @@ class ZipkinExporter:
             problem = f"HTTP {reply.status_code}"
         except httpx.HTTPError as exc:
             ok, problem = False, f"{type(exc).__name__}: {exc}"
+        except asyncio.CancelledError:
+            SPANS_DROPPED.labels("export_failed").inc(len(batch))
+            raise
         if ok:
             SPANS_EXPORTED.inc(len(batch))
             if self._failing:
@@ -122,12 +129,23 @@ class ZipkinExporter:
             await self._drain(client)
 
     async def close(self) -> None:
-        """Stop the background task after one last flush."""
+        """Send what is queued and stop the background task; bounded by one POST's
+        timeout, after which the task is cancelled (its spans counted as dropped)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None or task.done():
+            await self.flush()
+            return
+        self._closing = True
+        if self._wake is not None:
+            self._wake.set()
+        try:
+            await asyncio.wait_for(task, CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("zipkin export to %s did not finish in time on shutdown",
+                        self.settings.url)
+        finally:
+            self._closing = False
+        # Spans submitted while the final drain was running.
         await self.flush()
 
 
