@@ -1,0 +1,66 @@
+"""The sidecar configs the benchmark generates are ones the proxy accepts.
+
+A scenario file that drifts from the config format would otherwise only show up as a
+"failed" row in a benchmark run. Plugins a scenario names but that are not installed
+here are the one error tolerated: the harness reports those scenarios as failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from sidemesh.config import validate
+from sidemesh.plugins import PluginRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench_scenarios(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    # bench/ is a directory of scripts at the repository root, not an installed package.
+    monkeypatch.syspath_prepend(str(REPO))
+    return importlib.import_module("bench.scenarios")
+
+
+def _sidecars(module: ModuleType) -> list[tuple[str, int, dict[str, Any]]]:
+    from bench.configs import render_template
+
+    found = []
+    for scenario in [*module.BUILTIN, *module.load_extra()]:
+        if scenario.kind != "sidemesh":
+            continue
+        for index, template in enumerate(scenario.templates):
+            values = {
+                "upstream": "127.0.0.1:18080",
+                "listen": f"127.0.0.1:{18100 + index}",
+                "admin": f"127.0.0.1:{18200 + index}",
+                "next": f"127.0.0.1:{18101 + index}",
+            }
+            found.append((scenario.name, index, render_template(template, values)))
+    return found
+
+
+def _plugin_names(document: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for listener in document.get("listeners") or []:
+        for holder in [listener, *(listener.get("routes") or [])]:
+            names.update(entry.get("name") for entry in holder.get("plugins") or [])
+    return names
+
+
+def test_bench_sidecar_configs_validate(bench_scenarios: ModuleType) -> None:
+    registry = PluginRegistry.load()
+    sidecars = _sidecars(bench_scenarios)
+    assert any(name == "sidemesh" for name, _, _ in sidecars)
+    for name, index, document in sidecars:
+        missing = _plugin_names(document) - set(registry.names())
+        errors = [
+            error for error in validate(document, registry)
+            if not (error.rule == "plugin"
+                    and any(f"unknown plugin {m!r}" in error.message for m in missing))
+        ]
+        assert errors == [], f"{name} sidecar {index}: {[str(e) for e in errors]}"
