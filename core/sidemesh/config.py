@@ -127,7 +127,7 @@ def build(doc: Any, registry: PluginRegistry) -> SidecarConfig:
     if errors:
         raise ConfigInvalid(errors)
     schema, _ = _core()
-    filled = _with_plugin_defaults(inherit_configs(fill_defaults(doc, schema)), registry)
+    filled = _with_plugin_defaults(fill_defaults(inherit_configs(doc), schema), registry)
     return build_sidecar(filled, raw=json.loads(json.dumps(doc)))
 
 
