@@ -53,6 +53,7 @@ class ZipkinExporter:
         self._failing = False
         self._closing = False
         self.refs = 0
+        self.key: tuple[ExporterSettings, asyncio.AbstractEventLoop | None] = (settings, None)
 
     def submit(self, span: SpanRecord) -> None:
         """Queue one finished span. Sync, never waits; drops (and counts) when full."""
@@ -60,23 +61,31 @@ class ZipkinExporter:
             SPANS_DROPPED.labels("queue_full").inc()
             return
         self._queue.append(span)
-        self._ensure_task()
-        if self._wake is not None and len(self._queue) >= self.settings.batch_size:
-            self._wake.set()
+        self._kick(len(self._queue) >= self.settings.batch_size)
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
-    def _ensure_task(self) -> None:
+    def _kick(self, full: bool) -> None:
+        """Make sure the export task runs, and wake it when a batch is full."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._task is not None and not self._task.done() and self._loop is loop:
+        task = self._task
+        if task is not None and not task.done():
+            if full and self._wake is not None and self._loop is not None:
+                if self._loop is loop:
+                    self._wake.set()
+                else:
+                    # The task lives on another loop (another thread): wake it safely.
+                    self._loop.call_soon_threadsafe(self._wake.set)
             return
         self._loop = loop
         self._wake = asyncio.Event()
+        if full:
+            self._wake.set()
         self._task = loop.create_task(self._run(), name="sidemesh-tracing-zipkin")
 
     async def _run(self) -> None:
@@ -149,15 +158,25 @@ class ZipkinExporter:
         await self.flush()
 
 
-_exporters: dict[ExporterSettings, ZipkinExporter] = {}
+_exporters: dict[tuple[ExporterSettings, asyncio.AbstractEventLoop | None], ZipkinExporter] = {}
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def acquire_exporter(settings: ExporterSettings) -> ZipkinExporter:
-    """The process-wide exporter for these settings: every route (and every config
-    generation) sending to the same collector shares one queue and one task."""
-    exporter = _exporters.get(settings)
+    """The exporter for these settings on this event loop: every route (and every config
+    generation) of a sidecar sending to the same collector shares one queue and one
+    task. Keyed by loop too, so two sidecars in one process (tests) stay independent."""
+    key = (settings, _current_loop())
+    exporter = _exporters.get(key)
     if exporter is None:
-        exporter = _exporters[settings] = ZipkinExporter(settings)
+        exporter = _exporters[key] = ZipkinExporter(settings)
+        exporter.key = key
     exporter.refs += 1
     return exporter
 
@@ -165,6 +184,6 @@ def acquire_exporter(settings: ExporterSettings) -> ZipkinExporter:
 async def release_exporter(exporter: ZipkinExporter) -> None:
     exporter.refs -= 1
     if exporter.refs <= 0:
-        if _exporters.get(exporter.settings) is exporter:
-            del _exporters[exporter.settings]
+        if _exporters.get(exporter.key) is exporter:
+            del _exporters[exporter.key]
         await exporter.close()
