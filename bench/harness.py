@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import signal
 import sys
 import tempfile
@@ -62,6 +63,9 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
                         help="CPU for the upstream nginx (or none)")
     parser.add_argument("--start-timeout", type=float, default=20.0,
                         help="seconds to wait for a process to listen")
+    parser.add_argument("--sidemesh-args", default="--access-log off",
+                        help="extra arguments for `sidemesh proxy -c FILE` (default: "
+                             "%(default)r, as nginx and HAProxy run without access logs)")
     parser.add_argument("--no-install", action="store_true",
                         help="never apt-get install missing tools")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -131,6 +135,7 @@ def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
+        "sidemesh_args": args.sidemesh_args,
         "cpus_pinned": {"proxy": args.proxy_cpu, "load": args.load_cpu,
                         "upstream": args.upstream_cpu},
         "loadavg_before": os.getloadavg(),
@@ -159,7 +164,8 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
             upstream.start()
             wait_for_port("127.0.0.1", port, args.start_timeout, upstream)
             check_answers(f"http://127.0.0.1:{port}/")
-            ctx = StartContext(tools, port, work_dir, args.proxy_cpu, args.start_timeout)
+            ctx = StartContext(tools, port, work_dir, args.proxy_cpu, args.start_timeout,
+                               tuple(shlex.split(args.sidemesh_args)))
             for name in args.selected:
                 print(f"-- {name}: {by_name[name].description}", flush=True)
                 row = _run_scenario(by_name[name], ctx, settings)

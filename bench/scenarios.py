@@ -62,6 +62,8 @@ class StartContext:
     work_dir: Path
     proxy_cpu: int | None
     start_timeout: float
+    #: extra arguments after ``sidemesh proxy -c FILE``.
+    sidemesh_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -210,10 +212,8 @@ def _start_sidemesh(scenario: Scenario, ctx: StartContext, running: Running) -> 
             raise BenchError(f"{scenario.source}, sidecar {index}: {exc}") from exc
         config = ctx.work_dir / f"{scenario.name}-{index}.yaml"
         config.write_text(yaml.safe_dump(document, sort_keys=False))
-        process = ManagedProcess(
-            f"{scenario.name}-{index}", [str(command), "proxy", "-c", str(config)],
-            ctx.work_dir, ctx.proxy_cpu,
-        )
+        argv = [str(command), "proxy", "-c", str(config), *ctx.sidemesh_args]
+        process = ManagedProcess(f"{scenario.name}-{index}", argv, ctx.work_dir, ctx.proxy_cpu)
         running.processes.append(process.start())
         host, port = listens[index].rsplit(":", 1)
         wait_for_port(host, int(port), ctx.start_timeout, process)
