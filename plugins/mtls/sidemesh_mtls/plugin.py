@@ -1,0 +1,14 @@
+"""Entry point of the ``mtls`` plugin."""
+
+from __future__ import annotations
+
+from sidemesh.hookspecs import Policy, hookimpl
+
+from .policy import MtlsPolicy
+
+__all__ = ["sidemesh_policies"]
+
+
+@hookimpl
+def sidemesh_policies() -> list[type[Policy]]:
+    return [MtlsPolicy]
