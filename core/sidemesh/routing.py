@@ -72,13 +72,14 @@ class CompiledMatch:
         )
         self._methods = frozenset(m.upper() for m in match.methods) or None
 
-    def host_ok(self, host: str) -> bool:
-        """``host`` must already be lower-case."""
+    def host_ok(self, host: str, bare_host: str | None = None) -> bool:
+        """``host`` must already be lower-case; ``bare_host`` is it without its port
+        (computed when not given)."""
         kind = self._host_kind
         if kind == _ANY:
             return True
         if not self._has_port:
-            host = strip_port(host)
+            host = strip_port(host) if bare_host is None else bare_host
         if kind == _EXACT:
             return host == self._host
         if kind == _SUFFIX:
@@ -119,13 +120,24 @@ class CompiledMatch:
                 return name
         return None
 
-    def matches(self, method: str, host: str, path: str, headers: Headers) -> bool:
-        return (
-            self.host_ok(host)
-            and self.path_ok(path)
-            and (self._methods is None or method in self._methods)
-            and (not self._headers or self.failing_header(headers) is None)
-        )
+    def matches(
+        self, method: str, host: str, bare_host: str, path: str, headers: Headers
+    ) -> bool:
+        """All conditions at once; ``method`` upper-case, ``host`` lower-case, and
+        ``bare_host`` the host without its port."""
+        if self._host_kind == _EXACT:
+            if (host if self._has_port else bare_host) != self._host:
+                return False
+        elif self._host_kind != _ANY and not self.host_ok(host, bare_host):
+            return False
+        if self._path_prefix is not None:
+            if not path.startswith(self._path_prefix):
+                return False
+        elif not self.path_ok(path):
+            return False
+        if self._methods is not None and method not in self._methods:
+            return False
+        return not self._headers or self.failing_header(headers) is None
 
 
 class RouteTable:
@@ -148,7 +160,8 @@ class RouteTable:
         if query != -1:
             path = path[:query]
         method = method.upper()
+        bare_host = strip_port(host)
         for index, compiled in enumerate(self.compiled):
-            if compiled.matches(method, host, path, headers):
+            if compiled.matches(method, host, bare_host, path, headers):
                 return index
         return None
