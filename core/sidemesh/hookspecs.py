@@ -152,8 +152,8 @@ class Policy:
         :param request: the request; headers, path and ``cluster`` may be changed, and
             ``request.state`` keeps per-request state between hooks.
         :returns: ``None`` to continue, or a :class:`~sidemesh.messages.Response` to
-            answer the client directly (the chain stops, no upstream is contacted, and
-            the response hooks of the policies already run are still called).
+            answer the client directly (the chain stops, no upstream is contacted, no
+            response hook runs; :meth:`on_complete` still does).
         """
         return None
 

@@ -1,0 +1,344 @@
+"""The downstream side: an asyncio protocol that parses HTTP/1.1 with httptools.
+
+Parsing is strict (llhttp's defaults reject request smuggling: CL+TE, duplicate or
+signed Content-Length, obs-fold, bare LF/CR, bad chunk sizes). On top of that this
+module enforces what the parser leaves to the application: a Host on HTTP/1.1, limits
+on the URL (414) and on header count and size (431), and it drops header names with an
+underscore (Envoy's ``headers_with_underscores_action: DROP_HEADER``: CGI-style servers
+read ``Transfer_Encoding`` as ``Transfer-Encoding``). A rejected request is answered and
+the connection closed; nothing of it reaches an upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httptools
+
+from .body import RequestBody
+from .messages import ConnectionInfo, Headers, Request, Response
+
+__all__ = ["DownstreamConnection", "Limits"]
+
+REASONS = {
+    200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
+    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
+    414: "URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}  # fmt: skip
+
+
+class Limits:
+    """Envoy's defaults: 100 headers, 60 KiB of headers; URLs up to 8 KiB."""
+
+    max_headers = 100
+    max_header_bytes = 60 * 1024
+    max_url_bytes = 8 * 1024
+
+
+class _Reject(Exception):
+    pass
+
+
+Handler = Callable[["DownstreamConnection", Request, RequestBody], Awaitable[None]]
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection. Requests are handled one at a time, in order (pipelined
+    requests wait their turn); the handler writes the response through this object."""
+
+    def __init__(
+        self, handler: Handler, listener: str, scheme: str, on_close: Callable[[Any], None]
+    ) -> None:
+        self.handler = handler
+        self.listener = listener
+        self.scheme = scheme
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.info = ConnectionInfo("")
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.busy = False
+        self._queue: deque[tuple[Request, RequestBody, bool]] = deque()
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._in_headers = False
+        self._current: RequestBody | None = None
+        self._current_request: Request | None = None
+        self._reject: tuple[int, str] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._upstream_resume: Callable[[], None] | None = None
+        self.keep_alive = True
+        self._task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._eof = False
+        #: the last complete request asked for "Connection: close".
+        self._closing_after = False
+        #: a parse error to answer once the requests before it are answered.
+        self._error: tuple[int, str] | None = None
+
+    # asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        ssl_object = transport.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.info = ConnectionInfo(address, tls=ssl_object is not None, peer_certificate=cert)
+        if ssl_object is not None:
+            self.scheme = "https"
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # Upgrades (h2c, websocket) are not tunnelled: the request was forwarded
+            # without its Upgrade headers; what follows is parsed as HTTP/1.1 again.
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.parser = httptools.HttpRequestParser(self)
+            if offset < len(data):
+                self.data_received(data[offset:])
+        except (httptools.HttpParserError, _Reject) as exc:
+            if self._reject is None and self._current is None and self._closing_after:
+                # Bytes after a request with "Connection: close" are ignored, as RFC
+                # 9112 9.6 allows: the connection ends after that request's response.
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                return
+            status, message = self._reject or (400, f"malformed request: {exc}")
+            self._fail_request(status, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._current is not None:
+            self._current.abort()
+        for _, body, _ in self._queue:
+            body.abort()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._on_close(self)
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what it sent, then close (returning True keeps
+        # the write side open until then).
+        self.keep_alive = False
+        self._eof = True
+        if self._current is not None:
+            self._current.abort()
+        return True if (self.busy or self._queue or self._task is not None) else None
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        resume = self._upstream_resume
+        if resume is not None:
+            resume()
+
+    # httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_headers = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > Limits.max_url_bytes:
+            self._reject = (414, f"request target longer than {Limits.max_url_bytes} bytes")
+            raise _Reject(self._reject[1])
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_headers:
+            return  # trailers: never used for framing, not forwarded
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= Limits.max_headers:
+            self._reject = (431, f"more than {Limits.max_headers} header fields")
+            raise _Reject(self._reject[1])
+        if self._header_bytes > Limits.max_header_bytes:
+            self._reject = (431, f"header fields larger than {Limits.max_header_bytes} bytes")
+            raise _Reject(self._reject[1])
+        if b"_" in name:
+            return
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        parser = self.parser
+        version = parser.get_http_version()
+        method = parser.get_method().decode("latin-1")
+        headers = Headers._trusted(self._headers)
+        url = self._url
+        host = headers.get("host")
+        if url[:1] != b"/":
+            if url == b"*" and method == "OPTIONS":
+                path = "*"
+            elif method == "CONNECT":
+                self._reject = (501, "CONNECT is not supported")
+                raise _Reject(self._reject[1])
+            else:
+                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
+                try:
+                    parsed = httptools.parse_url(url)
+                except httptools.HttpParserInvalidURLError:
+                    self._reject = (400, "invalid request target")
+                    raise _Reject(self._reject[1]) from None
+                if parsed.host is None:
+                    self._reject = (400, "invalid request target")
+                    raise _Reject(self._reject[1])
+                host = parsed.host.decode("latin-1")
+                if parsed.port:
+                    host = f"{host}:{parsed.port}"
+                path = (parsed.path or b"/").decode("latin-1")
+                if parsed.query:
+                    path += "?" + parsed.query.decode("latin-1")
+                headers.set("host", host)
+        else:
+            path = url.decode("latin-1")
+        if host is None:
+            if version == "1.1":
+                self._reject = (400, "HTTP/1.1 request without a Host header")
+                raise _Reject(self._reject[1])
+            host = ""
+        elif version == "1.1" and len(headers.get_all("host")) > 1:
+            self._reject = (400, "more than one Host header")
+            raise _Reject(self._reject[1])
+        keep_alive = parser.should_keep_alive()
+        self._closing_after = not keep_alive
+        chunked = "transfer-encoding" in headers
+        body = RequestBody(chunked, self._pause_reading, self._resume_reading)
+        request = Request(
+            method, path, host.lower(), headers, self.info, self.listener, self.scheme, version
+        )
+        self._current = body
+        self._current_request = request
+        self._queue.append((request, body, keep_alive))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._serve())
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._current is not None:
+            self._current.feed_eof()
+            self._current = None
+            self._current_request = None
+
+    # flow control ----------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # serving -----------------------------------------------------------------------
+    async def _serve(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                request, body, keep_alive = self._queue.popleft()
+                self.keep_alive = keep_alive and not self._eof
+                self.busy = True
+                self.response_started = False
+                self.response_done = False
+                await self.handler(self, request, body)
+                self.busy = False
+                if not self.keep_alive or not self.response_done:
+                    self.close()
+                    break
+                if not body.eof:
+                    # The handler answered before the body was read (a 403, a 404):
+                    # the rest of the body cannot be skipped safely.
+                    self.close()
+                    break
+        finally:
+            self.busy = False
+            self._task = None
+            if self._error is not None:
+                self._answer_error()
+            elif self._eof:
+                self.close()
+
+    def _fail_request(self, status: int, message: str) -> None:
+        if self._current is not None:
+            # The request being parsed is bad: it never reaches the handler.
+            self._current.abort()
+            if self._queue and self._queue[-1][1] is self._current:
+                self._queue.pop()
+            self._current = None
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._error = (status, message)
+        if self._task is None:
+            self._answer_error()
+
+    def _answer_error(self) -> None:
+        if self._error is not None and not self.closed:
+            status, message = self._error
+            self.keep_alive = False
+            if not self.response_started or self.response_done:
+                self.write_simple(
+                    Response.json(status, {"error": REASONS.get(status, "error"), "message": message})
+                )
+        self.close()
+
+    # writing ----------------------------------------------------------------------
+    response_started = False
+    response_done = False
+
+    def start_response(
+        self, status: int, headers: Headers, reason: str = "", chunked: bool = False
+    ) -> None:
+        """Write the status line and headers; ``chunked`` frames the body that follows."""
+        self.response_started = True
+        if not self.keep_alive:
+            headers.set("connection", "close")
+        if chunked:
+            headers.set("transfer-encoding", "chunked")
+        line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"
+        assert self.transport is not None
+        self.transport.write(line.encode("latin-1") + headers.encode() + b"\r\n")
+
+    def write_body(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_source(self) -> bool:
+        """Whether the upstream should stop reading until the client catches up."""
+        return self._writable is not None and not self._writable.done()
+
+    def finish_response(self) -> None:
+        self.response_done = True
+
+    def write_simple(self, response: Response) -> None:
+        """Answer with a complete response generated by the proxy itself."""
+        response.headers.set("content-length", str(len(response.body)))
+        response.headers.setdefault("server", "sidemesh")
+        self.start_response(response.status, response.headers, response.reason)
+        if response.body:
+            self.write_body(response.body)
+        self.finish_response()
+
+    def set_upstream_resume(self, resume: Callable[[], None] | None) -> None:
+        self._upstream_resume = resume
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True

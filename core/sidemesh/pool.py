@@ -1,0 +1,296 @@
+"""Keep-alive connections to one endpoint, built for proxying.
+
+One pool per (endpoint, TLS identity). No global lock: a pool is a deque of idle
+connections touched only from the event loop. A response body is pushed straight from
+the upstream socket into a sink (the downstream writer), with flow control both ways,
+so bodies stream with flat memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+import httptools
+
+from .hookspecs import ConnectionSetup
+
+__all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]
+
+MAX_IDLE = 256
+RESPONSE_HEAD_LIMIT = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """An attempt failed before a usable response head arrived.
+
+    :ivar flag: Envoy response flag (``UF`` connect failure, ``UC`` connection closed or
+        reset, ``UT`` timeout).
+    """
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+class BodySink(Protocol):
+    def write_body(self, data: bytes) -> None: ...
+    def pause_source(self) -> bool: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to an endpoint; one exchange at a time."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self._head: asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._head_size = 0
+        self._sink: BodySink | None = None
+        self._pending_body: list[bytes] = []
+        self._skip_body = False
+        self._writable: asyncio.Future[None] | None = None
+        self._reuse = False
+        #: whether this connection served an earlier exchange.
+        self.reused = False
+        #: the task sending the current request body, and whether it finished.
+        self.body_task: asyncio.Task[None] | None = None
+        self.body_sent = False
+
+    # asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("UPE", f"upstream sent an invalid response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        reason = f"upstream connection closed: {exc}" if exc else "upstream closed the connection"
+        self._fail(UpstreamError("UC", reason))
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._head_size = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value)
+        if self._head_size > RESPONSE_HEAD_LIMIT:
+            raise httptools.HttpParserError("response headers too large")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (100 Continue, 103 Early Hints) are answered by the
+            # proxy itself; the client sees only the final one.
+            return
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(
+                (status, self._headers, self.parser.should_keep_alive(), self._skip_body)
+            )
+        if self._skip_body:
+            # llhttp cannot be told a response answers HEAD; finish here and do not
+            # reuse the connection, since the parser would wait for a body.
+            self._finish(reuse=False)
+
+    def on_body(self, body: bytes) -> None:
+        if self._skip_body:
+            return  # a body after a HEAD response is the upstream's error; never relay it
+        sink = self._sink
+        if sink is None:
+            self._pending_body.append(body)
+            return
+        sink.write_body(body)
+        if sink.pause_source() and self.transport is not None:
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return
+        self._finish(reuse=self.parser.should_keep_alive())
+
+    # exchange ----------------------------------------------------------------------
+    def _finish(self, reuse: bool) -> None:
+        done = self._done
+        if done is None or done.done():
+            return
+        if self._sink is None:
+            # The body ended before anyone asked for it: keep it for attach().
+            self._pending_body.append(b"")
+        done.set_result(None)
+        self._reuse = reuse
+
+    def _fail(self, error: UpstreamError) -> None:
+        for fut in (self._head, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+                # Nobody may be waiting on the body future (retry discarded it).
+                fut.exception()
+
+    def start(
+        self, head: bytes, head_only: bool
+    ) -> tuple[asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]], asyncio.Future[None]]:
+        """Send a request head; return futures for the response head and its end."""
+        loop = asyncio.get_running_loop()
+        self._head = loop.create_future()
+        self._done = loop.create_future()
+        self._sink = None
+        self._pending_body = []
+        self._skip_body = head_only
+        self._reuse = False
+        self.body_task = None
+        self.body_sent = False
+        assert self.transport is not None
+        self.transport.write(head)
+        return self._head, self._done
+
+    async def write(self, data: bytes) -> None:
+        """Write request body bytes, waiting while the upstream is not reading."""
+        if self.closed or self.transport is None:
+            raise UpstreamError("UC", "upstream closed the connection while sending the body")
+        self.transport.write(data)
+        if self._writable is not None and not self._writable.done():
+            await self._writable
+
+    def done_future(self) -> asyncio.Future[None]:
+        assert self._done is not None
+        return self._done
+
+    def body_done(self) -> bool:
+        """Whether the whole request body went out (a connection with a half-sent body
+        cannot carry another request)."""
+        return self.body_task is None or self.body_sent
+
+    def attach(self, sink: BodySink) -> None:
+        """Start pushing the response body into ``sink``."""
+        self._sink = sink
+        for chunk in self._pending_body:
+            if chunk:
+                sink.write_body(chunk)
+        self._pending_body = []
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def release(self) -> None:
+        """Hand the connection back after a complete exchange (or close it)."""
+        self._sink = None
+        self._head = None
+        self._done = None
+        if self._reuse and not self.closed:
+            self.pool.put(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self._sink = None
+        if self.body_task is not None and not self.body_task.done():
+            self.body_task.cancel()
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        self.pool.forget(self)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one endpoint with one TLS identity."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        setup: Callable[[], ConnectionSetup] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._setup = setup
+        self._idle: deque[UpstreamConnection] = deque()
+        self._all: set[UpstreamConnection] = set()
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
+        """An idle connection (most recently used first), or a new one."""
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return await self._connect(connect_timeout)
+
+    async def _connect(self, connect_timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        setup = self._setup() if self._setup is not None else None
+        ssl_context: ssl.SSLContext | None = setup.ssl_context if setup else None
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=ssl_context,
+                    server_hostname=(setup.server_hostname or "") if ssl_context else None,
+                )
+        except TimeoutError:
+            raise UpstreamError(
+                "UF", f"connect to {self.host}:{self.port} timed out after {connect_timeout}s"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamError("UF", f"connect to {self.host}:{self.port} failed: {exc}") from None
+        conn = protocol
+        if setup is not None and setup.verify_peer is not None and conn.transport is not None:
+            ssl_object = conn.transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            problem = (
+                setup.verify_peer(der) if der else "upstream presented no certificate"
+            )
+            if problem is not None:
+                conn.close()
+                raise UpstreamError("UF", f"upstream {self.host}:{self.port}: {problem}")
+        self._all.add(conn)
+        return conn
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if len(self._idle) >= MAX_IDLE:
+            conn.close()
+            return
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._all.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._all):
+            conn.close()
+        self._idle.clear()

@@ -1,0 +1,207 @@
+"""The plugin contract from the outside: policies defined here run in real chains."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from sidemesh import ConnectionSetup, Policy, hookimpl
+from sidemesh.messages import Attempt, Request, Response
+from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config
+from sidemesh.upstream import Endpoint
+
+CALLS: list[str] = []
+
+OPEN = {"type": "object", "additionalProperties": True}
+
+
+class Deny(Policy):
+    name = "deny"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"path": {"type": "string", "default": "/admin"}},
+        "additionalProperties": False,
+    }
+
+    def on_request(self, request: Request) -> Response | None:
+        CALLS.append(f"deny:{self.config['path']}")
+        if request.path.startswith(self.config["path"]):
+            return Response.json(403, {"denied": request.path})
+        return None
+
+
+class Tag(Policy):
+    """Async request hook that adds a header; records the order of every hook."""
+
+    name = "tag"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"value": {"type": "string", "default": "x"}},
+        "additionalProperties": False,
+    }
+
+    async def on_request(self, request: Request) -> Response | None:
+        await asyncio.sleep(0)
+        CALLS.append(f"tag-request:{self.config['value']}")
+        request.headers.add("x-tag", self.config["value"])
+        request.state["tag"] = self.config["value"]
+        return None
+
+    def on_response(self, request: Request, attempt: Attempt) -> None:
+        CALLS.append(f"tag-response:{request.state['tag']}")
+        assert attempt.response is not None
+        attempt.response.headers.set("x-tagged", request.state["tag"])
+
+
+class Again(Policy):
+    """Asks for one more attempt on a 503, avoiding the endpoint already tried."""
+
+    name = "again"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"buffer": {"type": "integer", "default": 1048576}},
+        "additionalProperties": False,
+    }
+
+    def on_request(self, request: Request) -> Response | None:
+        request.retry_buffer_limit = self.config["buffer"]
+        return None
+
+    def select_upstream(self, request: Request, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+        rest = [e for e in endpoints if e not in request.tried]
+        return rest or endpoints
+
+    async def on_response(self, request: Request, attempt: Attempt) -> None:
+        if attempt.status == 503 and attempt.number < 3:
+            attempt.retry(0.01)
+
+
+class Broken(Policy):
+    name = "broken"
+    schema: ClassVar[dict[str, Any]] = OPEN
+
+    def on_request(self, request: Request) -> Response | None:
+        raise RuntimeError("policy bug")
+
+
+class Pinned(Policy):
+    """Insists on a server certificate: a plain upstream must fail the attempt (UF)."""
+
+    name = "pinned"
+    schema: ClassVar[dict[str, Any]] = OPEN
+
+    def connection_setup(self, setup: ConnectionSetup) -> None:
+        if setup.kind == "upstream":
+            CALLS.append(f"setup:{setup.endpoint.address if setup.endpoint else None}")
+            setup.verify_peer = lambda der: None
+
+
+APPLIED: list[str] = []
+
+
+class TestPlugin:
+    @hookimpl
+    def sidemesh_policies(self) -> list[type[Policy]]:
+        return [Deny, Tag, Again, Broken, Pinned]
+
+    @hookimpl
+    def sidemesh_config_applied(self, version: str, source: str, config: dict[str, Any]) -> None:
+        APPLIED.append(f"{version}:{len(config['listeners'])}")
+
+
+PLUGINS = [TestPlugin()]
+
+
+def test_a_policy_can_answer_directly_and_nothing_reaches_the_upstream() -> None:
+    with Upstream() as up, running_sidecar(
+        simple_config(up.address, plugins=[{"name": "deny"}]), PLUGINS
+    ) as sc:
+        denied = httpx.get(sc.url("main") + "/admin/x", timeout=5)
+        assert denied.status_code == 403
+        assert denied.json() == {"denied": "/admin/x"}
+        assert httpx.get(sc.url("main") + "/ok", timeout=5).status_code == 200
+        assert [r.path for r in up.requests] == ["/ok"]
+
+
+def test_chain_order_listener_first_and_route_entry_overrides_by_name() -> None:
+    CALLS.clear()
+    doc = simple_config(
+        "127.0.0.1:9",
+        listener_plugins=[{"name": "tag", "config": {"value": "listener"}}, {"name": "deny"}],
+        plugins=[{"name": "deny", "config": {"path": "/secret"}}],
+    )
+    with Upstream() as up:
+        doc["clusters"][0]["endpoints"] = [{"address": up.address}]
+        with running_sidecar(doc, PLUGINS) as sc:
+            response = httpx.get(sc.url("main") + "/admin", timeout=5)
+            assert response.status_code == 200  # the route's deny config replaced /admin
+            assert response.headers["x-tagged"] == "listener"
+            assert up.requests[0].headers["x-tag"] == "listener"
+            assert httpx.get(sc.url("main") + "/secret", timeout=5).status_code == 403
+    assert CALLS[:3] == ["tag-request:listener", "deny:/secret", "tag-response:listener"]
+
+
+def test_response_hook_can_ask_for_another_attempt_on_another_endpoint() -> None:
+    with Upstream(lambda r: Reply(status=503)) as bad, Upstream(lambda r: Reply(body=b"good")) as good:
+        doc = simple_config(bad.address, good.address, plugins=[{"name": "again"}])
+        with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
+            for _ in range(6):
+                response = client.get(sc.url("main") + "/")
+                assert response.status_code == 200
+                assert response.text == "good"
+        assert len(good.requests) == 6
+        assert 1 <= len(bad.requests) <= 6
+
+
+def test_a_request_body_is_replayed_on_the_retry_within_the_buffer_limit() -> None:
+    with Upstream(lambda r: Reply(status=503)) as bad, Upstream(
+        lambda r: Reply(body=b"got " + r.body)
+    ) as good:
+        doc = simple_config(bad.address, good.address, plugins=[{"name": "again"}])
+        with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
+            for _ in range(4):
+                response = client.put(sc.url("main") + "/", content=b"payload")
+                assert response.status_code == 200
+                assert response.text == "got payload"
+        assert bad.requests and all(r.body == b"payload" for r in bad.requests)
+
+
+def test_a_body_over_the_buffer_limit_is_streamed_and_not_retried() -> None:
+    with Upstream(lambda r: Reply(status=503)) as bad:
+        doc = simple_config(bad.address, plugins=[{"name": "again", "config": {"buffer": 4}}])
+        with running_sidecar(doc, PLUGINS) as sc:
+            response = httpx.put(sc.url("main") + "/", content=b"x" * 100_000, timeout=5)
+            assert response.status_code == 503
+        assert len(bad.requests) == 1
+        assert bad.requests[0].body == b"x" * 100_000
+
+
+def test_a_failing_policy_gives_500_json_not_a_traceback() -> None:
+    with Upstream() as up, running_sidecar(
+        simple_config(up.address, plugins=[{"name": "broken"}]), PLUGINS
+    ) as sc:
+        response = httpx.get(sc.url("main") + "/", timeout=5)
+        assert response.status_code == 500
+        assert response.json() == {"error": "plugin error", "message": "policy bug"}
+        assert not up.requests
+
+
+def test_connection_setup_runs_per_new_upstream_connection_and_can_refuse_it() -> None:
+    CALLS.clear()
+    with Upstream() as up, running_sidecar(
+        simple_config(up.address, plugins=[{"name": "pinned"}]), PLUGINS
+    ) as sc:
+        response = httpx.get(sc.url("main") + "/", timeout=5)
+        assert response.status_code == 503
+        assert "connection failure" in response.text
+    assert CALLS == [f"setup:{up.address}"]
+
+
+def test_sidemesh_config_applied_is_called_after_each_apply() -> None:
+    APPLIED.clear()
+    with Upstream() as up, running_sidecar(simple_config(up.address), PLUGINS) as sc:
+        sc.apply(simple_config(up.address), version="v2")
+    assert APPLIED == ["test:1", "v2:1"]
