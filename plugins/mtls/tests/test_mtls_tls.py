@@ -8,20 +8,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from sidemesh.hookspecs import ConnectionSetup
+from sidemesh.messages import ConnectionInfo
+from sidemesh_mtls.identity import IdentityError, Material, build_identity
+from sidemesh_mtls.policy import MtlsPolicy
 from sidemesh_mtls_testkit import (
     NODE,
     Pki,
     call,
     listener_policy,
     raw_client_context,
+    request_on,
     route_policy,
     serve,
     sid,
 )
-
-from sidemesh.hookspecs import ConnectionSetup
-from sidemesh_mtls.identity import IdentityError, Material, build_identity
-from sidemesh_mtls.policy import MtlsPolicy
 
 
 def run(main: Callable[[], Awaitable[Any]], *policies: MtlsPolicy) -> Any:
@@ -135,10 +136,6 @@ def test_bad_client_certificates_are_refused(
 
 
 def test_plaintext_and_missing_certificates_by_mode(pki: Pki) -> None:
-    from sidemesh_mtls_testkit import request_on
-
-    from sidemesh.messages import ConnectionInfo
-
     files = pki.write(pki.issue("reviews"), "reviews")
     strict = listener_policy({"mode": "strict", "allow": None, **files})
     permissive = listener_policy({"mode": "permissive", "allow": None, **files})
