@@ -10,7 +10,7 @@ import httpx
 
 from sidemesh import ConnectionSetup, Policy, hookimpl
 from sidemesh.messages import Attempt, Request, Response
-from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config
+from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config, wait_for
 from sidemesh.upstream import Endpoint
 
 CALLS: list[str] = []
@@ -99,13 +99,22 @@ class Pinned(Policy):
             setup.verify_peer = lambda der: None
 
 
+class Shadow(Policy):
+    name = "shadow"
+    schema: ClassVar[dict[str, Any]] = OPEN
+
+    def on_request(self, request: Request) -> Response | None:
+        request.mirror("mirror")
+        return None
+
+
 APPLIED: list[str] = []
 
 
 class TestPlugin:
     @hookimpl
     def sidemesh_policies(self) -> list[type[Policy]]:
-        return [Deny, Tag, Again, Broken, Pinned]
+        return [Deny, Tag, Again, Broken, Pinned, Shadow]
 
     @hookimpl
     def sidemesh_config_applied(self, version: str, source: str, config: dict[str, Any]) -> None:
@@ -205,3 +214,24 @@ def test_sidemesh_config_applied_is_called_after_each_apply() -> None:
     with Upstream() as up, running_sidecar(simple_config(up.address), PLUGINS) as sc:
         sc.apply(simple_config(up.address), version="v2")
     assert APPLIED == ["test:1", "v2:1"]
+
+
+def test_a_mirrored_request_reaches_the_mirror_and_a_dead_mirror_changes_nothing() -> None:
+    with Upstream(lambda r: Reply(body=b"main")) as main, Upstream(
+        lambda r: Reply(status=500, body=b"mirror")
+    ) as mirror:
+        doc = simple_config(main.address, plugins=[{"name": "shadow"}])
+        doc["clusters"].append({"name": "mirror", "endpoints": [{"address": mirror.address}]})
+        with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
+            response = client.post(sc.url("main") + "/p", content=b"body!", headers={"host": "svc"})
+            assert (response.status_code, response.text) == (200, "main")
+            assert wait_for(lambda: len(mirror.requests) == 1)
+        copy = mirror.requests[0]
+        assert (copy.method, copy.path, copy.body) == ("POST", "/p", b"body!")
+        assert copy.headers["host"] == "svc-shadow"
+    with Upstream(lambda r: Reply(body=b"main")) as main:
+        doc = simple_config(main.address, plugins=[{"name": "shadow"}])
+        doc["clusters"].append({"name": "mirror", "endpoints": [{"address": "127.0.0.1:9"}]})
+        with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
+            for _ in range(5):
+                assert client.get(sc.url("main") + "/").text == "main"

@@ -61,6 +61,12 @@ class RequestBody:
     def replayable(self) -> bool:
         return self._first == 0 and (self.keep or not self._chunks)
 
+    def kept(self) -> bytes | None:
+        """The whole body, when it has arrived and was kept; otherwise ``None``."""
+        if not self.eof or not self.replayable:
+            return None
+        return b"".join(self._chunks)
+
     def set_limit(self, limit: int) -> None:
         self.limit = limit
         if self.size > limit:

@@ -44,6 +44,9 @@ FAILURE_STATUS = {
 }  # fmt: skip
 
 
+MIRROR_BUFFER = 1024 * 1024
+
+
 class Outcome:
     """What happened to one request, for the access log and metrics."""
 
@@ -128,8 +131,42 @@ class Forwarder:
             request.log["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             self._on_done(request, outcome)
+            if request.mirrors:
+                self._mirror(request, body, snapshot, route)
             if route is not None:
                 self._complete(route, request, outcome)
+
+    def _mirror(
+        self, request: Request, body: RequestBody, snapshot: Snapshot, route: CompiledRoute | None
+    ) -> None:
+        payload = body.kept()
+        if payload is None:
+            request.log["mirror"] = "skipped: body not buffered"
+            return
+        headers = Headers._trusted(
+            [(k, v) for k, v in request.headers if k not in ("content-length", "transfer-encoding")]
+        )
+        headers.set("host", f"{request.host.split(':')[0]}-shadow")
+        if payload or request.method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            headers.set("content-length", str(len(payload)))
+        head = (
+            f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
+            + headers.encode()
+            + b"\r\n"
+        )
+        timeout = (route.timeout if route is not None else None) or 15.0
+        loop = asyncio.get_running_loop()
+        for cluster_name, subset in request.mirrors:
+            cluster = snapshot.clusters.get(cluster_name)
+            if cluster is None:
+                continue
+            candidates = cluster.subsets.get(subset, []) if subset else cluster.available()
+            if candidates:
+                task = loop.create_task(
+                    _shadow(cluster.pick(candidates), head + payload, cluster, timeout)
+                )
+                _SHADOWS.add(task)
+                task.add_done_callback(_SHADOWS.discard)
 
     @staticmethod
     def _complete(route: CompiledRoute, request: Request, outcome: Outcome) -> None:
@@ -180,7 +217,11 @@ class Forwarder:
                 outcome.flags.append("DI")
                 self._answer(conn, answer, outcome)
                 return
-        body.set_limit(request.retry_buffer_limit)
+        body.set_limit(
+            max(request.retry_buffer_limit, MIRROR_BUFFER)
+            if request.mirrors
+            else request.retry_buffer_limit
+        )
         cluster = snapshot.clusters.get(request.cluster)
         if cluster is None:
             status, message = FAILURE_STATUS["NC"]
@@ -430,3 +471,40 @@ class Forwarder:
             upstream.close()
         else:
             upstream.release()
+
+
+#: shadow requests in flight (a reference keeps each task alive until it is done).
+_SHADOWS: set[asyncio.Task[None]] = set()
+
+
+async def _shadow(endpoint: Endpoint, data: bytes, cluster: Cluster, timeout: float) -> None:
+    """Send a mirrored request and read its answer away; every failure is swallowed."""
+    pool = endpoint.pools.get(None)
+    if pool is None:
+        pool = endpoint.pools[None] = ConnectionPool(endpoint.host, endpoint.port)
+    upstream: UpstreamConnection | None = None
+    outcome = "ok"
+    try:
+        async with asyncio.timeout(timeout):
+            upstream = await pool.acquire(cluster.connect_timeout)
+            head, done = upstream.start(data, False)
+            upstream.attach(_DISCARD)
+            await head
+            await done
+        upstream.release()
+    except (TimeoutError, UpstreamError, OSError):
+        outcome = "failed"
+        if upstream is not None:
+            upstream.close()
+    endpoint.stats[f"mirror_{outcome}"] = endpoint.stats.get(f"mirror_{outcome}", 0) + 1
+
+
+class _Discard:
+    def write_body(self, data: bytes) -> None:
+        return None
+
+    def pause_source(self) -> bool:
+        return False
+
+
+_DISCARD = _Discard()

@@ -118,6 +118,7 @@ class Request:
         "listener",
         "log",
         "method",
+        "mirrors",
         "path",
         "peer_identity",
         "per_try_timeout",
@@ -166,6 +167,16 @@ class Request:
         #: the verified SPIFFE ID of the downstream peer, set by an mTLS policy.
         self.peer_identity: str | None = None
         self.start = 0.0
+        #: (cluster, subset or None) pairs that get a fire-and-forget copy of this
+        #: request once it is answered; see :meth:`mirror`.
+        self.mirrors: list[tuple[str, str | None]] = []
+
+    def mirror(self, cluster: str, subset: str | None = None) -> None:
+        """Ask the core to send a shadow copy of this request to ``cluster`` (and
+        ``subset``) after the client's answer, with ``-shadow`` appended to the Host as
+        Envoy does. The copy's answer, slowness or failure never reaches the client; a
+        body larger than the mirror buffer (1 MiB) is not mirrored."""
+        self.mirrors.append((cluster, subset))
 
     @property
     def path_only(self) -> str:
