@@ -103,7 +103,7 @@ def test_plugin_config_error_names_plugin_version_and_rule(
     assert (error.plugin, error.plugin_version, error.rule) == ("fakeretry", "1.2.3", "maximum")
     assert str(error) == (
         "listeners[0].routes[0].plugins[0].config.attempts: 11 is greater than the maximum "
-        "of 10 [plugin fakeretry 1.2.3, rule maximum]"
+        "of 10 [plugin fakeretry@1.2.3, rule maximum]"
     )
 
 

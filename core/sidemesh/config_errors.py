@@ -72,7 +72,7 @@ class ConfigError:
         notes = []
         if self.plugin is not None:
             notes.append(
-                f"plugin {self.plugin} {self.plugin_version}"
+                f"plugin {self.plugin}@{self.plugin_version}"
                 if self.plugin_version
                 else f"plugin {self.plugin}"
             )
