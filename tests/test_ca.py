@@ -397,3 +397,13 @@ def test_lifetime_is_short_backdated_and_serials_random(ca: CertificateAuthority
     for ttl in (0, -1, 10**9):
         with pytest.raises(CertificateRequestError, match="ttl"):
             ca.sign_csr(make_csr(), namespace="default", service="reviews", ttl=ttl)
+
+
+def test_certificate_response_is_the_documented_contract(ca: CertificateAuthority) -> None:
+    body = ca.certificate_response(make_csr(), namespace="default", service="reviews", ttl=600)
+    assert sorted(body) == ["certificate", "expires_at", "trust_bundle"]
+    leaf = x509.load_pem_x509_certificate(body["certificate"].encode())
+    assert spiffe_id_from_cert(der(leaf)) == ID
+    assert body["trust_bundle"].encode() == ca.trust_bundle_pem()
+    expires = dt.datetime.fromisoformat(body["expires_at"])
+    assert expires == leaf.not_valid_after_utc.replace(microsecond=0)

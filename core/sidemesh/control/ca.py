@@ -211,6 +211,27 @@ class CertificateAuthority:
         """The trust bundle (the CA certificate) in PEM."""
         return self._bundle_pem
 
+    def certificate_response(
+        self,
+        csr_pem: bytes,
+        *,
+        namespace: str,
+        service: str,
+        ttl: float = DEFAULT_TTL,
+    ) -> dict[str, str]:
+        """The JSON body of ``POST /v1/certificates`` as the mtls plugin expects it:
+        ``{"certificate": PEM chain, "trust_bundle": PEM, "expires_at": ISO 8601}``.
+
+        Same arguments and errors as :meth:`sign_csr`.
+        """
+        pem = self.sign_csr(csr_pem, namespace=namespace, service=service, ttl=ttl)
+        not_after = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+        return {
+            "certificate": pem.decode("ascii"),
+            "trust_bundle": self._bundle_pem.decode("ascii"),
+            "expires_at": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
     def sign_csr(
         self,
         csr_pem: bytes,

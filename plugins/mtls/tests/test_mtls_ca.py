@@ -4,7 +4,6 @@ CertificateAuthority, speaking the contract in the plugin's README."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -14,7 +13,6 @@ from typing import Any
 
 import pytest
 import uvicorn
-from cryptography import x509
 from sidemesh.control.ca import CertificateAuthority, CertificateRequestError
 from sidemesh.hookspecs import ConnectionSetup
 from sidemesh_mtls.identity import IdentityError, IdentityUnavailable, build_identity
@@ -45,26 +43,14 @@ def certificates_app(ca: CertificateAuthority, plane: ControlPlane) -> Starlette
         body = await request.json()
         plane.bodies.append(body)
         try:
-            pem = ca.sign_csr(
+            answer = ca.certificate_response(
                 body["csr"].encode(), namespace="default", service=service, ttl=plane.ttl
             )
         except CertificateRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
-        leaf = build_expiry(pem)
-        return JSONResponse(
-            {
-                "certificate": pem.decode(),
-                "trust_bundle": ca.trust_bundle_pem().decode(),
-                "expires_at": leaf,
-            }
-        )
+        return JSONResponse(answer)
 
     return Starlette(routes=[Route("/v1/certificates", certificates, methods=["POST"])])
-
-
-def build_expiry(pem: bytes) -> str:
-    not_after = x509.load_pem_x509_certificate(pem).not_valid_after_utc
-    return not_after.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @asynccontextmanager
