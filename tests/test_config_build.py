@@ -10,6 +10,7 @@ from types import ModuleType
 
 import pytest
 import yaml
+
 from sidemesh.config import ConfigInvalid, build, config_digest, load_file, parse_yaml
 from sidemesh.model import HeaderMatch
 from sidemesh.plugins import PluginRegistry

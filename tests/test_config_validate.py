@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from sidemesh.config import ConfigError, ConfigInvalid, build, parse_yaml, validate
 from sidemesh.plugins import PluginRegistry
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sidemesh.config import ConfigInvalid, parse_yaml
 from sidemesh.config_yaml import MAX_CONFIG_BYTES
 

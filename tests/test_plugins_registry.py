@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+
 from sidemesh import Policy, hookimpl
 from sidemesh.durations import DURATION_PATTERN
 from sidemesh.plugins import PluginRegistry, composed_schema, core_schema

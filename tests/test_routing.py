@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sidemesh.messages import Headers
 from sidemesh.model import HeaderMatch, RouteConfig, RouteMatch
 from sidemesh.routing import RouteTable
