@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from sidemesh.control.ca import CA_KEY_FILE, CertificateAuthority
 from sidemesh.hookspecs import PolicyContext
 from sidemesh.messages import ConnectionInfo, Headers, Request

@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 import uvicorn
-from sidemesh.control.ca import CertificateAuthority, CertificateRequestError
-from sidemesh.hookspecs import ConnectionSetup
-from sidemesh_mtls.identity import IdentityError, IdentityUnavailable, build_identity
-from sidemesh_mtls.manager import IdentityManager
-from sidemesh_mtls.sources import CAIdentitySource
 from sidemesh_mtls_testkit import NODE, TD, Pki, call, listener_policy, route_policy, serve, sid
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from sidemesh.control.ca import CertificateAuthority, CertificateRequestError
+from sidemesh.hookspecs import ConnectionSetup
+from sidemesh_mtls.identity import IdentityError, IdentityUnavailable, build_identity
+from sidemesh_mtls.manager import IdentityManager
+from sidemesh_mtls.sources import CAIdentitySource
 
 TOKENS = {"tok-reviews": "reviews", "tok-productpage": "productpage"}
 

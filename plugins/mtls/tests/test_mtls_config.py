@@ -8,6 +8,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from sidemesh_mtls_testkit import NODE, Pki, listener_policy, route_policy, sid
+
 from sidemesh.hookspecs import PolicyContext
 from sidemesh.model import ClusterConfig
 from sidemesh.upstream import Cluster
@@ -15,7 +17,6 @@ from sidemesh_mtls import manager as manager_module
 from sidemesh_mtls.identity import IdentityError
 from sidemesh_mtls.plugin import sidemesh_policies
 from sidemesh_mtls.policy import MtlsPolicy
-from sidemesh_mtls_testkit import NODE, Pki, listener_policy, route_policy, sid
 
 
 def defaults() -> dict[str, Any]:

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from sidemesh.testing import Reply, RunningSidecar, Upstream, running_sidecar
 from sidemesh_mtls_testkit import Pki, sid
+
+from sidemesh.testing import Reply, RunningSidecar, Upstream, running_sidecar
 
 
 def inbound_config(service: str, app: str, files: dict[str, str], **mtls: Any) -> dict[str, Any]:

@@ -8,10 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sidemesh.hookspecs import ConnectionSetup
-from sidemesh.messages import ConnectionInfo
-from sidemesh_mtls.identity import IdentityError, Material, build_identity
-from sidemesh_mtls.policy import MtlsPolicy
 from sidemesh_mtls_testkit import (
     NODE,
     Pki,
@@ -23,6 +19,11 @@ from sidemesh_mtls_testkit import (
     serve,
     sid,
 )
+
+from sidemesh.hookspecs import ConnectionSetup
+from sidemesh.messages import ConnectionInfo
+from sidemesh_mtls.identity import IdentityError, Material, build_identity
+from sidemesh_mtls.policy import MtlsPolicy
 
 
 def run(main: Callable[[], Awaitable[Any]], *policies: MtlsPolicy) -> Any:
