@@ -146,6 +146,8 @@ def test_every_error_is_reported_at_once(doc: dict[str, Any], registry: PluginRe
     [
         (lambda d: d["clusters"][0].update(connect_timeout="0s"), "clusters[0].connect_timeout",
          "duration", "greater than 0s"),
+        (lambda d: d["listeners"][0]["routes"][0].update(timeout="2s\n"),
+         "listeners[0].routes[0].timeout", "duration", "is not a duration"),
         (lambda d: d["clusters"][0].update(load_balancer="fastest"),
          "clusters[0].load_balancer", "enum", "round_robin, least_request, random"),
         (lambda d: d["clusters"][0]["endpoints"][0].update(address="localhost"),

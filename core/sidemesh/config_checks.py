@@ -17,13 +17,14 @@ from jsonschema import Draft202012Validator
 
 from .config_build import split_address
 from .config_errors import ConfigError, format_path, schema_error
-from .durations import parse_duration
+from .durations import DURATION_PATTERN, parse_duration
 from .plugins import PluginRegistry, PolicyType
 
 __all__ = ["ChainSite", "chain_sites", "plugin_errors", "semantic_errors"]
 
 Path = tuple[str | int, ...]
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+_DURATION_SEARCH = re.compile(DURATION_PATTERN)
 
 
 def _items(doc: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -55,6 +56,20 @@ def _unique(
     return errors
 
 
+def _duration_errors(path: Path, value: Any, positive: bool = False) -> list[ConfigError]:
+    # Only what the schema's pattern lets through: Python's "$" also matches before a
+    # trailing newline, so "2s\n" passes the pattern but is not a duration.
+    if not isinstance(value, str) or not _DURATION_SEARCH.search(value):
+        return []
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        return [_err(path, str(exc), "duration")]
+    if positive and seconds <= 0:
+        return [_err(path, f"{path[-1]} must be greater than 0s", "duration")]
+    return []
+
+
 def _regex_error(path: Path, pattern: Any) -> list[ConfigError]:
     if not isinstance(pattern, str):
         return []
@@ -70,14 +85,8 @@ def _cluster_errors(doc: dict[str, Any]) -> list[ConfigError]:
     names = [(("clusters", i, "name"), c.get("name")) for i, c in _items(doc, "clusters")]
     errors += _unique(names, "cluster name")
     for i, cluster in _items(doc, "clusters"):
-        timeout = cluster.get("connect_timeout")
-        if isinstance(timeout, str):
-            try:
-                if parse_duration(timeout) <= 0:
-                    errors.append(_err(("clusters", i, "connect_timeout"),
-                                       "connect_timeout must be greater than 0s", "duration"))
-            except ValueError:
-                pass  # the schema's pattern already reported it
+        errors += _duration_errors(("clusters", i, "connect_timeout"),
+                                   cluster.get("connect_timeout"), positive=True)
         endpoints = [e for _, e in _items(cluster, "endpoints")]
         errors += _unique(
             [(("clusters", i, "endpoints", j, "address"), e.get("address"))
@@ -156,6 +165,7 @@ def _listener_errors(doc: dict[str, Any]) -> list[ConfigError]:
                            for j, r in routes], "route name")
         for j, route in routes:
             base: Path = ("listeners", i, "routes", j)
+            errors += _duration_errors((*base, "timeout"), route.get("timeout"))
             cluster = route.get("cluster")
             if isinstance(cluster, str) and cluster not in clusters:
                 known = ", ".join(str(c) for c in clusters) or "none"

@@ -28,7 +28,7 @@ def parse_duration(text: str) -> float:
             f"expected a duration string such as '250ms', '2s', '1m' or '1h', "
             f"got {type(text).__name__} {text!r}"
         )
-    match = _DURATION_RE.match(text)
+    match = _DURATION_RE.fullmatch(text)
     if match is None:
         raise ValueError(
             f"{text!r} is not a duration: write a number and a unit (ms, s, m or h), "

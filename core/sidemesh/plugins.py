@@ -41,9 +41,14 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "sidemesh"
-#: The Policy methods that run on the data path; ``sidemesh plugins`` lists which of them
-#: a policy overrides.
-DATA_PATH_HOOKS = ("on_request", "select_upstream", "connection_setup", "on_response")
+#: The Policy methods that run on the data path, in definition order; ``sidemesh
+#: plugins`` lists which of them a policy overrides. Derived from the contract so a hook
+#: added to :class:`~sidemesh.hookspecs.Policy` shows up without a change here.
+DATA_PATH_HOOKS = tuple(
+    name
+    for name, member in vars(Policy).items()
+    if callable(member) and not name.startswith("_") and name not in ("check_config", "close")
+)
 #: Distribution name shown for plugins registered in-process (tests, embedding).
 LOCAL_DISTRIBUTION = "(local)"
 LOCAL_VERSION = "0+local"
