@@ -148,6 +148,11 @@ def test_every_error_is_reported_at_once(doc: dict[str, Any], registry: PluginRe
          "duration", "greater than 0s"),
         (lambda d: d["listeners"][0]["routes"][0].update(timeout="2s\n"),
          "listeners[0].routes[0].timeout", "duration", "is not a duration"),
+        (lambda d: d["clusters"][0].update(name="reviews\n"), "clusters[0].name", "pattern",
+         "is not a name"),
+        (lambda d: d["listeners"][0]["routes"][0]["plugins"][0]["config"].update(
+            per_try_timeout="1s\n"), "listeners[0].routes[0].plugins[0].config.per_try_timeout",
+         "duration", "is not a duration"),
         (lambda d: d["clusters"][0].update(load_balancer="fastest"),
          "clusters[0].load_balancer", "enum", "round_robin, least_request, random"),
         (lambda d: d["clusters"][0]["endpoints"][0].update(address="localhost"),

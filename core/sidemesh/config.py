@@ -15,8 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from .config_build import (
     build_cluster,
     build_sidecar,
@@ -24,7 +22,7 @@ from .config_build import (
     inherit_configs,
     node_dict,
 )
-from .config_checks import ChainSite, plugin_errors, semantic_errors
+from .config_checks import ChainSite, SchemaValidator, plugin_errors, semantic_errors
 from .config_errors import ConfigError, ConfigInvalid, format_path, schema_error
 from .config_yaml import MAX_CONFIG_BYTES, parse_yaml
 from .hookspecs import PolicyContext
@@ -46,9 +44,9 @@ CheckEntry = Callable[[ChainSite, PolicyType], list[ConfigError]]
 
 
 @lru_cache(maxsize=1)
-def _core() -> tuple[dict[str, Any], Draft202012Validator]:
+def _core() -> tuple[dict[str, Any], Any]:
     schema = core_schema()
-    return schema, Draft202012Validator(schema)
+    return schema, SchemaValidator(schema)
 
 
 def _with_plugin_defaults(doc: dict[str, Any], registry: PluginRegistry) -> dict[str, Any]:

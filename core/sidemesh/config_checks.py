@@ -13,18 +13,38 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError
 
 from .config_build import split_address
 from .config_errors import ConfigError, format_path, schema_error
 from .durations import DURATION_PATTERN, parse_duration
 from .plugins import PluginRegistry, PolicyType
 
-__all__ = ["ChainSite", "chain_sites", "plugin_errors", "semantic_errors"]
+__all__ = ["ChainSite", "SchemaValidator", "chain_sites", "plugin_errors", "semantic_errors"]
 
 Path = tuple[str | int, ...]
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 _DURATION_SEARCH = re.compile(DURATION_PATTERN)
+
+
+def _anchored_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    # jsonschema applies "pattern" with Python's re.search, where "$" also matches before
+    # a trailing newline; ECMA-262 (what JSON Schema means) does not. "reviews\n" is not
+    # a valid name.
+    if not isinstance(instance, str):
+        return
+    if re.search(pattern, instance) is None or (
+        pattern.endswith("$") and instance.endswith("\n")
+    ):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: Draft 2020-12 with ECMA-262 semantics for ``pattern``'s ``$``; used for the core
+#: schema and every plugin schema.
+SchemaValidator: Any = validators.extend(Draft202012Validator, {"pattern": _anchored_pattern})
 
 
 def _items(doc: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -230,7 +250,7 @@ def plugin_errors(
     holds, names are unique within a list, and its config is valid for its schema.
     ``on_valid`` runs further checks on entries that passed all of that."""
     errors: list[ConfigError] = []
-    validators: dict[str, Draft202012Validator] = {}
+    compiled: dict[str, Any] = {}
     seen: dict[Path, dict[str, Path]] = {}
     for site in chain_sites(doc):
         name = site.entry.get("name")
@@ -266,9 +286,9 @@ def plugin_errors(
                                          name, policy.version, "version"))
         config = site.entry.get("config", {})
         if isinstance(config, dict):
-            validator = validators.get(name)
+            validator = compiled.get(name)
             if validator is None:
-                validator = validators[name] = Draft202012Validator(policy.schema)
+                validator = compiled[name] = SchemaValidator(policy.schema)
             for error in validator.iter_errors(config):
                 found += schema_error(error, (*site.path, "config"), name, policy.version)
         if not found and isinstance(config, dict):
