@@ -70,7 +70,9 @@ class Again(Policy):
         request.retry_buffer_limit = self.config["buffer"]
         return None
 
-    def select_upstream(self, request: Request, endpoints: Sequence[Endpoint]) -> Sequence[Endpoint]:
+    def select_upstream(
+        self, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
         rest = [e for e in endpoints if e not in request.tried]
         return rest or endpoints
 
@@ -125,9 +127,10 @@ PLUGINS = [TestPlugin()]
 
 
 def test_a_policy_can_answer_directly_and_nothing_reaches_the_upstream() -> None:
-    with Upstream() as up, running_sidecar(
-        simple_config(up.address, plugins=[{"name": "deny"}]), PLUGINS
-    ) as sc:
+    with (
+        Upstream() as up,
+        running_sidecar(simple_config(up.address, plugins=[{"name": "deny"}]), PLUGINS) as sc,
+    ):
         denied = httpx.get(sc.url("main") + "/admin/x", timeout=5)
         assert denied.status_code == 403
         assert denied.json() == {"denied": "/admin/x"}
@@ -154,7 +157,10 @@ def test_chain_order_listener_first_and_route_entry_overrides_by_name() -> None:
 
 
 def test_response_hook_can_ask_for_another_attempt_on_another_endpoint() -> None:
-    with Upstream(lambda r: Reply(status=503)) as bad, Upstream(lambda r: Reply(body=b"good")) as good:
+    with (
+        Upstream(lambda r: Reply(status=503)) as bad,
+        Upstream(lambda r: Reply(body=b"good")) as good,
+    ):
         doc = simple_config(bad.address, good.address, plugins=[{"name": "again"}])
         with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
             for _ in range(6):
@@ -166,9 +172,10 @@ def test_response_hook_can_ask_for_another_attempt_on_another_endpoint() -> None
 
 
 def test_a_request_body_is_replayed_on_the_retry_within_the_buffer_limit() -> None:
-    with Upstream(lambda r: Reply(status=503)) as bad, Upstream(
-        lambda r: Reply(body=b"got " + r.body)
-    ) as good:
+    with (
+        Upstream(lambda r: Reply(status=503)) as bad,
+        Upstream(lambda r: Reply(body=b"got " + r.body)) as good,
+    ):
         doc = simple_config(bad.address, good.address, plugins=[{"name": "again"}])
         with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
             for _ in range(4):
@@ -189,9 +196,10 @@ def test_a_body_over_the_buffer_limit_is_streamed_and_not_retried() -> None:
 
 
 def test_a_failing_policy_gives_500_json_not_a_traceback() -> None:
-    with Upstream() as up, running_sidecar(
-        simple_config(up.address, plugins=[{"name": "broken"}]), PLUGINS
-    ) as sc:
+    with (
+        Upstream() as up,
+        running_sidecar(simple_config(up.address, plugins=[{"name": "broken"}]), PLUGINS) as sc,
+    ):
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 500
         assert response.json() == {"error": "plugin error", "message": "policy bug"}
@@ -200,13 +208,14 @@ def test_a_failing_policy_gives_500_json_not_a_traceback() -> None:
 
 def test_connection_setup_runs_per_new_upstream_connection_and_can_refuse_it() -> None:
     CALLS.clear()
-    with Upstream() as up, running_sidecar(
-        simple_config(up.address, plugins=[{"name": "pinned"}]), PLUGINS
-    ) as sc:
+    with (
+        Upstream() as up,
+        running_sidecar(simple_config(up.address, plugins=[{"name": "pinned"}]), PLUGINS) as sc,
+    ):
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 503
         assert "connection failure" in response.text
-    assert CALLS == [f"setup:{up.address}"]
+    assert [f"setup:{up.address}"] == CALLS
 
 
 def test_sidemesh_config_applied_is_called_after_each_apply() -> None:
@@ -217,9 +226,10 @@ def test_sidemesh_config_applied_is_called_after_each_apply() -> None:
 
 
 def test_a_mirrored_request_reaches_the_mirror_and_a_dead_mirror_changes_nothing() -> None:
-    with Upstream(lambda r: Reply(body=b"main")) as main, Upstream(
-        lambda r: Reply(status=500, body=b"mirror")
-    ) as mirror:
+    with (
+        Upstream(lambda r: Reply(body=b"main")) as main,
+        Upstream(lambda r: Reply(status=500, body=b"mirror")) as mirror,
+    ):
         doc = simple_config(main.address, plugins=[{"name": "shadow"}])
         doc["clusters"].append({"name": "mirror", "endpoints": [{"address": mirror.address}]})
         with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:

@@ -13,7 +13,13 @@ from sidemesh import hookspecs
 from sidemesh.hookspecs import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_PATH_HOOKS = ["on_request", "select_upstream", "connection_setup", "on_response", "on_complete"]
+DATA_PATH_HOOKS = [
+    "on_request",
+    "select_upstream",
+    "connection_setup",
+    "on_response",
+    "on_complete",
+]
 LIFECYCLE_HOOKS = [
     name for name, obj in vars(hookspecs).items() if name.startswith("sidemesh_") and callable(obj)
 ]
@@ -45,7 +51,8 @@ def test_hook_is_documented(name: str, hook: object) -> None:
 @pytest.mark.parametrize("name", [n for n, _ in ALL_HOOKS])
 def test_hook_has_a_test(name: str) -> None:
     test_files = [
-        p for p in [*ROOT.glob("tests/test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")]
+        p
+        for p in [*ROOT.glob("tests/test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")]
         if p.name != "test_hookspecs.py"
     ]
     assert any(re.search(rf"\b{name}\b", p.read_text()) for p in test_files), (

@@ -96,7 +96,7 @@ def test_case(case: dict[str, Any], proxy: Any) -> None:
 
 
 def test_oversized_url_is_414_and_oversized_headers_431(proxy: Any) -> None:
-    up, sc = proxy
+    _, sc = proxy
     long_url = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert _statuses(_send(sc.port("main"), long_url)) == [414]
     big_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n"

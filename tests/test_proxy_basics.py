@@ -27,9 +27,10 @@ def _raw(port: int, data: bytes, timeout: float = 3.0) -> bytes:
 
 
 def test_get_is_proxied_with_forwarding_headers() -> None:
-    with Upstream(lambda r: Reply(body=b"hello " + r.path.encode())) as up, running_sidecar(
-        simple_config(up.address)
-    ) as sc:
+    with (
+        Upstream(lambda r: Reply(body=b"hello " + r.path.encode())) as up,
+        running_sidecar(simple_config(up.address)) as sc,
+    ):
         response = httpx.get(
             sc.url("main") + "/a?b=1",
             headers={"Connection": "keep-alive, x-secret", "x-secret": "1", "keep-alive": "5"},
@@ -77,26 +78,29 @@ def test_dead_upstream_is_503_and_slow_upstream_is_504() -> None:
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 503
         assert "connection failure" in response.text
-    with Upstream(lambda r: Reply(delay=2.0)) as up, running_sidecar(
-        simple_config(up.address, timeout="300ms")
-    ) as sc:
+    with (
+        Upstream(lambda r: Reply(delay=2.0)) as up,
+        running_sidecar(simple_config(up.address, timeout="300ms")) as sc,
+    ):
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 504
         assert response.text == "upstream request timeout"
 
 
 def test_upstream_reset_before_headers_is_503() -> None:
-    with Upstream(lambda r: Reply(reset=True)) as up, running_sidecar(
-        simple_config(up.address)
-    ) as sc:
+    with (
+        Upstream(lambda r: Reply(reset=True)) as up,
+        running_sidecar(simple_config(up.address)) as sc,
+    ):
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 503
 
 
 def test_chunked_bodies_stream_both_ways() -> None:
-    with Upstream(lambda r: Reply(chunks=[b"a" * 10, r.body, b"z"])) as up, running_sidecar(
-        simple_config(up.address)
-    ) as sc:
+    with (
+        Upstream(lambda r: Reply(chunks=[b"a" * 10, r.body, b"z"])) as up,
+        running_sidecar(simple_config(up.address)) as sc,
+    ):
 
         def parts():  # type: ignore[no-untyped-def]
             yield b"hello "
@@ -114,7 +118,8 @@ def test_absolute_form_target_routes_by_its_authority() -> None:
     with Upstream(lambda r: Reply(body=b"reviews")) as up:
         doc["clusters"].append({"name": "reviews", "endpoints": [{"address": up.address}]})
         doc["listeners"][0]["routes"].insert(
-            0, {"name": "reviews", "match": {"host": "reviews", "prefix": "/"}, "cluster": "reviews"}
+            0,
+            {"name": "reviews", "match": {"host": "reviews", "prefix": "/"}, "cluster": "reviews"},
         )
         with running_sidecar(doc) as sc:
             raw = _raw(
@@ -133,20 +138,24 @@ def test_head_and_204_have_no_body_and_connection_is_reused() -> None:
     def answer(seen):  # type: ignore[no-untyped-def]
         return Reply(status=204, body=b"") if seen.path == "/empty" else Reply(body=b"12345")
 
-    with Upstream(answer) as up, running_sidecar(simple_config(up.address)) as sc:
-        with httpx.Client(timeout=5) as client:
-            head = client.head(sc.url("main") + "/x")
-            assert head.status_code == 200
-            assert head.headers["content-length"] == "5"
-            assert client.get(sc.url("main") + "/empty").status_code == 204
-            assert client.get(sc.url("main") + "/x").text == "12345"
+    with (
+        Upstream(answer) as up,
+        running_sidecar(simple_config(up.address)) as sc,
+        httpx.Client(timeout=5) as client,
+    ):
+        head = client.head(sc.url("main") + "/x")
+        assert head.status_code == 200
+        assert head.headers["content-length"] == "5"
+        assert client.get(sc.url("main") + "/empty").status_code == 204
+        assert client.get(sc.url("main") + "/x").text == "12345"
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_expect_100_continue_is_answered_by_the_proxy(method: str) -> None:
-    with Upstream(lambda r: Reply(body=r.body)) as up, running_sidecar(
-        simple_config(up.address)
-    ) as sc:
+    with (
+        Upstream(lambda r: Reply(body=r.body)) as up,
+        running_sidecar(simple_config(up.address)) as sc,
+    ):
         with socket.create_connection(("127.0.0.1", sc.port("main")), timeout=3) as sock:
             sock.sendall(
                 f"{method} / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
@@ -154,7 +163,9 @@ def test_expect_100_continue_is_answered_by_the_proxy(method: str) -> None:
             )
             assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
             sock.sendall(b"hello")
-            response = sock.recv(4096)
+            response = b""
+            while not response.endswith(b"hello") and (chunk := sock.recv(4096)):
+                response += chunk
             assert response.startswith(b"HTTP/1.1 200")
             assert response.endswith(b"hello")
         assert "expect" not in up.requests[0].headers

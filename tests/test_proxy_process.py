@@ -48,7 +48,10 @@ def test_admin_api_reload_on_sighup_and_bad_file_keeps_the_old_config(tmp_path: 
             assert endpoint["address"] == up.address and endpoint["labels"] == {"v": "1"}
             assert endpoint["ejected"] is False
             metrics = httpx.get(base + "/metrics", timeout=5).text
-            assert 'sidemesh_requests_total{cluster="app",code="200",listener="inbound",route="app"}' in metrics
+            assert (
+                'sidemesh_requests_total{cluster="app",code="200",listener="inbound",route="app"}'
+                in metrics
+            )
             assert "sidemesh_request_duration_seconds_bucket" in metrics
             assert httpx.get(base + "/plugins", timeout=5).status_code == 200
 
@@ -56,7 +59,9 @@ def test_admin_api_reload_on_sighup_and_bad_file_keeps_the_old_config(tmp_path: 
             _write(config, up.address, listen, admin, prefix="/b")
             proc.signal(signal.SIGHUP)
             assert wait_for(
-                lambda: httpx.get(base + "/config_dump", timeout=5).json()["version"] != first_version
+                lambda: (
+                    httpx.get(base + "/config_dump", timeout=5).json()["version"] != first_version
+                )
             )
             assert httpx.get(f"http://127.0.0.1:{listen}/a", timeout=5).status_code == 404
             second_version = httpx.get(base + "/config_dump", timeout=5).json()["version"]
@@ -70,7 +75,9 @@ def test_admin_api_reload_on_sighup_and_bad_file_keeps_the_old_config(tmp_path: 
         log_lines = [json.loads(line) for line in proc.output.splitlines() if line.startswith("{")]
         access = [line for line in log_lines if "status" in line]
         assert access and access[0]["route"] == "app" and access[0]["upstream"] == up.address
-        assert {"method", "path", "cluster", "attempts", "duration_ms", "response_flags"} <= set(access[0])
+        assert {"method", "path", "cluster", "attempts", "duration_ms", "response_flags"} <= set(
+            access[0]
+        )
 
 
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:

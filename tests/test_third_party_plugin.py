@@ -41,7 +41,9 @@ def test_sidemesh_plugins_lists_the_installed_distribution(installed: dict[str, 
     assert plugins["headers"]["version"] == "0.1.0"
 
 
-def test_the_installed_plugin_runs_in_a_proxy_chain(installed: dict[str, str], tmp_path: Path) -> None:
+def test_the_installed_plugin_runs_in_a_proxy_chain(
+    installed: dict[str, str], tmp_path: Path
+) -> None:
     listen, admin = free_port(), free_port()
     with Upstream() as up:
         doc = {

@@ -33,7 +33,7 @@ class AccessLog:
             return cls(None)
         if target == "-":
             return cls(sys.stdout)
-        return cls(open(target, "a", encoding="utf-8"))  # noqa: SIM115 (kept open for the process)
+        return cls(open(target, "a", encoding="utf-8"))
 
     def log(self, entry: dict[str, Any]) -> None:
         if self.stream is None:

@@ -61,14 +61,15 @@ def admin_app(sidecar: Sidecar) -> Starlette:
                     }
                     for p in sidecar.registry.all()
                 ],
-                "load_errors": dict(sidecar.registry.load_errors),
+                "load_errors": [
+                    {"name": e.name, "distribution": e.distribution, "message": e.message}
+                    for e in sidecar.registry.load_errors
+                ],
             }
         )
 
     async def metrics(_: Request) -> Response:
-        return Response(
-            generate_latest(sidecar.metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
+        return Response(generate_latest(sidecar.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -103,6 +104,11 @@ class AdminServer:
 
     async def start(self) -> None:
         address = f"{self.server.config.host}:{self.server.config.port}"
+        config = self.server.config
+        if not config.loaded:
+            config.load()
+        # What uvicorn's own serve() does before startup(); its main loop is not needed.
+        self.server.lifespan = config.lifespan_class(config)
         try:
             # uvicorn exits the process when it cannot bind; here that is an error to report.
             await self.server.startup()

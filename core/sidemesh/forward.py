@@ -34,9 +34,10 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 
 #: what the client is told for a failure before any response head (Envoy's wording).
+_RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
 FAILURE_STATUS = {
-    "UF": (503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
-    "UC": (503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination"),
+    "UF": (503, _RESET + "connection failure"),
+    "UC": (503, _RESET + "connection termination"),
     "UT": (504, "upstream request timeout"),
     "UH": (503, "no healthy upstream"),
     "UPE": (502, "upstream sent an invalid response"),
@@ -124,7 +125,9 @@ class Forwarder:
             if not conn.response_started:
                 outcome.flags.append("PE")
                 self._answer(
-                    conn, Response.json(500, {"error": "plugin error", "message": str(exc)}), outcome
+                    conn,
+                    Response.json(500, {"error": "plugin error", "message": str(exc)}),
+                    outcome,
                 )
             else:
                 conn.keep_alive = False
@@ -196,7 +199,7 @@ class Forwarder:
         request.route = route.name
         request.cluster = route.cluster
         headers = request.headers
-        if headers.get("expect", "").lower() == "100-continue" and not body.eof:
+        if (headers.get("expect") or "").lower() == "100-continue" and not body.eof:
             # As Envoy does by default: answer 100 Continue here, not upstream.
             conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
         forwarded = Headers._trusted(_strip_hop_by_hop(headers))
@@ -261,7 +264,9 @@ class Forwarder:
             else:
                 endpoint = cluster.pick(candidates)
                 request.tried.append(endpoint)
-                attempt, upstream = await self._try(request, body, route, cluster, endpoint, deadline)
+                attempt, upstream = await self._try(
+                    request, body, route, cluster, endpoint, deadline
+                )
             for hook, is_async in chain.response:
                 if is_async:
                     await hook(request, attempt)
@@ -317,7 +322,7 @@ class Forwarder:
         try:
             async with asyncio.timeout(limit):
                 upstream, head = await self._send(request, body, pool, cluster)
-            status, raw_headers, keep_alive, _ = head
+            status, raw_headers, _, _ = head
         except TimeoutError:
             if upstream is not None:
                 upstream.close()

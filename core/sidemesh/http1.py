@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -85,8 +85,8 @@ class DownstreamConnection(asyncio.Protocol):
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         ssl_object = transport.get_extra_info("ssl_object")
@@ -294,7 +294,9 @@ class DownstreamConnection(asyncio.Protocol):
             self.keep_alive = False
             if not self.response_started or self.response_done:
                 self.write_simple(
-                    Response.json(status, {"error": REASONS.get(status, "error"), "message": message})
+                    Response.json(
+                        status, {"error": REASONS.get(status, "error"), "message": message}
+                    )
                 )
         self.close()
 

@@ -74,7 +74,12 @@ class ListenerServer:
         served as plain HTTP (the mtls policy then decides what plain clients may do)."""
         loop = asyncio.get_running_loop()
         readable: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+
+        def wake() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(conn.fileno(), wake)
         try:
             async with asyncio.timeout(SNIFF_TIMEOUT):
                 await readable

@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -66,8 +66,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -258,7 +258,9 @@ class ConnectionPool:
                     self.host,
                     self.port,
                     ssl=ssl_context,
-                    server_hostname=(setup.server_hostname or "") if ssl_context else None,
+                    server_hostname=(
+                        (setup.server_hostname or "") if setup is not None and ssl_context else None
+                    ),
                 )
         except TimeoutError:
             raise UpstreamError(
@@ -270,9 +272,7 @@ class ConnectionPool:
         if setup is not None and setup.verify_peer is not None and conn.transport is not None:
             ssl_object = conn.transport.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-            problem = (
-                setup.verify_peer(der) if der else "upstream presented no certificate"
-            )
+            problem = setup.verify_peer(der) if der else "upstream presented no certificate"
             if problem is not None:
                 conn.close()
                 raise UpstreamError("UF", f"upstream {self.host}:{self.port}: {problem}")

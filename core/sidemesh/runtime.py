@@ -58,7 +58,9 @@ def run_loop(main: Any) -> int:
     return int(uvloop.run(main))
 
 
-async def serve_file(path: Path, registry: PluginRegistry, access_log: AccessLog, drain: float) -> int:
+async def serve_file(
+    path: Path, registry: PluginRegistry, access_log: AccessLog, drain: float
+) -> int:
     config = load_file(path, registry)
     sidecar = Sidecar(registry, access_log)
     try:
@@ -123,7 +125,10 @@ def main_proxy(args: argparse.Namespace) -> int:
 
         return run_loop(run_agent(args, registry, access_log, drain))
     if not args.config:
-        print("sidemesh proxy: give a config file (-c sidemesh.yaml) or --control URL", file=sys.stderr)
+        print(
+            "sidemesh proxy: give a config file (-c sidemesh.yaml) or --control URL",
+            file=sys.stderr,
+        )
         return 2
     path = Path(args.config)
     try:

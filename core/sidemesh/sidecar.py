@@ -103,8 +103,10 @@ class Sidecar:
         try:
             for name, server in wanted.items():
                 current = self.servers.get(name)
-                if current is not None and current.key == server.key and (
-                    current.setup.ssl_context is server.setup.ssl_context
+                if (
+                    current is not None
+                    and current.key == server.key
+                    and (current.setup.ssl_context is server.setup.ssl_context)
                 ):
                     wanted[name] = current
                     continue

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import httptools
 
@@ -30,11 +30,11 @@ from .sidecar import Sidecar
 __all__ = [
     "BackgroundLoop",
     "ProxyProcess",
-    "free_port",
     "Reply",
     "RunningSidecar",
     "SeenRequest",
     "Upstream",
+    "free_port",
     "running_sidecar",
     "simple_config",
     "wait_for",
@@ -47,7 +47,13 @@ class BackgroundLoop:
     """An event loop in a daemon thread; :meth:`run` executes a coroutine on it."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        # The loop the proxy runs on in production: uvloop when installed.
+        try:
+            import uvloop
+
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -97,8 +103,8 @@ class _UpstreamProtocol(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
         self.upstream.connections += 1
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
@@ -131,7 +137,11 @@ class _UpstreamProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         seen = SeenRequest(
-            self.parser.get_method().decode(), self._url.decode(), self._headers, self._body, self.raw
+            self.parser.get_method().decode(),
+            self._url.decode(),
+            self._headers,
+            self._body,
+            self.raw,
         )
         self.raw = b""
         self.upstream.requests.append(seen)
@@ -185,7 +195,7 @@ class Upstream:
         self.raw: list[bytes] = []
         self.connections = 0
         self._bg: BackgroundLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
 
     @property
@@ -195,7 +205,7 @@ class Upstream:
     def __enter__(self) -> Upstream:
         self._bg = BackgroundLoop()
 
-        async def start() -> asyncio.AbstractServer:
+        async def start() -> asyncio.Server:
             loop = asyncio.get_running_loop()
             return await loop.create_server(lambda: _UpstreamProtocol(self), "127.0.0.1", 0)
 
@@ -326,12 +336,13 @@ class ProxyProcess:
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
+        self._final = ""
 
     def __enter__(self) -> ProxyProcess:
         import tempfile
 
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd
         )
@@ -370,12 +381,13 @@ class ProxyProcess:
 
     @property
     def output(self) -> str:
-        if self._log is None:
-            return ""
+        if self._log is None or self._log.closed:
+            return self._final
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self._final = self.output
         if self._log is not None:
             self._log.close()

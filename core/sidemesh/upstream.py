@@ -139,7 +139,8 @@ class Cluster:
             for subset in config.subsets
         }
         self.pick = make_balancer(config.load_balancer)
-        self.active_requests = previous.active_requests if previous is not None else 0
+        # Requests in flight on the previous snapshot count against the previous object.
+        self.active_requests = 0
         #: overflow counters by limit name (``max_requests`` ...), shown on ``/clusters``.
         self.overflow: dict[str, int] = dict(previous.overflow) if previous is not None else {}
 
