@@ -249,7 +249,10 @@ class ConnectionPool:
 
     async def _connect(self, connect_timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        setup = self._setup() if self._setup is not None else None
+        try:
+            setup = self._setup() if self._setup is not None else None
+        except Exception as exc:  # e.g. no certificate yet: this attempt cannot connect
+            raise UpstreamError("UF", f"connection setup failed: {exc}") from None
         ssl_context: ssl.SSLContext | None = setup.ssl_context if setup else None
         try:
             async with asyncio.timeout(connect_timeout):

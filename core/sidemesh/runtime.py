@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -122,6 +123,12 @@ def main_proxy(args: argparse.Namespace) -> int:
     drain = parse_duration(drain_arg) if isinstance(drain_arg, str) else float(drain_arg)
     if getattr(args, "control", None):
         from .agent import run_agent
+
+        # Plugins that talk to the control plane themselves (mtls asks its CA for
+        # certificates) find it here.
+        os.environ.setdefault("SIDEMESH_CONTROL_URL", args.control)
+        if getattr(args, "token_file", None):
+            os.environ.setdefault("SIDEMESH_TOKEN_FILE", args.token_file)
 
         return run_loop(run_agent(args, registry, access_log, drain))
     if not args.config:
