@@ -13,6 +13,7 @@ import os
 import platform
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +25,15 @@ from bench.configs import nginx_upstream_config
 from bench.load import LoadSettings, measure
 from bench.procs import BenchError, ManagedProcess, free_port, peak_rss_kib, wait_for_port
 from bench.report import Row, add_ratios, format_table, write_json
-from bench.scenarios import BUILTIN, Scenario, StartContext, check_answers, load_extra, start
+from bench.scenarios import (
+    BUILTIN,
+    Scenario,
+    StartContext,
+    check_answers,
+    load_extra,
+    sidemesh_command,
+    start,
+)
 from bench.tools import Tools, ensure_tools, tool_version
 
 __all__ = ["main"]
@@ -63,9 +72,10 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
                         help="CPU for the upstream nginx (or none)")
     parser.add_argument("--start-timeout", type=float, default=20.0,
                         help="seconds to wait for a process to listen")
-    parser.add_argument("--sidemesh-args", default="--access-log off",
+    parser.add_argument("--sidemesh-args", default=None,
                         help="extra arguments for `sidemesh proxy -c FILE` (default: "
-                             "%(default)r, as nginx and HAProxy run without access logs)")
+                             "'--access-log off' when the proxy has that option, as nginx "
+                             "and HAProxy run without access logs)")
     parser.add_argument("--no-install", action="store_true",
                         help="never apt-get install missing tools")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -121,6 +131,22 @@ def _run_scenario(
         running.stop()
 
 
+def _default_sidemesh_args() -> str:
+    """``--access-log off`` if this sidemesh has the option, else nothing."""
+    try:
+        command = sidemesh_command()
+        help_text = subprocess.run(
+            [str(command), "proxy", "--help"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (BenchError, OSError, subprocess.TimeoutExpired):
+        return ""
+    if "--access-log" in help_text:
+        return "--access-log off"
+    print("note: `sidemesh proxy` has no --access-log option; its access log stays on "
+          "(written to the harness's log file)")
+    return ""
+
+
 def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -144,6 +170,8 @@ def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     tools = ensure_tools(install=not args.no_install)
+    if args.sidemesh_args is None:
+        args.sidemesh_args = _default_sidemesh_args()
     env = _environment(tools, args)
     print(f"{env['python']} ({env['interpreter']}); {env['nginx']}; {env['wrk']}; "
           f"{env['haproxy'] or 'no haproxy'}")

@@ -37,6 +37,7 @@ __all__ = [
     "StartContext",
     "check_answers",
     "load_extra",
+    "sidemesh_command",
     "start",
 ]
 
@@ -233,7 +234,11 @@ def start(scenario: Scenario, ctx: StartContext) -> Running:
             _start_haproxy(ctx, running)
         elif scenario.kind == "sidemesh":
             _start_sidemesh(scenario, ctx, running)
-        check_answers(running.url)
+        try:
+            check_answers(running.url)
+        except BenchError as exc:
+            logs = "; ".join(f"{p.name}: {p.log_tail(3)}" for p in running.processes)
+            raise BenchError(f"{exc} [{logs}]" if logs else str(exc)) from exc
     except BaseException:
         running.stop()
         raise
