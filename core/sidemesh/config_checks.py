@@ -270,7 +270,7 @@ def plugin_errors(
                                           name, failure.version, "plugin"))
             else:
                 errors.append(ConfigError(format_path((*site.path, "name")),
-                                          _unknown(name, registry), rule="plugin"))
+                                          _unknown(name, registry), name, rule="plugin"))
             continue
         found: list[ConfigError] = []
         spec = site.entry.get("version")
