@@ -1,0 +1,131 @@
+"""The ``split`` policy: one weighted choice per request, kept for all its attempts."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any, ClassVar
+
+from sidemesh.hookspecs import Policy, PolicyContext
+from sidemesh.messages import Request, Response
+from sidemesh.upstream import Cluster, Endpoint
+
+from .checks import config_errors
+from .choose import Weights, sticky_key
+from .metrics import MIRRORED, REQUESTS
+
+__all__ = ["SplitPolicy", "Target"]
+
+#: ``request.state`` key holding the chosen destination's index.
+STATE_KEY = "split"
+
+
+def _load_schema() -> dict[str, Any]:
+    text = resources.files("sidemesh_split").joinpath("schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+class Target:
+    """One destination (or the mirror), resolved against the applied clusters.
+
+    :ivar cluster: the cluster requests go to.
+    :ivar subset: the subset of it, or ``None`` for the whole cluster.
+    :ivar switch: whether the request's cluster must change (another cluster).
+    :ivar members: the subset's endpoints, or ``None`` when there is no subset.
+    :ivar label: ``cluster/subset`` or ``cluster``, for metrics and the access log.
+    """
+
+    __slots__ = ("cluster", "label", "members", "subset", "switch")
+
+    def __init__(self, spec: Mapping[str, Any], context: PolicyContext, where: str) -> None:
+        route_cluster = context.cluster
+        name = spec.get("cluster") or (route_cluster.name if route_cluster else None)
+        cluster: Cluster | None = context.clusters.get(name) if name else None
+        if cluster is None:
+            raise ValueError(f"split {where}: cluster {name!r} is not defined")
+        self.cluster = cluster.name
+        self.subset: str | None = spec.get("subset")
+        self.switch = route_cluster is None or cluster.name != route_cluster.name
+        self.members: list[Endpoint] | None = None
+        if self.subset is not None:
+            members = cluster.subsets.get(self.subset)
+            if not members:
+                # Reached only for a listener-level split on a route whose cluster lacks
+                # the subset (validation cannot see which routes a listener entry serves).
+                raise ValueError(
+                    f"split {where}.subset {self.subset!r} selects no endpoint of cluster "
+                    f"{cluster.name!r} (route {context.route!r})"
+                )
+            self.members = members
+        self.label = f"{self.cluster}/{self.subset}" if self.subset else self.cluster
+
+
+class SplitPolicy(Policy):
+    """Weighted split among subsets or clusters; sticky on a header or cookie; mirror."""
+
+    name: ClassVar[str] = "split"
+    schema: ClassVar[dict[str, Any]] = _load_schema()
+
+    def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
+        super().__init__(config, context)
+        self._hash_on: str | None = config.get("hash_on")
+        destinations = config.get("destinations", [])
+        self.weights = Weights([int(d.get("weight", 1)) for d in destinations])
+        self.targets: list[Target] = []
+        self._mirror: Target | None = None
+        self._mirror_share = 0.0
+        if context.route is None:
+            # The listener-level instance only serves connection setup.
+            return
+        self.targets = [
+            Target(d, context, f"destinations[{i}]") for i, d in enumerate(destinations)
+        ]
+        route = context.route
+        self._counted = [REQUESTS.labels(context.listener, route, t.label) for t in self.targets]
+        mirror = config.get("mirror")
+        if mirror is not None and mirror.get("percent", 100) > 0:
+            self._mirror = Target(mirror, context, "mirror")
+            self._mirror_share = float(mirror.get("percent", 100)) / 100.0
+            self._mirrored = MIRRORED.labels(context.listener, route, self._mirror.label)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
+        return config_errors(config, context)
+
+    def on_request(self, request: Request) -> Response | None:
+        index = self.weights.pick(sticky_key(self._hash_on, request.headers))
+        request.state[STATE_KEY] = index
+        target = self.targets[index]
+        if target.switch:
+            request.cluster = target.cluster
+        request.log["split"] = target.label
+        self._counted[index].inc()
+        mirror = self._mirror
+        if mirror is not None and (
+            self._mirror_share >= 1.0 or random.random() < self._mirror_share
+        ):
+            request.mirror(mirror.cluster, mirror.subset)
+            self._mirrored.inc()
+        return None
+
+    def select_upstream(
+        self, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
+        index = request.state.get(STATE_KEY)
+        if index is None:
+            return endpoints
+        members = self.targets[index].members
+        if members is None:
+            return endpoints
+        kept = [e for e in endpoints if e in members]
+        if kept or not endpoints:
+            return kept
+        # Earlier policies (a retry avoiding hosts it tried) left only other subsets:
+        # stay in the chosen subset anyway, as Envoy's per-subset load balancer would,
+        # preferring hosts not ejected and not tried yet.
+        alive = [e for e in members if not e.ejected and e.healthy] or list(members)
+        fresh = [e for e in alive if e not in request.tried]
+        return fresh or alive
