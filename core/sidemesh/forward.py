@@ -41,8 +41,11 @@ FAILURE_STATUS = {
     "UT": (504, "upstream request timeout"),
     "UH": (503, "no healthy upstream"),
     "UPE": (502, "upstream sent an invalid response"),
+    "UO": (503, _RESET + "overflow"),
     "NC": (503, "cluster not found"),
 }  # fmt: skip
+#: marks an answer the proxy gave because a limit was reached (Envoy: x-envoy-overloaded).
+OVERLOADED = ("x-sidemesh-overloaded", "true")
 
 
 MIRROR_BUFFER = 1024 * 1024
@@ -217,6 +220,8 @@ class Forwarder:
         for hook, is_async in chain.request:
             answer = await hook(request) if is_async else hook(request)
             if answer is not None:
+                # A policy's own flags (UO from a circuit breaker) come first.
+                outcome.flags.extend(request.log.get("response_flags", ()))
                 outcome.flags.append("DI")
                 self._answer(conn, answer, outcome)
                 return
@@ -357,7 +362,9 @@ class Forwarder:
         head_only = request.method == "HEAD"
         has_body = body.chunked or "content-length" in request.headers
         for fresh in (False, True):
-            upstream = await pool.acquire(cluster.connect_timeout, fresh=fresh)
+            upstream = await pool.acquire(
+                cluster.connect_timeout, fresh=fresh, limit=cluster.connections
+            )
             reused = upstream.reused
             head_future, _ = upstream.start(head, head_only)
             if has_body:
@@ -412,7 +419,7 @@ class Forwarder:
             outcome.flags.append(flag)
             if response is None:
                 status, message = FAILURE_STATUS.get(flag, (503, attempt.error or "upstream error"))
-                response = Response.text(status, message)
+                response = Response.text(status, message, [OVERLOADED] if flag == "UO" else ())
             self._answer(conn, response, outcome)
             return
         endpoint = attempt.endpoint

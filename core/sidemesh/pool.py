@@ -17,6 +17,7 @@ from typing import Protocol, cast
 import httptools
 
 from .hookspecs import ConnectionSetup
+from .limits import ConnectionLimit, PendingOverflow
 
 __all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]
 
@@ -63,6 +64,8 @@ class UpstreamConnection(asyncio.Protocol):
         #: the task sending the current request body, and whether it finished.
         self.body_task: asyncio.Task[None] | None = None
         self.body_sent = False
+        #: the cluster limit this connection holds a slot of (released when it closes).
+        self.limit: ConnectionLimit | None = None
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -238,14 +241,34 @@ class ConnectionPool:
     def size(self) -> int:
         return len(self._all)
 
-    async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
-        """An idle connection (most recently used first), or a new one."""
+    async def acquire(
+        self, connect_timeout: float, fresh: bool = False, limit: ConnectionLimit | None = None
+    ) -> UpstreamConnection:
+        """An idle connection (most recently used first), or a new one. With ``limit``,
+        a new connection needs a slot of the cluster's limit: without one the request
+        waits (pending) for a released connection or a slot, or fails with ``UO``."""
         while self._idle and not fresh:
             conn = self._idle.pop()
             if not conn.closed:
                 conn.reused = True
                 return conn
-        return await self._connect(connect_timeout)
+        if limit is None:
+            return await self._connect(connect_timeout)
+        if not limit.reserve():
+            try:
+                handed = await limit.wait(self)
+            except PendingOverflow as exc:
+                raise UpstreamError("UO", f"upstream overflow: {exc}") from None
+            if handed is not None:
+                handed.reused = True
+                return handed
+        try:
+            conn = await self._connect(connect_timeout)
+        except BaseException:
+            limit.release()
+            raise
+        conn.limit = limit
+        return conn
 
     async def _connect(self, connect_timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
@@ -283,6 +306,13 @@ class ConnectionPool:
         return conn
 
     def put(self, conn: UpstreamConnection) -> None:
+        limit = conn.limit
+        if limit is not None and limit.pending:
+            # Requests wait for a connection: this one goes to a request for the same
+            # endpoint, or is closed so its slot reaches a request for another.
+            if not limit.hand_over(self, conn):
+                conn.close()
+            return
         if len(self._idle) >= MAX_IDLE:
             conn.close()
             return
@@ -290,6 +320,11 @@ class ConnectionPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._all.discard(conn)
+        limit = conn.limit
+        if limit is not None:
+            # Called on close and again on connection_lost: give the slot back once.
+            conn.limit = None
+            limit.release()
         if conn in self._idle:
             self._idle.remove(conn)
 

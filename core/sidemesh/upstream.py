@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .limits import ConnectionLimit
+
 if TYPE_CHECKING:
     from .model import ClusterConfig, EndpointConfig
     from .pool import ConnectionPool
@@ -141,8 +143,17 @@ class Cluster:
         self.pick = make_balancer(config.load_balancer)
         # Requests in flight on the previous snapshot count against the previous object.
         self.active_requests = 0
-        #: overflow counters by limit name (``max_requests`` ...), shown on ``/clusters``.
-        self.overflow: dict[str, int] = dict(previous.overflow) if previous is not None else {}
+        #: overflow counters by limit name (``max_requests`` ...), shown on ``/clusters``;
+        #: one dictionary for the cluster's whole life, across reloads.
+        self.overflow: dict[str, int] = previous.overflow if previous is not None else {}
+        #: open connections across endpoints, and their caps (set by a circuit policy).
+        self.connections: ConnectionLimit = ConnectionLimit(
+            self.overflow, previous.connections if previous is not None else None
+        )
+        #: retries in flight on this snapshot's cluster: kept by a retry policy, capped by
+        #: ``max_retries`` (set by a circuit policy; ``None`` means no cap).
+        self.retries_active = 0
+        self.max_retries: int | None = None
 
     def available(self) -> list[Endpoint]:
         """Endpoints not ejected; all of them when every one is ejected (Envoy's panic
@@ -156,6 +167,9 @@ class Cluster:
             "name": self.name,
             "load_balancer": self.config.load_balancer,
             "active_requests": self.active_requests,
+            "connections": self.connections.open,
+            "pending_requests": self.connections.pending,
+            "retries_active": self.retries_active,
             "overflow": dict(self.overflow),
             "subsets": {name: [e.address for e in eps] for name, eps in self.subsets.items()},
             "endpoints": [e.describe() for e in self.endpoints],
