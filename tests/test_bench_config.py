@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from sidemesh.config import validate
 from sidemesh.plugins import PluginRegistry
 
