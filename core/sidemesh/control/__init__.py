@@ -1,3 +1,21 @@
 """The sidemesh control plane: config store, distribution API and certificate authority."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["main", "main_token"]
+
+
+def main(args: argparse.Namespace) -> int:
+    """``sidemesh control``: imported only when run (it pulls in uvicorn and the store)."""
+    from .command import main as run
+
+    return run(args)
+
+
+def main_token(args: argparse.Namespace) -> int:
+    """``sidemesh token``."""
+    from .command import main_token as run
+
+    return run(args)

@@ -1,0 +1,74 @@
+"""The control API as a Starlette app."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .http import ApiError, ControlState, error
+from .openapi import openapi_document
+from .routes_config import config_routes
+from .routes_proxies import proxy_routes
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("sidemesh.control")
+
+
+class _NoTracebacks:
+    """Any unexpected exception becomes a JSON 500 (logged here, never sent)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = JSONResponse({"error": "internal error (see the control plane's "
+                                                  "log)"}, status_code=500)
+                await response(scope, receive, send)
+
+
+async def _api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error(exc.status, str(exc), **exc.extra)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, str(exc.detail), ) if exc.status_code != 304 else Response(
+        status_code=304)
+
+
+async def _openapi(_: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+def create_app(state: ControlState) -> Starlette:
+    app = Starlette(
+        routes=[*config_routes(), *proxy_routes(), Route("/openapi.json", _openapi)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.state.control = state
+    app.add_middleware(_NoTracebacks)
+    return app

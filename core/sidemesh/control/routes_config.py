@@ -1,0 +1,199 @@
+"""Config endpoints: store, read, history, rollback, validate, schemas, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import ConfigError, validate
+from ..plugins import composed_schema
+from .auth import SERVICE_NAME
+from .http import ApiError, ControlState, read_config_body, read_json_body, require
+from .store import ConfigVersion, VersionNotFound
+
+__all__ = ["DEFAULT_WATCH_TIMEOUT", "MAX_WATCH_TIMEOUT", "config_routes"]
+
+DEFAULT_WATCH_TIMEOUT = 30.0
+MAX_WATCH_TIMEOUT = 300.0
+
+
+def _state(request: Request) -> ControlState:
+    state: ControlState = request.app.state.control
+    return state
+
+
+def _service(request: Request) -> str:
+    service: str = request.path_params["service"]
+    if not SERVICE_NAME.match(service):
+        raise ApiError(422, f"{service!r} is not a service name")
+    return service
+
+
+def _config_body(version: ConfigVersion) -> dict[str, Any]:
+    return {"service": version.service, **version.summary(), "config": version.config}
+
+
+def _check(doc: Any, state: ControlState, service: str | None) -> None:
+    """The proxy's own validation; plus, when storing, the config must be the service's.
+
+    :raises ApiError: 422 with every error.
+    """
+    errors = validate(doc, state.registry)
+    if service is not None and isinstance(doc, dict):
+        node = doc.get("node")
+        named = node.get("service") if isinstance(node, dict) else None
+        if isinstance(named, str) and named != service:
+            errors.append(ConfigError(
+                "node.service", f"the config is for service {named!r}, but it is being "
+                f"stored for {service!r}", rule="service"))
+    if errors:
+        count = len(errors)
+        raise ApiError(422, f"invalid config ({count} error{'s' if count != 1 else ''})",
+                       errors=[e.as_dict() for e in errors])
+
+
+async def put_config(request: Request) -> Response:
+    service = _service(request)
+    principal = require(request, service, admin=True)
+    state = _state(request)
+    doc = await read_config_body(request)
+    _check(doc, state, service)
+    head = state.store.get_config(service)
+    stored = state.store.put_config(service, doc, principal.name)
+    unchanged = head is not None and head.version == stored.version
+    if not unchanged:
+        state.hub.publish(service)
+    return JSONResponse({"service": service, "version": stored.version,
+                         "digest": stored.digest, "unchanged": unchanged})
+
+
+async def get_config(request: Request) -> Response:
+    service = _service(request)
+    require(request, service)
+    raw = request.query_params.get("version")
+    version: int | None = None
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ApiError(422, f"version must be a positive integer, not {raw!r}")
+        version = int(raw)
+    found = _state(request).store.get_config(service, version)
+    if found is None:
+        what = f"version {version}" if version is not None else "a config"
+        raise ApiError(404, f"service {service!r} has no {what}")
+    return JSONResponse(_config_body(found))
+
+
+async def history(request: Request) -> Response:
+    service = _service(request)
+    require(request, service)
+    versions = _state(request).store.history(service)
+    return JSONResponse({"service": service, "versions": [v.summary() for v in versions]})
+
+
+async def rollback(request: Request) -> Response:
+    service = _service(request)
+    principal = require(request, service, admin=True)
+    state = _state(request)
+    body = await read_json_body(request, "RollbackRequest")
+    target = state.store.get_config(service, body["version"])
+    if target is None:
+        raise ApiError(404, f"service {service!r} has no version {body['version']}")
+    # The old version passed validation with the plugins of its day; these may differ.
+    _check(target.config, state, service)
+    try:
+        stored = state.store.rollback(service, body["version"], principal.name)
+    except VersionNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    state.hub.publish(service)
+    return JSONResponse({"service": service, "version": stored.version,
+                         "digest": stored.digest, "rollback_of": body["version"]})
+
+
+async def validate_config(request: Request) -> Response:
+    require(request)
+    doc = await read_config_body(request)
+    _check(doc, _state(request), None)
+    return JSONResponse({"valid": True, "errors": []})
+
+
+async def schemas(request: Request) -> Response:
+    require(request)
+    return JSONResponse(composed_schema(_state(request).registry))
+
+
+async def plugin_schema(request: Request) -> Response:
+    require(request)
+    registry = _state(request).registry
+    name = request.path_params["plugin"]
+    policy = registry.get(name)
+    if policy is None:
+        failure = registry.load_error(name)
+        reason = str(failure) if failure else (
+            f"unknown plugin {name!r} (installed: {', '.join(registry.names()) or 'none'})")
+        raise ApiError(404, reason)
+    return JSONResponse({"name": policy.name, "version": policy.version,
+                         "distribution": policy.distribution, "schema_id": policy.schema_id,
+                         "schema": policy.schema})
+
+
+def _number(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(422, f"{name} must be a number, not {raw!r}") from None
+    if not value >= 0:
+        raise ApiError(422, f"{name} must be >= 0, not {raw!r}")
+    return value
+
+
+async def watch(request: Request) -> Response:
+    """Answer as soon as the head differs from ``after`` (newer, or older when the store
+    was reset behind the proxy's back), else ``304`` at the timeout."""
+    service = _service(request)
+    principal = require(request, service)
+    state = _state(request)
+    after = int(_number(request, "after", 0))
+    timeout = min(_number(request, "timeout", DEFAULT_WATCH_TIMEOUT), MAX_WATCH_TIMEOUT)
+    proxy = request.query_params.get("proxy")
+    if proxy and not principal.admin:
+        state.store.touch_proxy(proxy[:128], service)
+    deadline = time.monotonic() + timeout
+    while True:
+        # Take the event before reading the store: a version stored in between still
+        # wakes this waiter.
+        event = state.hub.event(service)
+        current = state.store.get_config(service)
+        if current is not None and current.version != after:
+            return JSONResponse(_config_body(current))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or state.hub.closing.is_set():
+            return Response(status_code=304)
+        closing = asyncio.ensure_future(state.hub.closing.wait())
+        woken = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({closing, woken}, timeout=remaining,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            woken.cancel()
+
+
+def config_routes() -> list[Route]:
+    return [
+        Route("/v1/services/{service}/config", put_config, methods=["PUT"]),
+        Route("/v1/services/{service}/config", get_config, methods=["GET"]),
+        Route("/v1/services/{service}/history", history, methods=["GET"]),
+        Route("/v1/services/{service}/rollback", rollback, methods=["POST"]),
+        Route("/v1/services/{service}/watch", watch, methods=["GET"]),
+        Route("/v1/validate", validate_config, methods=["POST"]),
+        Route("/v1/schemas", schemas, methods=["GET"]),
+        Route("/v1/schemas/{plugin}", plugin_schema, methods=["GET"]),
+    ]

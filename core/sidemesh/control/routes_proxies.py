@@ -1,0 +1,127 @@
+"""Proxy-facing endpoints: ACK/NACK status, the proxy list, certificates, tokens."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..spiffe import SpiffeIdError, validate_trust_domain
+from .auth import PROXY_ID, issue_token
+from .ca import DEFAULT_TTL, CertificateAuthorityError, CertificateRequestError
+from .http import ApiError, ControlState, read_json_body, require
+from .store import ProxyStatus
+
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_TRUST_DOMAIN", "proxy_routes"]
+
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+DEFAULT_NAMESPACE = "default"
+
+
+def _state(request: Request) -> ControlState:
+    state: ControlState = request.app.state.control
+    return state
+
+
+def _proxy_body(status: ProxyStatus) -> dict[str, Any]:
+    return {
+        "id": status.id,
+        "service": status.service,
+        "state": status.state,
+        "version": status.version,
+        "applied_version": status.applied,
+        "error": status.error,
+        "plugins": status.plugins,
+        "last_seen": status.last_seen,
+    }
+
+
+async def report_status(request: Request) -> Response:
+    proxy_id: str = request.path_params["id"]
+    if not PROXY_ID.match(proxy_id):
+        raise ApiError(422, f"{proxy_id!r} is not a proxy id (letters, digits, '-_.')")
+    principal = require(request)
+    body = await read_json_body(request, "StatusRequest")
+    if not principal.admin and body["service"] != principal.service:
+        raise ApiError(403, f"{principal.name} may not report for service "
+                            f"{body['service']!r}")
+    state = _state(request)
+    previous = {p.id: p for p in state.store.proxies()}.get(proxy_id)
+    applied = body.get("applied_version")
+    if applied is None and body["state"] == "ACK":
+        applied = body["version"]
+    if applied is None and previous is not None:
+        applied = previous.applied
+    error = body.get("error") if body["state"] == "NACK" else None
+    state.store.record_status(ProxyStatus(
+        proxy_id, body["service"], body["state"], body["version"], applied, error,
+        body["plugins"], time.time()))
+    return JSONResponse({"id": proxy_id, "recorded": True})
+
+
+async def proxies(request: Request) -> Response:
+    require(request, admin=True)
+    return JSONResponse({"proxies": [_proxy_body(p) for p in _state(request).store.proxies()]})
+
+
+def _identity(state: ControlState, service: str) -> tuple[str, str]:
+    """The trust domain and namespace of ``service``: its stored config's ``node``."""
+    current = state.store.get_config(service)
+    node = current.config.get("node", {}) if current is not None else {}
+    node = node if isinstance(node, dict) else {}
+    return (str(node.get("trust_domain") or DEFAULT_TRUST_DOMAIN),
+            str(node.get("namespace") or DEFAULT_NAMESPACE))
+
+
+async def certificates(request: Request) -> Response:
+    principal = require(request)
+    if principal.service is None:
+        raise ApiError(403, "certificates are issued to sidecar tokens: the token decides "
+                            "the identity, and the admin token has none")
+    body = await read_json_body(request, "CertificateRequest")
+    state = _state(request)
+    trust_domain, namespace = _identity(state, principal.service)
+    try:
+        answer = state.authority(trust_domain).certificate_response(
+            body["csr"].encode(), namespace=namespace, service=principal.service,
+            ttl=float(body.get("ttl", DEFAULT_TTL)))
+    except (CertificateRequestError, SpiffeIdError) as exc:
+        raise ApiError(422, str(exc)) from None
+    except CertificateAuthorityError as exc:
+        raise ApiError(500, f"certificate authority unavailable: {exc}") from None
+    return JSONResponse(answer)
+
+
+async def trust_bundle(request: Request) -> Response:
+    trust_domain = request.query_params.get("trust_domain", DEFAULT_TRUST_DOMAIN)
+    try:
+        validate_trust_domain(trust_domain)
+    except SpiffeIdError as exc:
+        raise ApiError(422, str(exc)) from None
+    try:
+        pem = _state(request).authority(trust_domain).trust_bundle_pem().decode("ascii")
+    except CertificateAuthorityError as exc:
+        raise ApiError(500, f"certificate authority unavailable: {exc}") from None
+    if "application/x-pem-file" in request.headers.get("accept", ""):
+        return Response(pem, media_type="application/x-pem-file")
+    return JSONResponse({"trust_domain": trust_domain, "trust_bundle": pem})
+
+
+async def tokens(request: Request) -> Response:
+    require(request, admin=True)
+    body = await read_json_body(request, "TokenRequest")
+    token = issue_token(_state(request).store, body["service"])
+    return JSONResponse({"service": body["service"], "token": token})
+
+
+def proxy_routes() -> list[Route]:
+    return [
+        Route("/v1/proxies/{id}/status", report_status, methods=["POST"]),
+        Route("/v1/proxies", proxies, methods=["GET"]),
+        Route("/v1/certificates", certificates, methods=["POST"]),
+        Route("/v1/trust-bundle", trust_bundle, methods=["GET"]),
+        Route("/v1/tokens", tokens, methods=["POST"]),
+    ]
