@@ -1,0 +1,76 @@
+"""What is retried and how long to wait: Envoy's ``retry_on`` meanings, fully jittered
+exponential back-off, and ``Retry-After``."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Iterable
+
+from sidemesh.messages import Attempt
+
+__all__ = ["IDEMPOTENT", "RetryOn", "backoff", "retry_after"]
+
+#: methods retried without ``retry_non_idempotent`` (RFC 9110 section 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+#: failures before a response head: connection refused or timed out (UF), reset or closed
+#: (UC), per-try timeout (UT), unparsable response (UPE). UO (overflow), UH (no healthy
+#: upstream) and UT! (route deadline) are never retried.
+_CONNECT = frozenset({"UF"})
+_RESET = frozenset({"UF", "UC", "UT", "UPE"})
+_GATEWAY_CODES = frozenset({502, 503, 504})
+
+
+class RetryOn:
+    """``retry_on`` compiled once per policy into a single question: retry this attempt?"""
+
+    __slots__ = ("_all_5xx", "_codes", "_flags")
+
+    def __init__(self, retry_on: Iterable[str], status_codes: Iterable[int]) -> None:
+        conditions = set(retry_on)
+        flags: set[str] = set()
+        codes: set[int] = set()
+        if conditions & {"5xx", "gateway-error", "reset"}:
+            flags |= _RESET
+        if "connect-failure" in conditions:
+            flags |= _CONNECT
+        if "gateway-error" in conditions:
+            codes |= _GATEWAY_CODES
+        if "retriable-4xx" in conditions:
+            codes.add(409)
+        if "retriable-status-codes" in conditions:
+            codes |= set(status_codes)
+        self._all_5xx = "5xx" in conditions
+        self._flags = frozenset(flags)
+        self._codes = frozenset(codes)
+
+    def __call__(self, attempt: Attempt) -> bool:
+        status = attempt.status
+        if status is None:
+            return attempt.flag in self._flags
+        return status in self._codes or (self._all_5xx and status >= 500)
+
+
+def backoff(retry: int, base: float, cap: float) -> float:
+    """Envoy's fully jittered exponential back-off: a random wait in
+    ``[0, min(cap, base * 2**(retry-1))]`` for the ``retry``-th retry (1-based)."""
+    return random.uniform(0.0, min(cap, base * (2 ** min(retry - 1, 30))))
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds asked for by a ``Retry-After`` value (delta-seconds or an HTTP date), or
+    ``None`` when absent or unreadable. A date in the past means no wait."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,166 @@
+"""The retry policy: decides, after each attempt, whether the core should try again."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, ClassVar
+
+from prometheus_client import Counter
+
+from sidemesh.durations import parse_duration
+from sidemesh.hookspecs import Policy, PolicyContext
+from sidemesh.messages import Attempt, Request, Response
+from sidemesh.upstream import Cluster, Endpoint
+
+from .conditions import IDEMPOTENT, RetryOn, backoff, retry_after
+from .metrics import RETRY_ATTEMPTS, RETRY_OVERFLOW, RETRY_SUCCESS
+
+__all__ = ["ATTEMPT_COUNT_HEADER", "RetryPolicy"]
+
+#: sent on every upstream request: 1 on the first try (Envoy: x-envoy-attempt-count).
+ATTEMPT_COUNT_HEADER = "x-sidemesh-attempt-count"
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+class _State:
+    """Per request: the cluster whose retries_active counts this request's retry, while
+    one is in flight (from the decision to the end of the retried attempt)."""
+
+    __slots__ = ("counted",)
+
+    def __init__(self) -> None:
+        self.counted: Cluster | None = None
+
+    def release(self) -> None:
+        if self.counted is not None:
+            self.counted.retries_active -= 1
+            self.counted = None
+
+
+class RetryPolicy(Policy):
+    """Envoy's retry policy with a retry budget; see the plugin's README."""
+
+    name = "retry"
+    schema: ClassVar[dict[str, Any]] = _schema()
+
+    def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
+        super().__init__(config, context)
+        self._retries: int = config["attempts"]
+        per_try = config["per_try_timeout"]
+        self._per_try = parse_duration(per_try) if per_try is not None else None
+        self._retry_on = RetryOn(config["retry_on"], config["retriable_status_codes"])
+        self._base = parse_duration(config["base_interval"])
+        self._cap = parse_duration(config["max_interval"])
+        self._max_retry_after = parse_duration(config["max_retry_after"])
+        self._ratio: float = config["budget"]["ratio"]
+        self._min_concurrency: int = config["budget"]["min_concurrency"]
+        self._any_method: bool = config["retry_non_idempotent"]
+        self._buffer: int = config["buffer_limit"]
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
+        errors = []
+        if parse_duration(config["base_interval"]) <= 0:
+            errors.append("base_interval must be greater than 0")
+        if parse_duration(config["max_interval"]) < parse_duration(config["base_interval"]):
+            errors.append(
+                f"max_interval ({config['max_interval']}) must not be shorter than "
+                f"base_interval ({config['base_interval']})"
+            )
+        per_try = config["per_try_timeout"]
+        if per_try is not None and parse_duration(per_try) <= 0:
+            errors.append("per_try_timeout must be greater than 0 (null means none)")
+        return errors
+
+    # hooks ---------------------------------------------------------------------------
+    def on_request(self, request: Request) -> Response | None:
+        if self._per_try is not None:
+            request.per_try_timeout = self._per_try
+        if self._retries and (self._any_method or request.method in IDEMPOTENT):
+            request.retry_buffer_limit = max(request.retry_buffer_limit, self._buffer)
+            request.state["retry"] = _State()
+        return None
+
+    def select_upstream(
+        self, request: Request, endpoints: Sequence[Endpoint]
+    ) -> Sequence[Endpoint]:
+        request.headers.set(ATTEMPT_COUNT_HEADER, str(request.attempts))
+        if request.attempts > 1:
+            # Another host when there is one (Envoy's previous_hosts retry predicate).
+            rest = [e for e in endpoints if e not in request.tried]
+            if rest:
+                return rest
+        return endpoints
+
+    def on_response(self, request: Request, attempt: Attempt) -> None:
+        state: _State | None = request.state.get("retry")
+        if state is None:
+            return
+        state.release()
+        if not self._retry_on(attempt):
+            if attempt.number > 1:
+                self._inc(RETRY_SUCCESS, request.cluster)
+            return
+        cluster = self.context.clusters.get(request.cluster)
+        if cluster is None:
+            return
+        if attempt.number > self._retries:
+            self._refuse(request, cluster, "attempts", "URX")
+            return
+        active = cluster.retries_active
+        if active >= max(self._ratio * cluster.active_requests, self._min_concurrency):
+            self._refuse(request, cluster, "budget", "UO", "retry_budget")
+            return
+        if cluster.max_retries is not None and active >= cluster.max_retries:
+            self._refuse(request, cluster, "max_retries", "UO", "max_retries")
+            return
+        delay = backoff(attempt.number, self._base, self._cap)
+        if attempt.status in (503, 429):
+            assert attempt.response is not None
+            asked = retry_after(attempt.response.headers.get("retry-after"))
+            if asked is not None:
+                if asked > self._max_retry_after:
+                    request.log["retry"] = f"Retry-After {asked:g}s exceeds max_retry_after"
+                    return
+                delay = asked
+        cluster.retries_active += 1
+        state.counted = cluster
+        self._inc(RETRY_ATTEMPTS, request.cluster)
+        attempt.retry(delay)
+
+    def on_complete(self, request: Request, response: Response | None, flag: str | None) -> None:
+        state: _State | None = request.state.get("retry")
+        if state is not None:
+            # The core may refuse a retry we asked for (deadline, body not replayable).
+            state.release()
+
+    # helpers -------------------------------------------------------------------------
+    def _refuse(
+        self,
+        request: Request,
+        cluster: Cluster,
+        reason: str,
+        flag: str,
+        overflow: str | None = None,
+    ) -> None:
+        request.log.setdefault("response_flags", []).append(flag)
+        request.log["retry"] = f"not retried: {reason}"
+        if overflow is not None:
+            cluster.overflow[overflow] = cluster.overflow.get(overflow, 0) + 1
+        self._inc(RETRY_OVERFLOW, request.cluster, reason)
+
+    def _inc(self, family: Counter, *labels: str) -> None:
+        # labels() takes a lock and builds a tuple: keep the children already used.
+        key = (family._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        child.inc()
