@@ -19,6 +19,8 @@ __all__ = ["config_errors"]
 def _target_errors(where: str, target: Mapping[str, Any], context: PolicyContext) -> list[str]:
     cluster_name = target.get("cluster")
     subset = target.get("subset")
+    if cluster_name is None and subset is None:
+        return [f"{where} names neither a subset nor a cluster; give subset, cluster or both"]
     if not context.clusters:
         # The core sections have errors of their own; references cannot be judged yet.
         return []
