@@ -1,0 +1,84 @@
+"""The circuit policy: cluster limits (circuit breakers) and outlier detection."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any, ClassVar
+
+from sidemesh.durations import parse_duration
+from sidemesh.hookspecs import Policy, PolicyContext
+from sidemesh.messages import Attempt, Request, Response
+
+from .metrics import watch
+from .outlier import OutlierDetector, OutlierSettings
+
+__all__ = ["OVERLOADED_HEADER", "CircuitPolicy"]
+
+#: on every answer a limit caused (Envoy: x-envoy-overloaded).
+OVERLOADED_HEADER = "x-sidemesh-overloaded"
+_OVERFLOW_TEXT = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+
+
+def _schema() -> dict[str, Any]:
+    text = resources.files(__package__).joinpath("schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _tighter(current: int | None, mine: int) -> int:
+    # Routes sharing a cluster share its limits: the strictest one wins.
+    return mine if current is None else min(current, mine)
+
+
+class CircuitPolicy(Policy):
+    """Envoy's circuit breakers and consecutive-error outlier detection; see README."""
+
+    name = "circuit"
+    schema: ClassVar[dict[str, Any]] = _schema()
+
+    def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
+        super().__init__(config, context)
+        self._max_requests: int = config["max_requests"]
+        self._detector: OutlierDetector | None = None
+        cluster = context.cluster
+        if cluster is None or context.route is None:
+            return
+        limit = cluster.connections
+        limit.max_connections = _tighter(limit.max_connections, config["max_connections"])
+        limit.max_pending = _tighter(limit.max_pending, config["max_pending_requests"])
+        cluster.max_retries = _tighter(cluster.max_retries, config["max_retries"])
+        watch(cluster)
+        settings = OutlierSettings(
+            consecutive_5xx=config["consecutive_5xx"],
+            consecutive_gateway_failure=config["consecutive_gateway_failure"],
+            interval=parse_duration(config["interval"]),
+            base_ejection_time=parse_duration(config["base_ejection_time"]),
+            max_ejection_time=parse_duration(config["max_ejection_time"]),
+            max_ejection_percent=config["max_ejection_percent"],
+        )
+        self._detector = OutlierDetector(settings, cluster, context.shared)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
+        errors = []
+        for key in ("interval", "base_ejection_time"):
+            if parse_duration(config[key]) <= 0:
+                errors.append(f"{key} must be greater than 0")
+        return errors
+
+    def on_request(self, request: Request) -> Response | None:
+        cluster = self.context.cluster
+        if (
+            cluster is not None
+            and request.cluster == cluster.name
+            and cluster.active_requests >= self._max_requests
+        ):
+            cluster.overflow["max_requests"] = cluster.overflow.get("max_requests", 0) + 1
+            request.log.setdefault("response_flags", []).append("UO")
+            return Response.text(503, _OVERFLOW_TEXT, [(OVERLOADED_HEADER, "true")])
+        return None
+
+    def on_response(self, request: Request, attempt: Attempt) -> None:
+        if self._detector is not None:
+            self._detector.record(attempt)
