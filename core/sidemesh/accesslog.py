@@ -35,6 +35,10 @@ class AccessLog:
             return cls(sys.stdout)
         return cls(open(target, "a", encoding="utf-8"))
 
+    @property
+    def enabled(self) -> bool:
+        return self.stream is not None
+
     def log(self, entry: dict[str, Any]) -> None:
         if self.stream is None:
             return

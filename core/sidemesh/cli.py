@@ -234,11 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", metavar="NAME", help="service name (with --control)")
     p.add_argument("--token-file", metavar="FILE",
                    help="sidecar token file (default: $SIDEMESH_TOKEN)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="with --control: where the last applied config is kept, used at "
+                   "start when the control plane is unreachable (default: "
+                   "$SIDEMESH_STATE_DIR or ~/.sidemesh)")
+    p.add_argument("--proxy-id", metavar="ID",
+                   help="with --control: this sidecar's id in GET /v1/proxies (default: "
+                   "SERVICE-HOSTNAME-PID)")
+    p.add_argument("--bind-host", metavar="HOST",
+                   help="with --control: bind every listener and the admin API on HOST "
+                   "instead of the config's host, ports unchanged (several sidecars of one "
+                   "service on one machine, each on its own address, like pods)")
     p.add_argument("--drain-timeout", type=_duration, default=parse_duration("10s"),
                    metavar="DURATION", help="on SIGTERM, wait this long for in-flight "
                    "requests (default 10s)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--access-log", default="-", metavar="TARGET",
+                   help="where the JSON access log goes: - (stdout, default), a file "
+                   "path (appended to), or off")
     p.set_defaults(handler=_lazy("sidemesh.runtime", "main_proxy"), check=_check_proxy,
                    parser=p)
 

@@ -9,8 +9,8 @@ client.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,13 @@ OVERLOADED = ("x-sidemesh-overloaded", "true")
 MIRROR_BUFFER = 1024 * 1024
 
 
+def _request_id() -> str:
+    """A random (version 4) UUID, as Envoy generates for ``x-request-id``; formatted
+    by hand because ``uuid.uuid4()`` costs several times more per request."""
+    h = "%032x" % ((random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (4 << 76) | (2 << 62))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class Outcome:
     """What happened to one request, for the access log and metrics."""
 
@@ -64,10 +71,15 @@ class Outcome:
         self.upstream = ""
 
 
-def _strip_hop_by_hop(headers: Headers) -> list[tuple[str, str]]:
-    connection = headers.get_all("connection")
-    extra = {t.strip().lower() for v in connection for t in v.split(",")} if connection else ()
-    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in extra]
+FORWARDED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto"}
+
+
+def _strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
+    connection = headers.get("connection")
+    if connection is None:
+        return [(k, v) for k, v in headers if k not in drop]
+    extra = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
+    return [(k, v) for k, v in headers if k not in drop and k not in extra]
 
 
 class _ChunkedSink:
@@ -104,7 +116,7 @@ class Forwarder:
         headers = request.headers
         request.request_id = headers.get("x-request-id") or ""
         if not request.request_id:
-            request.request_id = str(uuid.uuid4())
+            request.request_id = _request_id()
             headers.add("x-request-id", request.request_id)
         try:
             if route is None:
@@ -205,11 +217,12 @@ class Forwarder:
         if (headers.get("expect") or "").lower() == "100-continue" and not body.eof:
             # As Envoy does by default: answer 100 Continue here, not upstream.
             conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
-        forwarded = Headers._trusted(_strip_hop_by_hop(headers))
         client_ip = conn.info.client_address.rsplit(":", 1)[0]
         xff = headers.get("x-forwarded-for")
-        forwarded.set("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip)
-        forwarded.set("x-forwarded-proto", request.scheme)
+        items = _strip_hop_by_hop(headers, FORWARDED)
+        items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
+        items.append(("x-forwarded-proto", request.scheme))
+        forwarded = Headers._trusted(items)
         if body.chunked:
             forwarded.add("transfer-encoding", "chunked")
         elif (length := headers.get("content-length")) is not None:
@@ -324,24 +337,21 @@ class Forwarder:
             pool = endpoint.pools[key] = ConnectionPool(endpoint.host, endpoint.port, setup)
         endpoint.active_requests += 1
         upstream: UpstreamConnection | None = None
+        expires = None if limit is None else asyncio.get_running_loop().time() + limit
         try:
-            async with asyncio.timeout(limit):
-                upstream, head = await self._send(request, body, pool, cluster)
+            upstream, head = await self._send(request, body, pool, cluster, expires)
             status, raw_headers, _, _ = head
-        except TimeoutError:
+        except (TimeoutError, UpstreamError) as exc:
             if upstream is not None:
                 upstream.close()
             endpoint.active_requests -= 1
-            final = deadline is not None and time.monotonic() >= deadline - 0.001
-            # "UT!" marks the route deadline: it ends the request, no more attempts.
-            flag = "UT!" if final else "UT"
-            what = "route timeout" if final else "per-try timeout"
-            attempt = Attempt(number, endpoint, flag=flag, error=what, duration=limit or 0.0)
-            return attempt, None
-        except UpstreamError as exc:
-            if upstream is not None:
-                upstream.close()
-            endpoint.active_requests -= 1
+            if isinstance(exc, TimeoutError) or exc.flag == "UT":
+                final = deadline is not None and time.monotonic() >= deadline - 0.001
+                # "UT!" marks the route deadline: it ends the request, no more attempts.
+                flag = "UT!" if final else "UT"
+                what = "route timeout" if final else "per-try timeout"
+                attempt = Attempt(number, endpoint, flag=flag, error=what, duration=limit or 0.0)
+                return attempt, None
             attempt = Attempt(
                 number, endpoint, flag=exc.flag, error=str(exc), duration=time.monotonic() - start
             )
@@ -352,7 +362,12 @@ class Forwarder:
         return attempt, upstream
 
     async def _send(
-        self, request: Request, body: RequestBody, pool: ConnectionPool, cluster: Cluster
+        self,
+        request: Request,
+        body: RequestBody,
+        pool: ConnectionPool,
+        cluster: Cluster,
+        expires: float | None,
     ) -> tuple[UpstreamConnection, tuple[int, list[tuple[str, str]], bool, bool]]:
         head = (
             f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
@@ -366,7 +381,7 @@ class Forwarder:
                 cluster.connect_timeout, fresh=fresh, limit=cluster.connections
             )
             reused = upstream.reused
-            head_future, _ = upstream.start(head, head_only)
+            head_future, _ = upstream.start(head, head_only, expires)
             if has_body:
                 upstream.body_task = asyncio.get_running_loop().create_task(
                     self._pump(upstream, body)
@@ -460,17 +475,14 @@ class Forwarder:
         sink = _ChunkedSink(conn) if chunked else conn
         conn.set_upstream_resume(upstream.resume)
         upstream.attach(sink)
+        done = upstream.done_future()
         try:
-            timeout = deadline - time.monotonic() if deadline is not None else None
-            async with asyncio.timeout(timeout):
-                await upstream.done_future()
-        except TimeoutError:
-            outcome.flags.append("UT")
-            upstream.close()
-            conn.keep_alive = False
-            return
-        except UpstreamError:
-            outcome.flags.append("UC")
+            if not done.done():
+                conn.flush_head()
+            await done
+        except UpstreamError as exc:
+            # The attempt's timer bounds the body too (route or per-try timeout).
+            outcome.flags.append("UT" if exc.flag == "UT" else "UC")
             upstream.close()
             conn.keep_alive = False
             return

@@ -78,6 +78,9 @@ class DownstreamConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._eof = False
+        self._wakeup: asyncio.Future[None] | None = None
+        #: the response head, held back to go out in one write with the first body bytes.
+        self._head = b""
         #: the last complete request asked for "Connection: close".
         self._closing_after = False
         #: a parse error to answer once the requests before it are answered.
@@ -124,6 +127,7 @@ class DownstreamConnection(asyncio.Protocol):
             body.abort()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        self._wake()
         self._on_close(self)
 
     def eof_received(self) -> bool | None:
@@ -133,7 +137,10 @@ class DownstreamConnection(asyncio.Protocol):
         self._eof = True
         if self._current is not None:
             self._current.abort()
-        return True if (self.busy or self._queue or self._task is not None) else None
+        if self.busy or self._queue:
+            return True
+        self._wake()
+        return None
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -226,6 +233,8 @@ class DownstreamConnection(asyncio.Protocol):
         self._queue.append((request, body, keep_alive))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         if self._current is not None:
@@ -250,8 +259,17 @@ class DownstreamConnection(asyncio.Protocol):
 
     # serving -----------------------------------------------------------------------
     async def _serve(self) -> None:
+        # One task per connection, parked between requests: cheaper than a task per
+        # request on a kept-alive connection.
         try:
-            while self._queue and not self.closed:
+            while not self.closed:
+                if not self._queue:
+                    if self._error is not None or self._eof:
+                        break
+                    self._wakeup = asyncio.get_running_loop().create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                    continue
                 request, body, keep_alive = self._queue.popleft()
                 self.keep_alive = keep_alive and not self._eof
                 self.busy = True
@@ -287,6 +305,12 @@ class DownstreamConnection(asyncio.Protocol):
         self._error = (status, message)
         if self._task is None:
             self._answer_error()
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def _answer_error(self) -> None:
         if self._error is not None and not self.closed:
@@ -314,11 +338,18 @@ class DownstreamConnection(asyncio.Protocol):
         if chunked:
             headers.set("transfer-encoding", "chunked")
         line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"
-        assert self.transport is not None
-        self.transport.write(line.encode("latin-1") + headers.encode() + b"\r\n")
+        self._head = line.encode("latin-1") + headers.encode() + b"\r\n"
+
+    def flush_head(self) -> None:
+        """Send a held-back response head now (the body is slow to come)."""
+        if self._head:
+            self.write_body(b"")
 
     def write_body(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self._head:
+            # Head and first body bytes in one write: one system call, one packet.
+            data, self._head = self._head + data, b""
+        if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def pause_source(self) -> bool:
@@ -326,6 +357,7 @@ class DownstreamConnection(asyncio.Protocol):
         return self._writable is not None and not self._writable.done()
 
     def finish_response(self) -> None:
+        self.flush_head()
         self.response_done = True
 
     def write_simple(self, response: Response) -> None:

@@ -1,20 +1,84 @@
 """Prometheus metrics of the data path (served by the admin API's ``/metrics``).
 
-Label lookups in prometheus-client take a lock and build a tuple; the request path
-instead keeps the labelled children it has used in a dictionary.
+prometheus-client's ``Counter.labels(...).inc()`` takes a lock and looks the child up on
+every call; at tens of thousands of requests a second that is a measurable share of the
+proxy's CPU. The per-request figures are therefore plain integers in dictionaries,
+turned into metric families only when ``/metrics`` is scraped (a custom collector).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["Metrics"]
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+_ROUTE = ["listener", "route", "cluster"]
+
+
+class _Histogram:
+    __slots__ = ("buckets", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+
+class _RequestCollector(Collector):
+    """Per-request counters, exposed at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.latency: dict[tuple[str, str, str], _Histogram] = {}
+        self.flags: dict[tuple[str, str, str, str], int] = {}
+        self.attempts: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "sidemesh_requests",
+            "Requests answered, by listener, route, cluster and status code.",
+            labels=[*_ROUTE, "code"],
+        )
+        for key, value in list(self.requests.items()):
+            requests.add_metric(list(key), value)
+        yield requests
+        latency = HistogramMetricFamily(
+            "sidemesh_request_duration_seconds",
+            "Time from the request head to the end of the response.",
+            labels=_ROUTE,
+        )
+        for route_key, hist in list(self.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), hist.buckets, strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric(list(route_key), buckets, hist.sum)
+        yield latency
+        flags = CounterMetricFamily(
+            "sidemesh_upstream_errors",
+            "Requests with an Envoy response flag (UF, UT, UC, UH, UO, URX, NR ...).",
+            labels=[*_ROUTE, "flag"],
+        )
+        for key, value in list(self.flags.items()):
+            flags.add_metric(list(key), value)
+        yield flags
+        for name, doc, data in (
+            ("sidemesh_upstream_attempts", "Attempts sent upstream (first tries and retries).",
+             self.attempts),
+            ("sidemesh_retries", "Attempts after the first one.", self.retries),
+        ):  # fmt: skip
+            family = CounterMetricFamily(name, doc, labels=["cluster"])
+            for cluster, value in list(data.items()):
+                family.add_metric([cluster], value)
+            yield family
 
 
 class Metrics:
@@ -22,37 +86,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "sidemesh_requests_total",
-            "Requests answered, by listener, route, cluster and status code.",
-            ["listener", "route", "cluster", "code"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "sidemesh_request_duration_seconds",
-            "Time from the request head to the end of the response.",
-            ["listener", "route", "cluster"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_errors = Counter(
-            "sidemesh_upstream_errors_total",
-            "Requests with an Envoy response flag (UF, UT, UC, UH, UO, URX, NR ...).",
-            ["listener", "route", "cluster", "flag"],
-            registry=registry,
-        )
-        self.attempts = Counter(
-            "sidemesh_upstream_attempts_total",
-            "Attempts sent upstream (first tries and retries).",
-            ["cluster"],
-            registry=registry,
-        )
-        self.retries = Counter(
-            "sidemesh_retries_total",
-            "Attempts after the first one.",
-            ["cluster"],
-            registry=registry,
-        )
+        self._collector = _RequestCollector()
+        registry.register(self._collector)
         self.config_version = Gauge(
             "sidemesh_config_info",
             "The applied config: 1 for the current version.",
@@ -65,14 +100,6 @@ class Metrics:
             ["result"],
             registry=registry,
         )
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def child(self, family: Any, *labels: str) -> Any:
-        key = (family._name, *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = family.labels(*labels)
-        return found
 
     def observe(
         self,
@@ -84,14 +111,22 @@ class Metrics:
         flags: list[str],
         attempts: int,
     ) -> None:
-        self.child(self.requests, listener, route, cluster, str(status)).inc()
-        self.child(self.latency, listener, route, cluster).observe(duration)
+        c = self._collector
+        key = (listener, route, cluster, str(status))
+        c.requests[key] = c.requests.get(key, 0) + 1
+        route_key = (listener, route, cluster)
+        hist = c.latency.get(route_key)
+        if hist is None:
+            hist = c.latency[route_key] = _Histogram()
+        hist.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
+        hist.sum += duration
         for flag in flags:
-            self.child(self.upstream_errors, listener, route, cluster, flag).inc()
+            flag_key = (listener, route, cluster, flag)
+            c.flags[flag_key] = c.flags.get(flag_key, 0) + 1
         if attempts:
-            self.child(self.attempts, cluster).inc(attempts)
+            c.attempts[cluster] = c.attempts.get(cluster, 0) + attempts
             if attempts > 1:
-                self.child(self.retries, cluster).inc(attempts - 1)
+                c.retries[cluster] = c.retries.get(cluster, 0) + attempts - 1
 
     def set_config(self, version: str, source: str) -> None:
         self.config_version.clear()

@@ -59,6 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_body = False
         self._writable: asyncio.Future[None] | None = None
         self._reuse = False
+        self._timer: asyncio.TimerHandle | None = None
         #: whether this connection served an earlier exchange.
         self.reused = False
         #: the task sending the current request body, and whether it finished.
@@ -149,6 +150,16 @@ class UpstreamConnection(asyncio.Protocol):
         done.set_result(None)
         self._reuse = reuse
 
+    def _expire(self) -> None:
+        self._timer = None
+        self._fail(UpstreamError("UT", "upstream timeout"))
+        self.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _fail(self, error: UpstreamError) -> None:
         for fut in (self._head, self._done):
             if fut is not None and not fut.done():
@@ -157,10 +168,16 @@ class UpstreamConnection(asyncio.Protocol):
                 fut.exception()
 
     def start(
-        self, head: bytes, head_only: bool
+        self, head: bytes, head_only: bool, expires: float | None = None
     ) -> tuple[asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]], asyncio.Future[None]]:
-        """Send a request head; return futures for the response head and its end."""
+        """Send a request head; return futures for the response head and its end.
+
+        ``expires`` (a loop time) bounds the whole exchange: both futures then fail with
+        flag ``UT`` and the connection is closed. One timer handle per exchange costs far
+        less than an ``asyncio.timeout`` block around each wait."""
         loop = asyncio.get_running_loop()
+        if expires is not None:
+            self._timer = loop.call_at(expires, self._expire)
         self._head = loop.create_future()
         self._done = loop.create_future()
         self._sink = None
@@ -204,6 +221,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def release(self) -> None:
         """Hand the connection back after a complete exchange (or close it)."""
+        self._cancel_timer()
         self._sink = None
         self._head = None
         self._done = None
@@ -213,6 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        self._cancel_timer()
         self._sink = None
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()

@@ -180,6 +180,8 @@ class Sidecar:
             outcome.flags,
             request.attempts,
         )
+        if not self.access_log.enabled:
+            return
         entry: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
