@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from .accesslog import AccessLog
 from .admin import AdminServer
 from .config import ConfigInvalid, config_digest, load_file
 from .durations import parse_duration
+from .lifecycle import install_signals, log_ready, shut_down, split_address, start_admin
 from .plugins import PluginRegistry
 from .sidecar import ApplyError, Sidecar
 
@@ -45,11 +45,6 @@ def setup_logging(level: str = "info") -> None:
     root.propagate = False
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 def run_loop(main: Any) -> int:
     """Run a coroutine on uvloop when it is installed (2x the plain loop's speed here)."""
     try:
@@ -71,10 +66,8 @@ async def serve_file(
         return 1
     admin: AdminServer | None = None
     if config.admin:
-        host, port = split_address(config.admin)
-        admin = AdminServer(sidecar, host, port)
         try:
-            await admin.start()
+            admin = await start_admin(sidecar, config.admin)
         except OSError as exc:
             log.error("%s", exc)
             await sidecar.drain(0)
@@ -96,22 +89,10 @@ async def serve_file(
         except ApplyError as exc:
             log.error("reload of %s failed, keeping the running config: %s", path, exc)
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-    listening = {name: f"{s.host}:{s.port}" for name, s in sidecar.servers.items()}
-    log.info(
-        "sidecar %s ready: listeners %s, admin %s",
-        config.node.service,
-        listening,
-        f"{config.admin.rpartition(':')[0]}:{admin.port}" if admin and config.admin else "off",
-    )
+    install_signals(stop, lambda: loop.create_task(reload()))
+    log_ready(sidecar, config.node.service, admin, config.admin)
     await stop.wait()
-    log.info("draining (up to %ss)", drain)
-    finished = await sidecar.drain(drain)
-    if admin is not None:
-        await admin.stop()
-    log.info("stopped%s", "" if finished else " (drain timeout: some requests were cut)")
+    await shut_down(sidecar, admin, drain)
     return 0
 
 
