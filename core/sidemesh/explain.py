@@ -7,6 +7,7 @@ cluster's candidate endpoints, and the weights of any split in the chain.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -90,7 +91,23 @@ def _endpoints(cluster: ClusterConfig, labels: dict[str, str] | None = None
     ]
 
 
-def _split(entry: ChainEntry, route: RouteConfig, config: SidecarConfig) -> dict[str, Any]:
+def _sticky(entry: ChainEntry, registry: PluginRegistry, headers: Headers | None
+            ) -> dict[str, Any] | None:
+    """Where this request's sticky key lands, asked of sidemesh-split itself (its
+    ``choose`` is the data path's own choice); ``None`` for other split plugins."""
+    policy = registry.get(entry.name)
+    if headers is None or policy is None or policy.distribution != "sidemesh-split":
+        return None
+    # Imported by name: the core does not depend on the plugin, only asks it.
+    sidemesh_split = importlib.import_module("sidemesh_split")
+    key = sidemesh_split.sticky_key(entry.config.get("hash_on"), headers)
+    if key is None:
+        return {"key": None, "destination": None}
+    return {"key": key, "destination": sidemesh_split.choose(entry.config, key)}
+
+
+def _split(entry: ChainEntry, route: RouteConfig, config: SidecarConfig,
+           sticky: dict[str, Any] | None = None) -> dict[str, Any]:
     destinations = [d for d in entry.config.get("destinations", []) if isinstance(d, dict)]
     total = sum(d.get("weight", 0) for d in destinations)
     shown = []
@@ -109,11 +126,11 @@ def _split(entry: ChainEntry, route: RouteConfig, config: SidecarConfig) -> dict
             item["endpoints"] = _endpoints(cluster, subset.labels if subset else None)
         shown.append(item)
     return {"plugin": entry.name, "destinations": shown, "hash_on": entry.config.get("hash_on"),
-            "mirror": entry.config.get("mirror")}
+            "mirror": entry.config.get("mirror"), "sticky": sticky}
 
 
 def _route_detail(route: RouteConfig, config: SidecarConfig,
-                  registry: PluginRegistry) -> dict[str, Any]:
+                  registry: PluginRegistry, headers: Headers | None = None) -> dict[str, Any]:
     chain = []
     splits = []
     for entry in route.chain:
@@ -127,7 +144,8 @@ def _route_detail(route: RouteConfig, config: SidecarConfig,
             "config": entry.config,
         })
         if isinstance(entry.config.get("destinations"), list):
-            splits.append(_split(entry, route, config))
+            sticky = _sticky(entry, registry, headers) if entry.config.get("hash_on") else None
+            splits.append(_split(entry, route, config, sticky))
     cluster = config.cluster(route.cluster)
     return {
         "route": route.name,
@@ -158,7 +176,7 @@ def explain(config: SidecarConfig, registry: PluginRegistry, method: str, url: s
             why = _why_not(CompiledMatch(route.match), method, host, bare_path, headers)
             tried.append({"route": route.name, "matched": why is None, "why": why or "matched"})
             if why is None:
-                detail = _route_detail(route, config, registry)
+                detail = _route_detail(route, config, registry, headers)
                 break
         listeners.append({"listener": listener.name, "address": listener.address,
                           "tried": tried, "match": detail})
@@ -212,6 +230,15 @@ def render_text(result: dict[str, Any]) -> str:
                 addresses = ", ".join(e["address"] for e in d["endpoints"]) or "NO ENDPOINTS"
                 lines.append(f"    {d['percent']:6.2f}%  {target} (weight {d['weight']}): "
                              f"{addresses}")
+            sticky = split.get("sticky")
+            if sticky is not None and sticky["key"] is None:
+                lines.append(f"    no {split['hash_on']} in this request: random weighted choice")
+            elif sticky is not None:
+                d = split["destinations"][sticky["destination"]]
+                where = f"subset {d['subset']}" if d["subset"] else f"cluster {d['cluster']}"
+                if d["subset"] and d["cluster"] != detail["cluster"]:
+                    where += f" of cluster {d['cluster']}"
+                lines.append(f"    sticky key {sticky['key']!r} -> {where}")
             if split["mirror"]:
                 lines.append(f"    mirror: {split['mirror']}")
     if not result["matched"]:
