@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from prometheus_client import REGISTRY
+
 from sidemesh.accesslog import AccessLog
 from sidemesh.testing import (
     Reply,
@@ -64,12 +65,14 @@ def attempt_counts(up: Upstream) -> list[str]:
 
 
 def test_defaults_retry_503_and_send_the_attempt_count() -> None:
-    with Upstream(script(Reply(503), Reply(503), Reply(200, b"third"))) as up:
-        with sidecar(up.address) as (sc, log):
-            r = httpx.get(sc.url("main") + "/x", timeout=10)
-            assert (r.status_code, r.text) == (200, "third")
-            assert attempt_counts(up) == ["1", "2", "3"]
-            assert access_lines(log, 1)[0]["attempts"] == 3
+    with (
+        Upstream(script(Reply(503), Reply(503), Reply(200, b"third"))) as up,
+        sidecar(up.address) as (sc, log),
+    ):
+        r = httpx.get(sc.url("main") + "/x", timeout=10)
+        assert (r.status_code, r.text) == (200, "third")
+        assert attempt_counts(up) == ["1", "2", "3"]
+        assert access_lines(log, 1)[0]["attempts"] == 3
 
 
 def test_defaults_do_not_retry_500_and_stop_after_two_retries() -> None:
@@ -95,11 +98,13 @@ def test_retry_on_5xx_gateway_error_and_retriable_4xx() -> None:
         (["retriable-4xx"], 404, False),
     ]
     for retry_on, status, retried in cases:
-        with Upstream(script(Reply(status), Reply(200))) as up:
-            with sidecar(up.address, retry={"retry_on": retry_on}) as (sc, _):
-                r = httpx.get(sc.url("main") + "/", timeout=10)
-                assert r.status_code == (200 if retried else status), (retry_on, status)
-                assert len(up.requests) == (2 if retried else 1)
+        with (
+            Upstream(script(Reply(status), Reply(200))) as up,
+            sidecar(up.address, retry={"retry_on": retry_on}) as (sc, _),
+        ):
+            r = httpx.get(sc.url("main") + "/", timeout=10)
+            assert r.status_code == (200 if retried else status), (retry_on, status)
+            assert len(up.requests) == (2 if retried else 1)
 
 
 def test_retriable_status_codes_list() -> None:
@@ -116,9 +121,11 @@ def test_retriable_status_codes_list() -> None:
 
 
 def test_reset_is_retried_by_default() -> None:
-    with Upstream(script(Reply(reset=True), Reply(200, b"after reset"))) as up:
-        with sidecar(up.address) as (sc, _):
-            assert httpx.get(sc.url("main") + "/", timeout=10).text == "after reset"
+    with (
+        Upstream(script(Reply(reset=True), Reply(200, b"after reset"))) as up,
+        sidecar(up.address) as (sc, _),
+    ):
+        assert httpx.get(sc.url("main") + "/", timeout=10).text == "after reset"
 
 
 def test_connect_failure_retries_on_another_host() -> None:
@@ -134,10 +141,13 @@ def test_connect_failure_retries_on_another_host() -> None:
 
 
 def test_retries_avoid_hosts_already_tried() -> None:
-    with Upstream(lambda _: Reply(503), name="bad") as bad, Upstream(name="good") as good:
-        with sidecar(bad.address, good.address, retry={"attempts": 1}) as (sc, _):
-            for _ in range(10):
-                assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200
+    with (
+        Upstream(lambda _: Reply(503), name="bad") as bad,
+        Upstream(name="good") as good,
+        sidecar(bad.address, good.address, retry={"attempts": 1}) as (sc, _),
+    ):
+        for _ in range(10):
+            assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200
         # Every request that met the bad host was retried on the good one, never again there.
         assert len(bad.requests) == len(
             [r for r in good.requests if r.headers.get("x-sidemesh-attempt-count") == "2"]
@@ -156,23 +166,27 @@ def test_per_try_timeout_covers_the_first_try_too() -> None:
 
 
 def test_route_timeout_covers_all_attempts_and_ends_with_504() -> None:
-    with Upstream(lambda _: Reply(200, delay=3)) as up:
-        with sidecar(up.address, retry={"retry_on": ["5xx"]}, timeout="400ms") as (sc, log):
-            r = httpx.get(sc.url("main") + "/", timeout=10)
-            assert r.status_code == 504
-            line = access_lines(log, 1)[0]
-            assert line["attempts"] == 1 and "UT" in line["response_flags"]
+    with (
+        Upstream(lambda _: Reply(200, delay=3)) as up,
+        sidecar(up.address, retry={"retry_on": ["5xx"]}, timeout="400ms") as (sc, log),
+    ):
+        r = httpx.get(sc.url("main") + "/", timeout=10)
+        assert r.status_code == 504
+        line = access_lines(log, 1)[0]
+        assert line["attempts"] == 1 and "UT" in line["response_flags"]
 
 
 def test_non_idempotent_methods_are_not_retried_unless_asked() -> None:
     with Upstream(script(Reply(503), Reply(200))) as up, sidecar(up.address) as (sc, _):
         assert httpx.post(sc.url("main") + "/", content=b"pay", timeout=10).status_code == 503
         assert len(up.requests) == 1
-    with Upstream(script(Reply(503), Reply(200))) as up:
-        with sidecar(up.address, retry={"retry_non_idempotent": True}) as (sc, _):
-            r = httpx.post(sc.url("main") + "/", content=b"pay", timeout=10)
-            assert r.status_code == 200
-            assert [req.body for req in up.requests] == [b"pay", b"pay"]  # body replayed
+    with (
+        Upstream(script(Reply(503), Reply(200))) as up,
+        sidecar(up.address, retry={"retry_non_idempotent": True}) as (sc, _),
+    ):
+        r = httpx.post(sc.url("main") + "/", content=b"pay", timeout=10)
+        assert r.status_code == 200
+        assert [req.body for req in up.requests] == [b"pay", b"pay"]  # body replayed
     with Upstream(script(Reply(503), Reply(200))) as up, sidecar(up.address) as (sc, _):
         assert httpx.put(sc.url("main") + "/", content=b"doc", timeout=10).status_code == 200
         assert [req.body for req in up.requests] == [b"doc", b"doc"]
@@ -180,29 +194,37 @@ def test_non_idempotent_methods_are_not_retried_unless_asked() -> None:
 
 def test_body_over_buffer_limit_is_streamed_and_not_retried() -> None:
     big = b"x" * 64 * 1024
-    with Upstream(script(Reply(503), Reply(200))) as up:
-        with sidecar(up.address, retry={"buffer_limit": 1024}) as (sc, _):
-            assert httpx.put(sc.url("main") + "/", content=big, timeout=10).status_code == 503
-            assert len(up.requests) == 1 and up.requests[0].body == big
+    with (
+        Upstream(script(Reply(503), Reply(200))) as up,
+        sidecar(up.address, retry={"buffer_limit": 1024}) as (sc, _),
+    ):
+        assert httpx.put(sc.url("main") + "/", content=big, timeout=10).status_code == 503
+        assert len(up.requests) == 1 and up.requests[0].body == big
 
 
 def test_retry_after_is_honoured_up_to_the_cap() -> None:
-    with Upstream(script(Reply(503, headers={"retry-after": "1"}), Reply(200))) as up:
-        with sidecar(up.address) as (sc, _):
-            started = time.monotonic()
-            assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200
-            assert time.monotonic() - started >= 0.95  # waited as asked
-    with Upstream(script(Reply(503, headers={"retry-after": "30"}), Reply(200))) as up:
-        with sidecar(up.address, retry={"max_retry_after": "2s"}) as (sc, _):
-            r = httpx.get(sc.url("main") + "/", timeout=10)
-            assert r.status_code == 503 and r.headers["retry-after"] == "30"
-            assert len(up.requests) == 1
+    with (
+        Upstream(script(Reply(503, headers={"retry-after": "1"}), Reply(200))) as up,
+        sidecar(up.address) as (sc, _),
+    ):
+        started = time.monotonic()
+        assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200
+        assert time.monotonic() - started >= 0.95  # waited as asked
+    with (
+        Upstream(script(Reply(503, headers={"retry-after": "30"}), Reply(200))) as up,
+        sidecar(up.address, retry={"max_retry_after": "2s"}) as (sc, _),
+    ):
+        r = httpx.get(sc.url("main") + "/", timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "30"
+        assert len(up.requests) == 1
     # Within the cap but past the route's deadline: not waited for either.
-    with Upstream(script(Reply(503, headers={"retry-after": "3"}), Reply(200))) as up:
-        with sidecar(up.address, timeout="1s") as (sc, _):
-            started = time.monotonic()
-            assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 503
-            assert time.monotonic() - started < 2.5 and len(up.requests) == 1
+    with (
+        Upstream(script(Reply(503, headers={"retry-after": "3"}), Reply(200))) as up,
+        sidecar(up.address, timeout="1s") as (sc, _),
+    ):
+        started = time.monotonic()
+        assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 503
+        assert time.monotonic() - started < 2.5 and len(up.requests) == 1
 
 
 def _concurrently(url: str, count: int) -> list[int]:
@@ -229,9 +251,11 @@ def test_retry_budget_bounds_concurrent_retries() -> None:
 
 
 def test_defaults_prevent_a_retry_storm() -> None:
-    with Upstream(lambda _: Reply(503, delay=0.2)) as up:
-        with sidecar(up.address) as (sc, _):
-            assert _concurrently(sc.url("main") + "/", 30) == [503] * 30
+    with (
+        Upstream(lambda _: Reply(503, delay=0.2)) as up,
+        sidecar(up.address) as (sc, _),
+    ):
+        assert _concurrently(sc.url("main") + "/", 30) == [503] * 30
         # Without a budget 30 failing requests would make 90 attempts.
         assert len(up.requests) < 60
 
