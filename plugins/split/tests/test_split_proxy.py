@@ -147,6 +147,33 @@ def test_with_the_retry_plugin_on_the_same_route(servers: dict[str, Upstream]) -
         assert len({name.split("-")[0] for name in attempts}) == 1, attempts
 
 
+def test_with_retry_and_circuit_on_the_same_route(servers: dict[str, Upstream]) -> None:
+    """SPEC's chain (retry, circuit, split): the failing v1 host is retried within v1,
+    then ejected; the split keeps working on what is left of each subset."""
+    registry = PluginRegistry.load()
+    if registry.get("retry") is None or registry.get("circuit") is None:
+        pytest.skip("sidemesh-retry or sidemesh-circuit is not installed")
+    config = doc(servers, [
+        {"name": "retry", "config": {"attempts": 3, "retry_on": ["gateway-error"],
+                                     "base_interval": "1ms", "max_interval": "2ms"}},
+        {"name": "circuit", "config": {"consecutive_5xx": 2, "base_ejection_time": "30s",
+                                       "max_ejection_percent": 50}},
+        split({"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50}),
+    ])
+    with running_sidecar(config) as sc, httpx.Client(base_url=sc.url("outbound"),
+                                                      timeout=5) as client:
+        answers = Counter(client.get("/r").text for _ in range(200))
+        assert sc.sidecar.snapshot is not None
+        bad = next(e for e in sc.sidecar.snapshot.clusters["reviews"].endpoints
+                   if e.address == servers["v1-bad"].address)
+        assert bad.ejected
+    assert set(answers) == {"v1-good", "v2"}
+    assert 60 < answers["v2"] < 140
+    assert 1 <= len(servers["v1-bad"].requests) <= 3
+    for attempts in attempts_by_request(servers).values():
+        assert len({name.split("-")[0] for name in attempts}) == 1, attempts
+
+
 def test_sticky_keys_land_where_choose_says_on_every_sidecar(
     servers: dict[str, Upstream],
 ) -> None:
