@@ -59,8 +59,6 @@ def test_a_failing_write_leaves_the_previous_version(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-
-import pytest
     from sidemesh.control.store import SQLiteStore
     store = SQLiteStore(Path(sys.argv[1]))
     print("ready", flush=True)
