@@ -35,10 +35,11 @@ class Target:
     :ivar subset: the subset of it, or ``None`` for the whole cluster.
     :ivar switch: whether the request's cluster must change (another cluster).
     :ivar members: the subset's endpoints, or ``None`` when there is no subset.
+    :ivar member_set: the same as a set, for the per-attempt membership test.
     :ivar label: ``cluster/subset`` or ``cluster``, for metrics and the access log.
     """
 
-    __slots__ = ("cluster", "label", "members", "subset", "switch")
+    __slots__ = ("cluster", "label", "member_set", "members", "subset", "switch")
 
     def __init__(self, spec: Mapping[str, Any], context: PolicyContext, where: str) -> None:
         route_cluster = context.cluster
@@ -50,6 +51,7 @@ class Target:
         self.subset: str | None = spec.get("subset")
         self.switch = route_cluster is None or cluster.name != route_cluster.name
         self.members: list[Endpoint] | None = None
+        self.member_set: frozenset[Endpoint] = frozenset()
         if self.subset is not None:
             members = cluster.subsets.get(self.subset)
             if not members:
@@ -60,6 +62,7 @@ class Target:
                     f"{cluster.name!r} (route {context.route!r})"
                 )
             self.members = members
+            self.member_set = frozenset(members)
         self.label = f"{self.cluster}/{self.subset}" if self.subset else self.cluster
 
 
@@ -117,10 +120,12 @@ class SplitPolicy(Policy):
         index = request.state.get(STATE_KEY)
         if index is None:
             return endpoints
-        members = self.targets[index].members
+        target = self.targets[index]
+        members = target.members
         if members is None:
             return endpoints
-        kept = [e for e in endpoints if e in members]
+        member_set = target.member_set
+        kept = [e for e in endpoints if e in member_set]
         if kept or not endpoints:
             return kept
         # Earlier policies (a retry avoiding hosts it tried) left only other subsets:
