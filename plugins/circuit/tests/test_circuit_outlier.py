@@ -1,0 +1,232 @@
+"""Outlier detection in a real sidecar: ejection, return, the percentage cap, back-off
+and decay, failures that count, and the admin API's view of it."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from sidemesh.testing import (
+    ProxyProcess,
+    Reply,
+    RunningSidecar,
+    SeenRequest,
+    Upstream,
+    free_port,
+    running_sidecar,
+    simple_config,
+    wait_for,
+)
+from sidemesh.upstream import Endpoint
+
+FAST = {"base_ejection_time": "200ms", "max_ejection_percent": 50}
+LONG = {"base_ejection_time": "30s", "max_ejection_percent": 50}
+
+
+@contextmanager
+def sidecar(*addresses: str, **circuit: Any) -> Iterator[RunningSidecar]:
+    doc = simple_config(*addresses, plugins=[{"name": "circuit", "config": circuit}])
+    with running_sidecar(doc) as sc:
+        yield sc
+
+
+def endpoint(sc: RunningSidecar, address: str) -> Endpoint:
+    assert sc.sidecar.snapshot is not None
+    found = [e for e in sc.sidecar.snapshot.clusters["backend"].endpoints if e.address == address]
+    return found[0]
+
+
+def get(sc: RunningSidecar, count: int) -> list[int]:
+    return [httpx.get(sc.url("main") + "/", timeout=10).status_code for _ in range(count)]
+
+
+def test_consecutive_5xx_ejects_then_the_endpoint_returns_on_its_own() -> None:
+    with (
+        Upstream(lambda _: Reply(503), name="bad") as bad,
+        Upstream(name="good") as good,
+        sidecar(
+            bad.address,
+            good.address,
+            consecutive_5xx=3,
+            base_ejection_time="1s",
+            max_ejection_percent=50,
+        ) as sc,
+    ):
+        get(sc, 6)  # round robin: three 503s in a row from the bad one
+        assert endpoint(sc, bad.address).ejected
+        assert endpoint(sc, bad.address).ejection_count == 1
+        seen = len(bad.requests)
+        assert get(sc, 5) == [200] * 5  # never offered while ejected
+        assert len(bad.requests) == seen
+        assert wait_for(lambda: not endpoint(sc, bad.address).ejected, timeout=5)
+        get(sc, 4)
+        assert len(bad.requests) > seen  # back in rotation
+
+
+def test_max_ejection_percent_counts_the_endpoint_to_eject() -> None:
+    # Defaults: 10 %; ejecting the only endpoint would be 100 %.
+    with Upstream(lambda _: Reply(503)) as up, sidecar(up.address, consecutive_5xx=2) as sc:
+        get(sc, 10)
+        assert not endpoint(sc, up.address).ejected
+        assert endpoint(sc, up.address).stats["ejections_skipped_max_percent"] >= 1
+    # 50 %: one of two may go, not the second one.
+    with (
+        Upstream(lambda _: Reply(503)) as a,
+        Upstream(lambda _: Reply(503)) as b,
+        sidecar(a.address, b.address, consecutive_5xx=2, **FAST) as sc,
+    ):
+        get(sc, 8)
+        assert [endpoint(sc, a.address).ejected, endpoint(sc, b.address).ejected].count(True) == 1
+
+
+def test_ejection_time_grows_with_the_count_up_to_the_cap() -> None:
+    with (
+        Upstream(lambda _: Reply(503)) as flaky,
+        Upstream() as good,
+        sidecar(
+            flaky.address,
+            good.address,
+            consecutive_5xx=2,
+            base_ejection_time="200ms",
+            max_ejection_time="300ms",
+            max_ejection_percent=50,
+        ) as sc,
+    ):
+        host = endpoint(sc, flaky.address)
+        get(sc, 4)
+        assert host.ejection_count == 1 and host.ejected_until - time.monotonic() <= 0.2
+        assert wait_for(lambda: not host.ejected)
+        for _ in range(20):
+            get(sc, 1)
+            if host.ejected:
+                break
+        assert host.ejection_count == 2
+        # 2 x 200ms would be 400ms: capped at 300ms.
+        assert 0.2 < host.ejected_until - time.monotonic() <= 0.3
+
+
+def test_ejection_count_decays_while_the_endpoint_is_healthy() -> None:
+    failing = [True]
+
+    def handler(_: SeenRequest) -> Reply:
+        return Reply(503 if failing[0] else 200)
+
+    with (
+        Upstream(handler) as flaky,
+        Upstream() as good,
+        sidecar(flaky.address, good.address, consecutive_5xx=2, interval="100ms", **FAST) as sc,
+    ):
+        host = endpoint(sc, flaky.address)
+        get(sc, 4)
+        assert host.ejection_count == 1
+        failing[0] = False
+        assert wait_for(lambda: not host.ejected)
+        assert wait_for(lambda: get(sc, 1) == [200] and host.ejection_count == 0, timeout=5)
+
+
+def test_gateway_failures_and_connect_failures_count() -> None:
+    with (
+        Upstream(lambda _: Reply(500)) as five_hundred,
+        Upstream() as good,
+        sidecar(
+            five_hundred.address,
+            good.address,
+            consecutive_5xx=None,
+            consecutive_gateway_failure=2,
+            **LONG,
+        ) as sc,
+    ):
+        get(sc, 8)
+        assert not endpoint(sc, five_hundred.address).ejected  # 500 is no gateway failure
+    with (
+        Upstream(lambda _: Reply(502)) as gateway,
+        Upstream() as good,
+        sidecar(
+            gateway.address,
+            good.address,
+            consecutive_5xx=None,
+            consecutive_gateway_failure=2,
+            **LONG,
+        ) as sc,
+    ):
+        get(sc, 4)
+        assert endpoint(sc, gateway.address).ejected
+    dead = f"127.0.0.1:{free_port()}"
+    with Upstream() as good, sidecar(dead, good.address, consecutive_5xx=2, **LONG) as sc:
+        get(sc, 4)
+        assert endpoint(sc, dead).ejected
+        assert get(sc, 6) == [200] * 6
+
+
+def test_retry_and_circuit_keep_success_above_999_per_mille() -> None:
+    flaky_calls = [0]
+
+    def half_503(_: SeenRequest) -> Reply:
+        flaky_calls[0] += 1
+        return Reply(503 if random.random() < 0.5 else 200)
+
+    chain = [
+        {"name": "retry", "config": {"attempts": 2, "retry_on": ["5xx"]}},
+        {"name": "circuit", "config": {"consecutive_5xx": 5, "max_ejection_percent": 50}},
+    ]
+    with Upstream(half_503) as bad, Upstream() as a, Upstream() as b:
+        doc = simple_config(bad.address, a.address, b.address, plugins=chain)
+        with running_sidecar(doc) as sc:
+            url = sc.url("main") + "/"
+
+            def batch(_: int) -> list[int]:
+                with httpx.Client(timeout=10) as client:
+                    return [client.get(url).status_code for _ in range(1000)]
+
+            # Two clients at a time: never more retries in flight than the default
+            # max_retries (3) and budget floor (3) allow, so every failure can be retried.
+            with ThreadPoolExecutor(2) as pool:
+                codes = [c for chunk in pool.map(batch, range(2)) for c in chunk]
+            assert len(codes) == 2000
+            assert codes.count(200) >= 1998
+            assert endpoint(sc, bad.address).ejection_count >= 1
+
+
+def test_admin_api_shows_ejection_state(tmp_path: Path) -> None:
+    listen, admin = free_port(), free_port()
+    with Upstream(lambda _: Reply(503)) as bad, Upstream() as good:
+        doc = simple_config(
+            bad.address,
+            good.address,
+            plugins=[
+                {
+                    "name": "circuit",
+                    "config": {"consecutive_5xx": 2, "max_ejection_percent": 50},
+                }
+            ],
+        )
+        doc["admin"] = f"127.0.0.1:{admin}"
+        doc["listeners"][0]["address"] = f"127.0.0.1:{listen}"
+        config = tmp_path / "sidemesh.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        with ProxyProcess("proxy", "-c", str(config)) as proc:
+            base = f"http://127.0.0.1:{admin}"
+            proc.wait_http(base + "/ready")
+            for _ in range(4):
+                httpx.get(f"http://127.0.0.1:{listen}/", timeout=5)
+            cluster = httpx.get(base + "/clusters", timeout=5).json()["clusters"][0]
+            state = {e["address"]: e for e in cluster["endpoints"]}
+            assert state[bad.address]["ejected"] is True
+            assert state[bad.address]["ejection_count"] == 1
+            assert 0 < state[bad.address]["ejection_seconds_left"] <= 30
+            assert state[bad.address]["ejected_until"] is not None
+            assert state[good.address]["ejected"] is False
+            metrics = httpx.get(base + "/metrics", timeout=5).text
+            assert (
+                'sidemesh_circuit_ejections_total{cluster="backend",reason="consecutive_5xx"} 1.0'
+                in metrics
+            )
+            assert 'sidemesh_circuit_ejected_endpoints{cluster="backend"} 1.0' in metrics
