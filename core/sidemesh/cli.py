@@ -29,6 +29,7 @@ examples:
   sidemesh proxy -c sidemesh.yaml          run a sidecar from a file (SIGHUP reloads it)
   sidemesh control --data ./sidemesh-data  run the control plane
   sidemesh demo                            the whole mesh on this machine
+  sidemesh new-plugin ratelimit            start a plugin: sidemesh-ratelimit/
 
 Run 'sidemesh COMMAND --help' for a command's options.
 """
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "SERVICE-HOSTNAME-PID)")
     p.add_argument("--bind-host", metavar="HOST",
                    help="with --control: bind every listener and the admin API on HOST "
-                   "instead of the config's host, ports unchanged (several sidecars of one "
+                   "instead of the config's host, ports unchanged, and send to localhost:PORT "
+                   "endpoints (the local app) on HOST too (several sidecars of one "
                    "service on one machine, each on its own address, like pods)")
     p.add_argument("--drain-timeout", type=_duration, default=parse_duration("10s"),
                    metavar="DURATION", help="on SIGTERM, wait this long for in-flight "
@@ -274,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the control plane's state directory (default ./sidemesh-data)")
     p.add_argument("--service", required=True, metavar="NAME", help="the service")
     p.set_defaults(handler=_lazy("sidemesh.control", "main_token"))
+
+    p = sub.add_parser("new-plugin", help="create a new plugin distribution sidemesh-NAME",
+                       description="Write sidemesh-NAME/: pyproject with the entry point, "
+                       "a policy, its config schema, README, CHANGELOG and passing tests.")
+    p.add_argument("name", metavar="NAME", help="the plugin's name, e.g. ratelimit")
+    p.add_argument("--dir", default=".", metavar="DIR",
+                   help="where sidemesh-NAME/ is created (default: the current directory)")
+    p.set_defaults(handler=_lazy("sidemesh.scaffold", "main"))
 
     p = sub.add_parser("demo", help="run the whole mesh on this machine and show what it did",
                        description="Start a control plane, two service versions with "
