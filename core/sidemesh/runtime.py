@@ -58,6 +58,11 @@ async def serve_file(
     path: Path, registry: PluginRegistry, access_log: AccessLog, drain: float
 ) -> int:
     config = load_file(path, registry)
+    if config.control is not None:
+        # Routes come from the file; certificates (mtls) may still come from the CA.
+        os.environ.setdefault("SIDEMESH_CONTROL_URL", config.control.url)
+        if config.control.token_file:
+            os.environ.setdefault("SIDEMESH_TOKEN_FILE", config.control.token_file)
     sidecar = Sidecar(registry, access_log)
     try:
         await sidecar.apply(config, config_digest(config.raw), f"file:{path}")
