@@ -11,14 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from sidemesh.testing import ProxyProcess, Reply, Upstream, free_port, wait_for
+from sidemesh.testing import ProxyProcess, Reply, SeenRequest, Upstream, free_port, wait_for
 
 WEB_IDS = ("web-1", "web-2")
 
@@ -51,6 +51,10 @@ def _pythonpath(site: Path) -> dict[str, str]:
     return {"PYTHONPATH": f"{site}{os.pathsep}{rest}" if rest else str(site)}
 
 
+def _answer(text: str) -> Callable[[SeenRequest], Reply]:
+    return lambda _: Reply(body=text.encode())
+
+
 class Mesh:
     def __init__(self, root: Path, stack: contextlib.ExitStack) -> None:
         self.root = root
@@ -61,9 +65,8 @@ class Mesh:
         _skew_plugin(self.proxy_site, "1.0.0")
         self.url = f"http://127.0.0.1:{free_port()}"
         self.control: ProxyProcess | None = None
-        self.ups = {name: stack.enter_context(Upstream(
-            lambda _, body=name.encode(): Reply(body=body), name=name))
-            for name in ("web-a", "web-b", "api-a", "api-b")}
+        self.ups = {name: stack.enter_context(Upstream(_answer(name), name=name))
+                    for name in ("web-a", "web-b", "api-a", "api-b")}
         self.ports = {s: (free_port(), free_port()) for s in ("web", "api")}
         self.proxies: dict[str, ProxyProcess] = {}
         self.admin: dict[str, str] = {}
