@@ -4,6 +4,10 @@ The core owns the attempt loop; policies only decide (a retry policy calls
 ``attempt.retry()``). An attempt can be repeated only while the request body is
 replayable, the route's timeout leaves room, and no response byte has reached the
 client.
+
+This is the per-request path, so it is shaped for speed as well as reading: three
+coroutine levels (request, attempt loop, exchange), no ``asyncio.timeout`` blocks (one
+timer handle per exchange), and no future at all for a response that arrives whole.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING
 from .body import BodyNotReplayable, RequestBody
 from .hookspecs import ConnectionSetup
 from .messages import Attempt, Headers, Request, Response
+from .mirror import MIRROR_BUFFER, send_mirrors
 from .pool import ConnectionPool, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -24,7 +29,7 @@ if TYPE_CHECKING:
     from .snapshot import CompiledRoute, Snapshot
     from .upstream import Cluster, Endpoint
 
-__all__ = ["Forwarder", "Outcome"]
+__all__ = ["FAILURE_STATUS", "Forwarder", "Outcome"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -32,6 +37,7 @@ HOP_BY_HOP = frozenset(
         "trailer", "upgrade", "http2-settings", "content-length", "expect",
     }
 )  # fmt: skip
+FORWARDED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto"}
 
 #: what the client is told for a failure before any response head (Envoy's wording).
 _RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
@@ -48,14 +54,18 @@ FAILURE_STATUS = {
 OVERLOADED = ("x-sidemesh-overloaded", "true")
 
 
-MIRROR_BUFFER = 1024 * 1024
-
-
 def _request_id() -> str:
     """A random (version 4) UUID, as Envoy generates for ``x-request-id``; formatted
     by hand because ``uuid.uuid4()`` costs several times more per request."""
     h = "%032x" % ((random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (4 << 76) | (2 << 62))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
+    if headers.get("connection") is None:
+        return [(k, v) for k, v in headers if k not in drop]
+    extra = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
+    return [(k, v) for k, v in headers if k not in drop and k not in extra]
 
 
 class Outcome:
@@ -69,17 +79,6 @@ class Outcome:
         self.response: Response | None = None
         self.flags: list[str] = []
         self.upstream = ""
-
-
-FORWARDED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto"}
-
-
-def _strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
-    connection = headers.get("connection")
-    if connection is None:
-        return [(k, v) for k, v in headers if k not in drop]
-    extra = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
-    return [(k, v) for k, v in headers if k not in drop and k not in extra]
 
 
 class _ChunkedSink:
@@ -102,7 +101,6 @@ class Forwarder:
     def __init__(self, on_done: Callable[[Request, Outcome], None]) -> None:
         self._on_done = on_done
 
-    # entry point -------------------------------------------------------------------
     async def handle(
         self,
         conn: DownstreamConnection,
@@ -121,70 +119,25 @@ class Forwarder:
         try:
             if route is None:
                 outcome.flags.append("NR")
-                self._answer(
-                    conn,
-                    Response.json(
-                        404,
-                        {
-                            "error": "no route",
-                            "listener": request.listener,
-                            "host": request.host,
-                            "path": request.path,
-                        },
-                    ),
-                    outcome,
-                )
-                return
-            await self._route(conn, request, body, snapshot, route, outcome)
+                payload = {"error": "no route", "listener": request.listener}
+                payload.update(host=request.host, path=request.path)
+                self._answer(conn, Response.json(404, payload), outcome)
+            else:
+                await self._forward(conn, request, body, snapshot, route, outcome)
         except Exception as exc:  # a policy raised: never a traceback to the client
             if not conn.response_started:
                 outcome.flags.append("PE")
-                self._answer(
-                    conn,
-                    Response.json(500, {"error": "plugin error", "message": str(exc)}),
-                    outcome,
-                )
+                payload = {"error": "plugin error", "message": str(exc)}
+                self._answer(conn, Response.json(500, payload), outcome)
             else:
                 conn.keep_alive = False
             request.log["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             self._on_done(request, outcome)
-            if request.mirrors:
-                self._mirror(request, body, snapshot, route)
             if route is not None:
+                if request.mirrors:
+                    send_mirrors(request, body, snapshot, route.timeout or 15.0)
                 self._complete(route, request, outcome)
-
-    def _mirror(
-        self, request: Request, body: RequestBody, snapshot: Snapshot, route: CompiledRoute | None
-    ) -> None:
-        payload = body.kept()
-        if payload is None:
-            request.log["mirror"] = "skipped: body not buffered"
-            return
-        headers = Headers._trusted(
-            [(k, v) for k, v in request.headers if k not in ("content-length", "transfer-encoding")]
-        )
-        headers.set("host", f"{request.host.split(':')[0]}-shadow")
-        if payload or request.method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            headers.set("content-length", str(len(payload)))
-        head = (
-            f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
-            + headers.encode()
-            + b"\r\n"
-        )
-        timeout = (route.timeout if route is not None else None) or 15.0
-        loop = asyncio.get_running_loop()
-        for cluster_name, subset in request.mirrors:
-            cluster = snapshot.clusters.get(cluster_name)
-            if cluster is None:
-                continue
-            candidates = cluster.subsets.get(subset, []) if subset else cluster.available()
-            if candidates:
-                task = loop.create_task(
-                    _shadow(cluster.pick(candidates), head + payload, cluster, timeout)
-                )
-                _SHADOWS.add(task)
-                task.add_done_callback(_SHADOWS.discard)
 
     @staticmethod
     def _complete(route: CompiledRoute, request: Request, outcome: Outcome) -> None:
@@ -195,14 +148,32 @@ class Forwarder:
             except Exception as exc:  # the client has its answer; a failing hook only logs
                 request.log.setdefault("hook_errors", []).append(f"{type(exc).__name__}: {exc}")
 
-    def _answer(self, conn: DownstreamConnection, response: Response, outcome: Outcome) -> None:
+    @staticmethod
+    def _answer(conn: DownstreamConnection, response: Response, outcome: Outcome) -> None:
         outcome.status = response.status
         outcome.response = response
         if not conn.closed:
             conn.write_simple(response)
 
-    # routing -----------------------------------------------------------------------
-    async def _route(
+    # the request -------------------------------------------------------------------
+    @staticmethod
+    def _upstream_headers(conn: DownstreamConnection, request: Request, body: RequestBody) -> None:
+        headers = request.headers
+        if (headers.get("expect") or "").lower() == "100-continue" and not body.eof:
+            # As Envoy does by default: answer 100 Continue here, not upstream.
+            conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client_ip = conn.info.client_address.rsplit(":", 1)[0]
+        xff = headers.get("x-forwarded-for")
+        items = _strip_hop_by_hop(headers, FORWARDED)
+        items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
+        items.append(("x-forwarded-proto", request.scheme))
+        if body.chunked:
+            items.append(("transfer-encoding", "chunked"))
+        elif (length := headers.get("content-length")) is not None:
+            items.append(("content-length", str(int(length))))
+        request.headers = Headers._trusted(items)
+
+    async def _forward(
         self,
         conn: DownstreamConnection,
         request: Request,
@@ -213,22 +184,7 @@ class Forwarder:
     ) -> None:
         request.route = route.name
         request.cluster = route.cluster
-        headers = request.headers
-        if (headers.get("expect") or "").lower() == "100-continue" and not body.eof:
-            # As Envoy does by default: answer 100 Continue here, not upstream.
-            conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
-        client_ip = conn.info.client_address.rsplit(":", 1)[0]
-        xff = headers.get("x-forwarded-for")
-        items = _strip_hop_by_hop(headers, FORWARDED)
-        items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
-        items.append(("x-forwarded-proto", request.scheme))
-        forwarded = Headers._trusted(items)
-        if body.chunked:
-            forwarded.add("transfer-encoding", "chunked")
-        elif (length := headers.get("content-length")) is not None:
-            forwarded.add("content-length", str(int(length)))
-        request.headers = forwarded
-
+        self._upstream_headers(conn, request, body)
         chain = route.chain
         for hook, is_async in chain.request:
             answer = await hook(request) if is_async else hook(request)
@@ -238,24 +194,44 @@ class Forwarder:
                 outcome.flags.append("DI")
                 self._answer(conn, answer, outcome)
                 return
-        body.set_limit(
-            max(request.retry_buffer_limit, MIRROR_BUFFER)
-            if request.mirrors
-            else request.retry_buffer_limit
-        )
+        limit = request.retry_buffer_limit
+        body.set_limit(max(limit, MIRROR_BUFFER) if request.mirrors else limit)
         cluster = snapshot.clusters.get(request.cluster)
         if cluster is None:
             status, message = FAILURE_STATUS["NC"]
             outcome.flags.append("NC")
             self._answer(conn, Response.text(status, message), outcome)
             return
-        timeout = route.timeout
-        deadline = request.start + timeout if timeout else None
+        deadline = request.start + route.timeout if route.timeout else None
         cluster.active_requests += 1
         try:
-            await self._attempts(conn, request, body, route, cluster, deadline, outcome)
+            attempt, upstream = await self._attempts(conn, request, body, route, cluster, deadline)
+            extra = request.log.get("response_flags")
+            if extra:
+                outcome.flags.extend(extra)
+            endpoint = attempt.endpoint
+            if endpoint is not None:
+                outcome.upstream = endpoint.address
+            response = attempt.response
+            if response is None or upstream is None:
+                self._fail(conn, attempt, outcome)
+                return
+            try:
+                done, chunked = self._start_stream(conn, request, response, upstream, outcome)
+                if not done:
+                    await self._finish_stream(conn, upstream, outcome, chunked)
+            finally:
+                if endpoint is not None:
+                    endpoint.active_requests -= 1
         finally:
             cluster.active_requests -= 1
+
+    def _fail(self, conn: DownstreamConnection, attempt: Attempt, outcome: Outcome) -> None:
+        flag = (attempt.flag or "UF").rstrip("!")
+        outcome.flags.append(flag)
+        status, message = FAILURE_STATUS.get(flag, (503, attempt.error or "upstream error"))
+        headers = [OVERLOADED] if flag == "UO" else []
+        self._answer(conn, Response.text(status, message, headers), outcome)
 
     # attempts ----------------------------------------------------------------------
     async def _attempts(
@@ -266,8 +242,7 @@ class Forwarder:
         route: CompiledRoute,
         cluster: Cluster,
         deadline: float | None,
-        outcome: Outcome,
-    ) -> None:
+    ) -> tuple[Attempt, UpstreamConnection | None]:
         chain = route.chain
         number = 0
         while True:
@@ -282,7 +257,7 @@ class Forwarder:
             else:
                 endpoint = cluster.pick(candidates)
                 request.tried.append(endpoint)
-                attempt, upstream = await self._try(
+                attempt, upstream = await self._exchange(
                     request, body, route, cluster, endpoint, deadline
                 )
             for hook, is_async in chain.response:
@@ -290,22 +265,22 @@ class Forwarder:
                     await hook(request, attempt)
                 else:
                     hook(request, attempt)
-            if attempt.retry_requested and not conn.closed:
-                wait = attempt.retry_delay
-                room = deadline - time.monotonic() if deadline is not None else None
-                if body.replayable and (room is None or room > wait) and attempt.flag != "UT!":
-                    if upstream is not None:
-                        upstream.close()
-                        if attempt.endpoint is not None:
-                            attempt.endpoint.active_requests -= 1
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    continue
+            if not attempt.retry_requested or conn.closed:
+                return attempt, upstream
+            wait = attempt.retry_delay
+            room = deadline - time.monotonic() if deadline is not None else None
+            # "UT!" is the route deadline: it ends the request whatever a policy asks.
+            if not body.replayable or (room is not None and room <= wait) or attempt.flag == "UT!":
                 request.log.setdefault("response_flags", []).append("URX")
-            break
-        await self._deliver(conn, request, attempt, upstream, deadline, outcome)
+                return attempt, upstream
+            if upstream is not None:
+                upstream.close()
+                if attempt.endpoint is not None:
+                    attempt.endpoint.active_requests -= 1
+            if wait > 0:
+                await asyncio.sleep(wait)
 
-    async def _try(
+    async def _exchange(
         self,
         request: Request,
         body: RequestBody,
@@ -314,155 +289,104 @@ class Forwarder:
         endpoint: Endpoint,
         deadline: float | None,
     ) -> tuple[Attempt, UpstreamConnection | None]:
-        start = time.monotonic()
-        number = request.attempts
+        """One attempt: a connection, the request out, the response head in."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         limit = request.per_try_timeout
         if deadline is not None:
-            left = deadline - start
+            left = deadline - time.monotonic()
             limit = left if limit is None else min(limit, left)
-        chain = route.chain
-        key = chain.pool_key
-        pool = endpoint.pools.get(key)
-        if pool is None:
-            setup = None
-            if key is not None:
-
-                def setup() -> ConnectionSetup:
-                    return chain.connection_setup(
-                        ConnectionSetup(
-                            "upstream", request.listener, cluster=cluster, endpoint=endpoint
-                        )
-                    )
-
-            pool = endpoint.pools[key] = ConnectionPool(endpoint.host, endpoint.port, setup)
+        expires = None if limit is None else start + limit
+        pool = endpoint.pools.get(route.chain.pool_key) or self._new_pool(
+            request, route, cluster, endpoint
+        )
         endpoint.active_requests += 1
-        upstream: UpstreamConnection | None = None
-        expires = None if limit is None else asyncio.get_running_loop().time() + limit
-        try:
-            upstream, head = await self._send(request, body, pool, cluster, expires)
-            status, raw_headers, _, _ = head
-        except (TimeoutError, UpstreamError) as exc:
-            if upstream is not None:
-                upstream.close()
-            endpoint.active_requests -= 1
-            if isinstance(exc, TimeoutError) or exc.flag == "UT":
-                final = deadline is not None and time.monotonic() >= deadline - 0.001
-                # "UT!" marks the route deadline: it ends the request, no more attempts.
-                flag = "UT!" if final else "UT"
-                what = "route timeout" if final else "per-try timeout"
-                attempt = Attempt(number, endpoint, flag=flag, error=what, duration=limit or 0.0)
-                return attempt, None
-            attempt = Attempt(
-                number, endpoint, flag=exc.flag, error=str(exc), duration=time.monotonic() - start
-            )
-            return attempt, None
-        response = Response(status, Headers._trusted(raw_headers))
-        response.reason = ""
-        attempt = Attempt(number, endpoint, response, duration=time.monotonic() - start)
-        return attempt, upstream
-
-    async def _send(
-        self,
-        request: Request,
-        body: RequestBody,
-        pool: ConnectionPool,
-        cluster: Cluster,
-        expires: float | None,
-    ) -> tuple[UpstreamConnection, tuple[int, list[tuple[str, str]], bool, bool]]:
         head = (
             f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
             + request.headers.encode()
             + b"\r\n"
         )
-        head_only = request.method == "HEAD"
         has_body = body.chunked or "content-length" in request.headers
-        for fresh in (False, True):
-            upstream = await pool.acquire(
-                cluster.connect_timeout, fresh=fresh, limit=cluster.connections
-            )
-            reused = upstream.reused
-            head_future, _ = upstream.start(head, head_only, expires)
-            if has_body:
-                upstream.body_task = asyncio.get_running_loop().create_task(
-                    self._pump(upstream, body)
+        upstream: UpstreamConnection | None = None
+        try:
+            for fresh in (False, True):
+                upstream = None if fresh else pool.take()
+                if upstream is None:
+                    upstream = await pool.acquire(
+                        cluster.connect_timeout, fresh=fresh, limit=cluster.connections
+                    )
+                head_future = upstream.start(head, request.method == "HEAD", expires)
+                if has_body:
+                    upstream.body_task = loop.create_task(_pump(upstream, body))
+                try:
+                    status, raw_headers, _, _ = await head_future
+                    break
+                except UpstreamError as exc:
+                    upstream.close()
+                    # A kept-alive connection the upstream closed just as it was reused:
+                    # try a fresh one once; nothing reached the upstream application.
+                    if exc.flag != "UC" or not upstream.reused or fresh or not body.replayable:
+                        raise
+        except (UpstreamError, TimeoutError) as exc:
+            if upstream is not None:
+                upstream.close()
+            endpoint.active_requests -= 1
+            flag = exc.flag if isinstance(exc, UpstreamError) else "UT"
+            error = str(exc)
+            if flag == "UT":
+                final = deadline is not None and time.monotonic() >= deadline - 0.001
+                flag, error = ("UT!", "route timeout") if final else ("UT", "per-try timeout")
+            failed = Attempt(request.attempts, endpoint, flag=flag, error=error)
+            failed.duration = loop.time() - start
+            return failed, None
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            endpoint.active_requests -= 1
+            raise
+        response = Response(status, Headers._trusted(raw_headers))
+        return Attempt(request.attempts, endpoint, response, duration=loop.time() - start), upstream
+
+    @staticmethod
+    def _new_pool(
+        request: Request, route: CompiledRoute, cluster: Cluster, endpoint: Endpoint
+    ) -> ConnectionPool:
+        chain = route.chain
+        key = chain.pool_key
+        setup = None
+        if key is not None:
+
+            def setup() -> ConnectionSetup:
+                return chain.connection_setup(
+                    ConnectionSetup(
+                        "upstream", request.listener, cluster=cluster, endpoint=endpoint
+                    )
                 )
-            try:
-                return upstream, await head_future
-            except UpstreamError as exc:
-                upstream.close()
-                # A kept-alive connection the upstream closed just as we reused it: try a
-                # fresh one once; nothing reached the upstream application.
-                if exc.flag == "UC" and reused and body.replayable and not fresh:
-                    continue
-                raise
-            except BaseException:
-                upstream.close()
-                raise
-        raise AssertionError("unreachable")
 
-    async def _pump(self, upstream: UpstreamConnection, body: RequestBody) -> None:
-        try:
-            async for chunk in body.chunks():
-                if body.chunked:
-                    await upstream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                else:
-                    await upstream.write(chunk)
-            if body.chunked:
-                await upstream.write(b"0\r\n\r\n")
-            upstream.body_sent = True
-        except (UpstreamError, BodyNotReplayable):
-            upstream.close()
+        pool = endpoint.pools[key] = ConnectionPool(endpoint.host, endpoint.port, setup)
+        return pool
 
-    # delivery ----------------------------------------------------------------------
-    async def _deliver(
-        self,
-        conn: DownstreamConnection,
-        request: Request,
-        attempt: Attempt,
-        upstream: UpstreamConnection | None,
-        deadline: float | None,
-        outcome: Outcome,
-    ) -> None:
-        extra = request.log.get("response_flags")
-        if extra:
-            outcome.flags.extend(extra)
-        if attempt.endpoint is not None:
-            outcome.upstream = attempt.endpoint.address
-        response = attempt.response
-        if response is None or upstream is None:
-            flag = (attempt.flag or "UF").rstrip("!")
-            outcome.flags.append(flag)
-            if response is None:
-                status, message = FAILURE_STATUS.get(flag, (503, attempt.error or "upstream error"))
-                response = Response.text(status, message, [OVERLOADED] if flag == "UO" else ())
-            self._answer(conn, response, outcome)
-            return
-        endpoint = attempt.endpoint
-        try:
-            await self._stream(conn, request, response, upstream, deadline, outcome)
-        finally:
-            if endpoint is not None:
-                endpoint.active_requests -= 1
-
-    async def _stream(
-        self,
+    # the response ------------------------------------------------------------------
+    @staticmethod
+    def _start_stream(
         conn: DownstreamConnection,
         request: Request,
         response: Response,
         upstream: UpstreamConnection,
-        deadline: float | None,
         outcome: Outcome,
-    ) -> None:
+    ) -> tuple[bool, bool]:
+        """Send the response head and what body has arrived. Returns whether the
+        exchange is over (the common case for small responses: nothing to await) and
+        whether the body is chunked to the client."""
         outcome.status = response.status
         outcome.response = response
         upstream_headers = response.headers
         length = upstream_headers.get("content-length")
         headers = Headers._trusted(_strip_hop_by_hop(upstream_headers))
-        no_body = request.method == "HEAD" or response.status in (204, 304)
         chunked = False
         if length is not None:
             headers.add("content-length", length)
-        elif not no_body:
+        elif request.method != "HEAD" and response.status not in (204, 304):
             if request.version == "1.1":
                 chunked = True
             else:
@@ -470,16 +394,37 @@ class Forwarder:
         if conn.closed:
             upstream.close()
             outcome.flags.append("DC")
-            return
+            return True, False
         conn.start_response(response.status, headers, response.reason, chunked=chunked)
-        sink = _ChunkedSink(conn) if chunked else conn
-        conn.set_upstream_resume(upstream.resume)
-        upstream.attach(sink)
-        done = upstream.done_future()
+        upstream.attach(_ChunkedSink(conn) if chunked else conn)
+        if not upstream.finished():
+            conn.flush_head()
+            conn.set_upstream_resume(upstream.resume)
+            return False, chunked
+        Forwarder._end_stream(conn, upstream, chunked)
+        return True, chunked
+
+    @staticmethod
+    def _end_stream(
+        conn: DownstreamConnection, upstream: UpstreamConnection, chunked: bool
+    ) -> None:
+        if chunked:
+            conn.write_body(b"0\r\n\r\n")
+        conn.finish_response()
+        if upstream.body_done():
+            upstream.release()
+        else:
+            upstream.close()
+
+    async def _finish_stream(
+        self,
+        conn: DownstreamConnection,
+        upstream: UpstreamConnection,
+        outcome: Outcome,
+        chunked: bool,
+    ) -> None:
         try:
-            if not done.done():
-                conn.flush_head()
-            await done
+            await upstream.done_future()
         except UpstreamError as exc:
             # The attempt's timer bounds the body too (route or per-try timeout).
             outcome.flags.append("UT" if exc.flag == "UT" else "UC")
@@ -488,47 +433,19 @@ class Forwarder:
             return
         finally:
             conn.set_upstream_resume(None)
-        if chunked:
-            conn.write_body(b"0\r\n\r\n")
-        conn.finish_response()
-        if not upstream.body_done():
-            upstream.close()
-        else:
-            upstream.release()
+        self._end_stream(conn, upstream, chunked)
 
 
-#: shadow requests in flight (a reference keeps each task alive until it is done).
-_SHADOWS: set[asyncio.Task[None]] = set()
-
-
-async def _shadow(endpoint: Endpoint, data: bytes, cluster: Cluster, timeout: float) -> None:
-    """Send a mirrored request and read its answer away; every failure is swallowed."""
-    pool = endpoint.pools.get(None)
-    if pool is None:
-        pool = endpoint.pools[None] = ConnectionPool(endpoint.host, endpoint.port)
-    upstream: UpstreamConnection | None = None
-    outcome = "ok"
+async def _pump(upstream: UpstreamConnection, body: RequestBody) -> None:
+    """Stream the request body upstream (re-chunked when it came chunked)."""
     try:
-        async with asyncio.timeout(timeout):
-            upstream = await pool.acquire(cluster.connect_timeout)
-            head, done = upstream.start(data, False)
-            upstream.attach(_DISCARD)
-            await head
-            await done
-        upstream.release()
-    except (TimeoutError, UpstreamError, OSError):
-        outcome = "failed"
-        if upstream is not None:
-            upstream.close()
-    endpoint.stats[f"mirror_{outcome}"] = endpoint.stats.get(f"mirror_{outcome}", 0) + 1
-
-
-class _Discard:
-    def write_body(self, data: bytes) -> None:
-        return None
-
-    def pause_source(self) -> bool:
-        return False
-
-
-_DISCARD = _Discard()
+        async for chunk in body.chunks():
+            if body.chunked:
+                await upstream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            else:
+                await upstream.write(chunk)
+        if body.chunked:
+            await upstream.write(b"0\r\n\r\n")
+        upstream.body_sent = True
+    except (UpstreamError, BodyNotReplayable):
+        upstream.close()

@@ -59,6 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_body = False
         self._writable: asyncio.Future[None] | None = None
         self._reuse = False
+        self._complete = False
+        self._error: UpstreamError | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: whether this connection served an earlier exchange.
         self.reused = False
@@ -141,14 +143,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # exchange ----------------------------------------------------------------------
     def _finish(self, reuse: bool) -> None:
-        done = self._done
-        if done is None or done.done():
+        if self._complete or self._error is not None:
             return
-        if self._sink is None:
-            # The body ended before anyone asked for it: keep it for attach().
-            self._pending_body.append(b"")
-        done.set_result(None)
+        self._complete = True
         self._reuse = reuse
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _expire(self) -> None:
         self._timer = None
@@ -161,6 +162,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
 
     def _fail(self, error: UpstreamError) -> None:
+        if self._complete or self._error is not None:
+            return
+        self._error = error
         for fut in (self._head, self._done):
             if fut is not None and not fut.done():
                 fut.set_exception(error)
@@ -169,17 +173,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(
         self, head: bytes, head_only: bool, expires: float | None = None
-    ) -> tuple[asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]], asyncio.Future[None]]:
-        """Send a request head; return futures for the response head and its end.
+    ) -> asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]]:
+        """Send a request head; return a future for the response head (see
+        :meth:`finished` and :meth:`done_future` for the end of the response).
 
-        ``expires`` (a loop time) bounds the whole exchange: both futures then fail with
-        flag ``UT`` and the connection is closed. One timer handle per exchange costs far
+        ``expires`` (a loop time) bounds the whole exchange: it then fails with flag
+        ``UT`` and the connection is closed. One timer handle per exchange costs far
         less than an ``asyncio.timeout`` block around each wait."""
         loop = asyncio.get_running_loop()
         if expires is not None:
             self._timer = loop.call_at(expires, self._expire)
         self._head = loop.create_future()
-        self._done = loop.create_future()
+        self._done = None
+        self._complete = False
+        self._error = None
         self._sink = None
         self._pending_body = []
         self._skip_body = head_only
@@ -188,7 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_sent = False
         assert self.transport is not None
         self.transport.write(head)
-        return self._head, self._done
+        return self._head
 
     async def write(self, data: bytes) -> None:
         """Write request body bytes, waiting while the upstream is not reading."""
@@ -198,8 +205,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             await self._writable
 
+    def finished(self) -> bool:
+        """Whether the whole response has arrived (small ones usually arrive with their
+        head: then nobody needs to wait, and no future is made)."""
+        return self._complete
+
     def done_future(self) -> asyncio.Future[None]:
-        assert self._done is not None
+        """A future for the end of the response (failing with the exchange's error)."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+            if self._complete:
+                self._done.set_result(None)
+            elif self._error is not None:
+                self._done.set_exception(self._error)
         return self._done
 
     def body_done(self) -> bool:
@@ -260,17 +278,23 @@ class ConnectionPool:
     def size(self) -> int:
         return len(self._all)
 
+    def take(self) -> UpstreamConnection | None:
+        """An idle connection, most recently used first, without waiting."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return None
+
     async def acquire(
         self, connect_timeout: float, fresh: bool = False, limit: ConnectionLimit | None = None
     ) -> UpstreamConnection:
         """An idle connection (most recently used first), or a new one. With ``limit``,
         a new connection needs a slot of the cluster's limit: without one the request
         waits (pending) for a released connection or a slot, or fails with ``UO``."""
-        while self._idle and not fresh:
-            conn = self._idle.pop()
-            if not conn.closed:
-                conn.reused = True
-                return conn
+        if not fresh and (idle := self.take()) is not None:
+            return idle
         if limit is None:
             return await self._connect(connect_timeout)
         if not limit.reserve():
