@@ -99,7 +99,8 @@ class StateCache:
 
 
 def rebind(doc: dict[str, Any], host: str) -> dict[str, Any]:
-    """``doc`` with every listener and the admin API on ``host`` (ports unchanged)."""
+    """``doc`` with every listener, the admin API and every ``localhost:PORT`` endpoint on
+    ``host`` (ports unchanged)."""
     shown = f"[{host}]" if ":" in host else host
 
     def moved(address: Any) -> Any:
@@ -113,6 +114,13 @@ def rebind(doc: dict[str, Any], host: str) -> dict[str, Any]:
     for listener in out.get("listeners") or []:
         if isinstance(listener, dict) and "address" in listener:
             listener["address"] = moved(listener["address"])
+    # `localhost` is the pod's own loopback (its local app), so it moves with the pod;
+    # numeric addresses stay, they may name a service shared by every sidecar.
+    for cluster in out.get("clusters") or []:
+        for endpoint in (cluster.get("endpoints") or []) if isinstance(cluster, dict) else []:
+            address = endpoint.get("address") if isinstance(endpoint, dict) else None
+            if isinstance(address, str) and address.rpartition(":")[0] == "localhost":
+                endpoint["address"] = moved(address)
     return out
 
 
