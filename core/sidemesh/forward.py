@@ -61,10 +61,15 @@ def _request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close"})
+
+
 def _strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
-    if headers.get("connection") is None:
+    connection = headers.get_all("connection")
+    if not connection or (len(connection) == 1 and connection[0] in _PLAIN_CONNECTION):
         return [(k, v) for k, v in headers if k not in drop]
-    extra = {t.strip().lower() for v in headers.get_all("connection") for t in v.split(",")}
+    # Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1).
+    extra = {t.strip().lower() for v in connection for t in v.split(",")}
     return [(k, v) for k, v in headers if k not in drop and k not in extra]
 
 

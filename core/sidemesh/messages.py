@@ -77,7 +77,7 @@ class Headers:
         self._items = [(k, v) for k, v in self._items if k != name]
 
     def encode(self) -> bytes:
-        return "".join(f"{k}: {v}\r\n" for k, v in self._items).encode("latin-1")
+        return "".join([f"{k}: {v}\r\n" for k, v in self._items]).encode("latin-1")
 
 
 class ConnectionInfo:
