@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidemesh.testing import Upstream, running_sidecar, simple_config, wait_for
+from sidemesh.testing import Upstream, raw_exchange, running_sidecar, simple_config, wait_for
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "http1-robustness"
 
@@ -24,22 +23,6 @@ def _cases() -> list[dict[str, Any]]:
 
 
 CASES = _cases()
-
-
-def _send(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            received += chunk
-    return received
 
 
 def _statuses(received: bytes) -> list[int]:
@@ -59,7 +42,7 @@ def test_case(case: dict[str, Any], proxy: Any) -> None:
     up, sc = proxy
     before_requests, before_raw = len(up.requests), len(up.raw)
     data = (CASES_DIR / case["file"]).read_bytes()
-    statuses = _statuses(_send(sc.port("main"), data))
+    statuses = _statuses(raw_exchange(sc.port("main"), data))
     forwarded = up.requests[before_requests:]
     raw = b"".join(up.raw[before_raw:])
     kind = case["expected_class"]
@@ -98,6 +81,6 @@ def test_case(case: dict[str, Any], proxy: Any) -> None:
 def test_oversized_url_is_414_and_oversized_headers_431(proxy: Any) -> None:
     _, sc = proxy
     long_url = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    assert _statuses(_send(sc.port("main"), long_url)) == [414]
+    assert _statuses(raw_exchange(sc.port("main"), long_url)) == [414]
     big_header = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n"
-    assert _statuses(_send(sc.port("main"), big_header)) == [431]
+    assert _statuses(raw_exchange(sc.port("main"), big_header)) == [431]

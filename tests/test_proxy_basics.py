@@ -7,23 +7,7 @@ import socket
 import httpx
 import pytest
 
-from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config
-
-
-def _raw(port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+from sidemesh.testing import Reply, Upstream, raw_exchange, running_sidecar, simple_config
 
 
 def test_get_is_proxied_with_forwarding_headers() -> None:
@@ -122,7 +106,7 @@ def test_absolute_form_target_routes_by_its_authority() -> None:
             {"name": "reviews", "match": {"host": "reviews", "prefix": "/"}, "cluster": "reviews"},
         )
         with running_sidecar(doc) as sc:
-            raw = _raw(
+            raw = raw_exchange(
                 sc.port("main"),
                 b"GET http://reviews/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
             )

@@ -35,6 +35,7 @@ __all__ = [
     "SeenRequest",
     "Upstream",
     "free_port",
+    "raw_exchange",
     "running_sidecar",
     "simple_config",
     "wait_for",
@@ -316,6 +317,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
             return True
         time.sleep(interval)
     return predicate()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send exact bytes to 127.0.0.1:``port``, half-close, and return everything that
+    comes back until the peer closes (or ``timeout`` passes without data)."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def free_port() -> int:
