@@ -33,6 +33,8 @@ from .demo_traffic import ClusterWatcher, Phase, drive
 __all__ = ["REQUIRED_PLUGINS", "main"]
 
 REQUIRED_PLUGINS = ("retry", "circuit", "split", "mtls", "tracing")
+#: How long one reviews pod answers 503: past its first ejection (CIRCUIT's 3s).
+FAULT_SECONDS = 4.0
 
 
 def _preflight() -> None:
@@ -198,7 +200,8 @@ def _scenario(mesh: Mesh) -> Evidence:
     mesh.start_control()
     mesh.start_workloads()
     url = f"{layout.entry_url}{PRODUCTPAGE_PATH}"
-    check = drive(mesh.console, url, Phase("mTLS smoke test"), requests=12, limit=15.0)
+    alive = mesh.sup.check_alive
+    check = drive(mesh.console, url, Phase("mTLS smoke test"), requests=12, check=alive)
     if check.statuses.get(200, 0) == 0:
         raise DemoError(f"no request made it through the mesh ({check.summary()}); "
                         f"productpage sidecar log:\n{mesh.sup.children[-4].output()}")
@@ -208,22 +211,26 @@ def _scenario(mesh: Mesh) -> Evidence:
     mesh.say(f"productpage's sidecar applied v{version}")
     broken = layout.instances[0]
     with ClusterWatcher(layout.pp_admin_url, "reviews", mesh.t0) as watcher:
-        drive(mesh.console, url, Phase("steady traffic"), requests=300)
+        drive(mesh.console, url, Phase("steady traffic"), requests=300, check=alive)
         mesh.fault(broken, 503)
         mesh.say(f"[bold red]broke {broken.name}[/bold red] ({layout.endpoint(broken)}): "
                  "its app now answers 503")
-        drive(mesh.console, url, Phase(f"{broken.name} failing"), requests=200)
+        # Longer than one ejection: it comes back still broken and is ejected again,
+        # for longer (base_ejection_time x ejection count).
+        drive(mesh.console, url, Phase(f"{broken.name} failing"), limit=FAULT_SECONDS,
+              check=alive)
         mesh.fault(broken, None)
         mesh.say(f"[bold green]healed {broken.name}[/bold green]; waiting for the mesh to "
                  "let it back in")
         address = layout.endpoint(broken)
 
         def back() -> bool:
-            return any(e.address == address and e.returned_at is not None
-                       for e in watcher.events)
+            mine = [e for e in watcher.events if e.address == address]
+            return bool(mine) and all(e.returned_at is not None for e in mine)
 
-        drive(mesh.console, url, Phase("waiting for its return"), until=back, limit=15.0)
-        drive(mesh.console, url, Phase("back in rotation"), requests=100)
+        drive(mesh.console, url, Phase("waiting for its return"), until=back, limit=15.0,
+              check=alive)
+        drive(mesh.console, url, Phase("back in rotation"), requests=100, check=alive)
         mesh.sup.check_alive()
     return collect(mesh.layout, mesh.zipkin, watcher, mesh.access_log, mesh.proxies(),
                    mesh.t0, version, broken)

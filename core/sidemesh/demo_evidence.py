@@ -100,11 +100,11 @@ class Evidence:
         if self.retries.get("saved", 0) == 0:
             out.append("no request was saved by a retry (sidemesh_retry_success_total is 0)")
         broken = next(v for v in self.instances if v.instance == self.broken)
-        if not any(e.address == broken.address for e in self.events):
+        ejections = [e for e in self.events if e.address == broken.address]
+        if not ejections:
             out.append(f"{self.broken.name} ({broken.address}) was never reported ejected "
                        "in productpage's sidecar /clusters")
-        elif not any(e.address == broken.address and e.returned_at is not None
-                     for e in self.events):
+        elif ejections[-1].returned_at is None:
             out.append(f"{self.broken.name} was ejected but had not come back at the end")
         if not any(v.peers for v in self.instances):
             out.append("no reviews sidecar logged a verified peer identity (access-log 'peer')")

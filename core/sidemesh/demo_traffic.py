@@ -40,9 +40,10 @@ class Phase:
 
 def drive(console: Console, url: str, phase: Phase, requests: int | None = None,
           until: Callable[[], bool] | None = None, limit: float = 15.0,
-          concurrency: int = 4) -> Phase:
+          concurrency: int = 4, check: Callable[[], None] | None = None) -> Phase:
     """Send GETs to ``url`` from ``concurrency`` clients: ``requests`` of them, or until
-    ``until()`` is true (at most ``limit`` seconds either way)."""
+    ``until()`` is true, or for ``limit`` seconds, whichever comes first. ``check`` is
+    called a few times a second and stops the traffic by raising (a process died)."""
     lock = threading.Lock()
     deadline = time.monotonic() + limit
     stop = threading.Event()
@@ -84,8 +85,14 @@ def drive(console: Console, url: str, phase: Phase, requests: int | None = None,
             last_line = 0.0
             while not all(f.done() for f in futures):
                 time.sleep(0.1)
+                if check is not None:
+                    try:
+                        check()
+                    except BaseException:
+                        stop.set()
+                        raise
                 progress.update(task, completed=phase.sent, detail=phase.summary())
-                if not tty and time.monotonic() - last_line >= 2.0:
+                if not tty and phase.sent and time.monotonic() - last_line >= 2.0:
                     last_line = time.monotonic()
                     print(f"  {phase.name}: {phase.summary()}", flush=True)
             for future in futures:
