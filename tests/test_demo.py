@@ -98,8 +98,8 @@ def test_demo_runs_the_mesh_reports_and_cleans_up() -> None:
     assert re.search(r"reviews/v2\s*│\s*10\.0%\s*│\s*\d+\.\d%", output), output
     saved = re.search(r"(\d+) requests saved by a retry", output)
     assert saved and int(saved.group(1)) > 0, output
-    assert re.search(r"reviews-v1-a \(127\.[\d.]+:\d+\) ejected at t=[\d.]+s, back at", output), \
-        output
+    ejected = r"reviews-v1-a \(127\.[\d.]+:\d+\) ejected at t=[\d.]+s \(ejection #\d+, ~\d+s\)"
+    assert re.search(ejected + r", back at t=", output), output
     assert "spiffe://cluster.local/ns/default/sa/productpage on" in output, output
     assert "presents spiffe://cluster.local/ns/default/sa/reviews" in output, output
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", output), output

@@ -79,11 +79,16 @@ def _resilience(ev: Evidence, t_scale: str = "s") -> Panel:
     for event in ev.events:
         name = next((v.instance.name for v in ev.instances if v.address == event.address),
                     event.address)
-        back = (f"back at t={event.returned_at:.1f}{t_scale} "
-                f"(out for {event.returned_at - event.ejected_at:.1f}s)"
-                if event.returned_at is not None else "still ejected at the end")
+        if event.returned_at is None:
+            back = "still ejected at the end"
+        elif event.again:
+            back = f"came back still failing, ejected again at t={event.returned_at:.1f}s"
+        else:
+            back = (f"back at t={event.returned_at:.1f}{t_scale} "
+                    f"(out for {event.returned_at - event.ejected_at:.1f}s)")
         lines.append(f"  {name} ({event.address}) ejected at t={event.ejected_at:.1f}"
-                     f"{t_scale}, {back}\n", style="red" if event.returned_at is None else "")
+                     f"{t_scale} (ejection #{event.number}, ~{event.seconds:.0f}s), {back}\n",
+                     style="red" if event.returned_at is None else "")
     lines.append("Latency (productpage sidecar access log, 2xx): ", style="bold")
     parts = []
     for listener, label in (("inbound", "end to end"), ("outbound", "productpage → reviews")):

@@ -70,6 +70,8 @@ def drive(console: Console, url: str, phase: Phase, requests: int | None = None,
                 with lock:
                     inflight[0] -= 1
                     phase.statuses[status] += 1
+                # A steady ~150 req/s is plenty to see everything, and leaves CPU for the mesh.
+                time.sleep(0.01)
                 if until is not None and until():
                     stop.set()
 
@@ -107,10 +109,16 @@ def drive(console: Console, url: str, phase: Phase, requests: int | None = None,
 
 @dataclass
 class EjectionEvent:
+    """One ejection of one endpoint; ``returned_at`` is when the sidecar listed it as
+    healthy again, or when it was seen ejected anew (``again``: it came back still
+    failing, between two samples, and was ejected for longer)."""
+
     address: str
     ejected_at: float
+    number: int
+    seconds: float
     returned_at: float | None = None
-    ejected_until: str | None = None
+    again: bool = False
 
 
 class ClusterWatcher:
@@ -154,10 +162,14 @@ class ClusterWatcher:
             self.last = cluster
             for endpoint in cluster.get("endpoints", []):
                 address = endpoint.get("address", "?")
-                if endpoint.get("ejected") and address not in self._open:
-                    event = EjectionEvent(address, now, ejected_until=endpoint.get(
-                        "ejected_until"))
+                number = int(endpoint.get("ejection_count") or 0)
+                current = self._open.get(address)
+                if endpoint.get("ejected") and (current is None or number > current.number):
+                    if current is not None:
+                        current.returned_at, current.again = now, True
+                    event = EjectionEvent(address, now, number, float(
+                        endpoint.get("ejection_seconds_left") or 0.0))
                     self._open[address] = event
                     self.events.append(event)
-                elif not endpoint.get("ejected") and address in self._open:
+                elif not endpoint.get("ejected") and current is not None:
                     self._open.pop(address).returned_at = now
