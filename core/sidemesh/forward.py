@@ -13,12 +13,12 @@ timer handle per exchange), and no future at all for a response that arrives who
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .body import BodyNotReplayable, RequestBody
+from .body import RequestBody
+from .framing import FORWARDED, ChunkedSink, pump_body, request_id, strip_hop_by_hop
 from .hookspecs import ConnectionSetup
 from .messages import Attempt, Headers, Request, Response
 from .mirror import MIRROR_BUFFER, send_mirrors
@@ -31,15 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FAILURE_STATUS", "Forwarder", "Outcome"]
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-        "trailer", "upgrade", "http2-settings", "content-length", "expect",
-    }
-)  # fmt: skip
-FORWARDED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto"}
-
-#: what the client is told for a failure before any response head (Envoy's wording).
 _RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
 FAILURE_STATUS = {
     "UF": (503, _RESET + "connection failure"),
@@ -54,25 +45,6 @@ FAILURE_STATUS = {
 OVERLOADED = ("x-sidemesh-overloaded", "true")
 
 
-def _request_id() -> str:
-    """A random (version 4) UUID, as Envoy generates for ``x-request-id``; formatted
-    by hand because ``uuid.uuid4()`` costs several times more per request."""
-    h = "%032x" % ((random.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62)) | (4 << 76) | (2 << 62))
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close"})
-
-
-def _strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
-    connection = headers.get_all("connection")
-    if not connection or (len(connection) == 1 and connection[0] in _PLAIN_CONNECTION):
-        return [(k, v) for k, v in headers if k not in drop]
-    # Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-    extra = {t.strip().lower() for v in connection for t in v.split(",")}
-    return [(k, v) for k, v in headers if k not in drop and k not in extra]
-
-
 class Outcome:
     """What happened to one request, for the access log and metrics."""
 
@@ -84,20 +56,6 @@ class Outcome:
         self.response: Response | None = None
         self.flags: list[str] = []
         self.upstream = ""
-
-
-class _ChunkedSink:
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: DownstreamConnection) -> None:
-        self._conn = conn
-
-    def write_body(self, data: bytes) -> None:
-        if data:
-            self._conn.write_body(b"%x\r\n%s\r\n" % (len(data), data))
-
-    def pause_source(self) -> bool:
-        return self._conn.pause_source()
 
 
 class Forwarder:
@@ -119,7 +77,7 @@ class Forwarder:
         headers = request.headers
         request.request_id = headers.get("x-request-id") or ""
         if not request.request_id:
-            request.request_id = _request_id()
+            request.request_id = request_id()
             headers.add("x-request-id", request.request_id)
         try:
             if route is None:
@@ -169,7 +127,7 @@ class Forwarder:
             conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
         client_ip = conn.info.client_address.rsplit(":", 1)[0]
         xff = headers.get("x-forwarded-for")
-        items = _strip_hop_by_hop(headers, FORWARDED)
+        items = strip_hop_by_hop(headers, FORWARDED)
         items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
         items.append(("x-forwarded-proto", request.scheme))
         if body.chunked:
@@ -322,7 +280,7 @@ class Forwarder:
                     )
                 head_future = upstream.start(head, request.method == "HEAD", expires)
                 if has_body:
-                    upstream.body_task = loop.create_task(_pump(upstream, body))
+                    upstream.body_task = loop.create_task(pump_body(upstream, body))
                 try:
                     status, raw_headers, _, _ = await head_future
                     break
@@ -387,7 +345,7 @@ class Forwarder:
         outcome.response = response
         upstream_headers = response.headers
         length = upstream_headers.get("content-length")
-        headers = Headers._trusted(_strip_hop_by_hop(upstream_headers))
+        headers = Headers._trusted(strip_hop_by_hop(upstream_headers))
         chunked = False
         if length is not None:
             headers.add("content-length", length)
@@ -401,7 +359,7 @@ class Forwarder:
             outcome.flags.append("DC")
             return True, False
         conn.start_response(response.status, headers, response.reason, chunked=chunked)
-        upstream.attach(_ChunkedSink(conn) if chunked else conn)
+        upstream.attach(ChunkedSink(conn) if chunked else conn)
         if not upstream.finished():
             conn.flush_head()
             conn.set_upstream_resume(upstream.resume)
@@ -439,18 +397,3 @@ class Forwarder:
         finally:
             conn.set_upstream_resume(None)
         self._end_stream(conn, upstream, chunked)
-
-
-async def _pump(upstream: UpstreamConnection, body: RequestBody) -> None:
-    """Stream the request body upstream (re-chunked when it came chunked)."""
-    try:
-        async for chunk in body.chunks():
-            if body.chunked:
-                await upstream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            else:
-                await upstream.write(chunk)
-        if body.chunked:
-            await upstream.write(b"0\r\n\r\n")
-        upstream.body_sent = True
-    except (UpstreamError, BodyNotReplayable):
-        upstream.close()

@@ -11,6 +11,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry.trace import Span, SpanKind, TracerProvider
+
 from sidemesh.hookspecs import Policy, PolicyContext
 from sidemesh.messages import Attempt, Request, Response
 

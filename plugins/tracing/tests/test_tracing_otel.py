@@ -12,6 +12,7 @@ export = pytest.importorskip("opentelemetry.sdk.trace.export")
 in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
 from sidemesh.hookspecs import PolicyContext  # noqa: E402
 from sidemesh.messages import Attempt, ConnectionInfo, Headers, Request, Response  # noqa: E402
 from sidemesh.model import EndpointConfig  # noqa: E402

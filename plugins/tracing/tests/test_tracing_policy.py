@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 from prometheus_client import REGISTRY
+
 from sidemesh.hookspecs import PolicyContext
 from sidemesh.messages import Attempt, ConnectionInfo, Headers, Request, Response
 from sidemesh.model import EndpointConfig

@@ -4,6 +4,7 @@ test suite and the spec's text)."""
 from __future__ import annotations
 
 import pytest
+
 from sidemesh_tracing.w3c import (
     format_traceparent,
     parse_traceparent,
