@@ -27,7 +27,7 @@ RESPONSE_BODY = '{"service":"upstream","status":"ok","payload":"' + "x" * 50 + '
 
 #: the tokens a scenario template may use, replaced literally (not ``str.format``, so
 #: YAML flow mappings like ``{name: retry}`` need no escaping).
-PLACEHOLDERS = ("{upstream}", "{listen}", "{admin}", "{next}")
+PLACEHOLDERS = ("{upstream}", "{listen}", "{admin}", "{next}", "{certs}", "{deadport}")
 
 
 def _nginx_common(prefix: Path) -> str:

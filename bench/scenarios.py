@@ -2,7 +2,8 @@
 
 Built-ins: ``direct``, ``nginx``, ``haproxy``, ``sidemesh``. Every ``scenarios/*.yaml``
 file adds a sidemesh scenario named after the file: a sidecar config template whose
-``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``) are filled in at run time.
+``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``, ``{certs}``, ``{deadport}``)
+are filled in at run time.
 A file with several YAML documents (``---``) is a chain of sidecars, the first one
 facing the client and each ``{next}`` the listener of the following one.
 """
@@ -19,6 +20,7 @@ from typing import Literal
 
 import yaml
 
+from bench.certs import issue_certificates
 from bench.configs import (
     RESPONSE_BODY,
     haproxy_config,
@@ -28,6 +30,7 @@ from bench.configs import (
 )
 from bench.procs import BenchError, ManagedProcess, free_port, wait_for_port
 from bench.tools import Tools
+from sidemesh.control.ca import CertificateAuthorityError
 
 __all__ = [
     "BUILTIN",
@@ -191,6 +194,24 @@ def sidemesh_command() -> Path:
     return script
 
 
+def _shared_values(scenario: Scenario, ctx: StartContext) -> dict[str, str]:
+    """``{certs}`` and ``{deadport}``: the same for every sidecar of a chain, and only
+    made when a template uses them (issuing certificates takes a moment)."""
+    text = "".join(scenario.templates)
+    values: dict[str, str] = {}
+    if "{certs}" in text:
+        directory = ctx.work_dir / f"{scenario.name}-certs"
+        try:
+            issue_certificates(directory)
+        except (OSError, ValueError, CertificateAuthorityError) as exc:
+            raise BenchError(f"{scenario.source}: cannot issue certificates: {exc}") from exc
+        values["certs"] = str(directory)
+    if "{deadport}" in text:
+        # Bound and released at once: nothing listens there, connections are refused.
+        values["deadport"] = str(free_port())
+    return values
+
+
 def _start_sidemesh(scenario: Scenario, ctx: StartContext, running: Running) -> None:
     if not scenario.templates:
         raise BenchError(f"{scenario.source} holds no sidecar config")
@@ -198,12 +219,14 @@ def _start_sidemesh(scenario: Scenario, ctx: StartContext, running: Running) -> 
         raise BenchError(f"{scenario.source}: the first sidecar must listen on {{listen}}")
     command = sidemesh_command()
     listens = [f"127.0.0.1:{free_port()}" for _ in scenario.templates]
+    shared = _shared_values(scenario, ctx)
     # Start from the sidecar nearest the upstream so each {next} is up before its client.
     for index in reversed(range(len(scenario.templates))):
         values = {
             "upstream": f"127.0.0.1:{ctx.upstream_port}",
             "listen": listens[index],
             "admin": f"127.0.0.1:{free_port()}",
+            **shared,
         }
         if index + 1 < len(listens):
             values["next"] = listens[index + 1]

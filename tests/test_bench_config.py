@@ -40,6 +40,8 @@ def _sidecars(module: ModuleType) -> list[tuple[str, int, dict[str, Any]]]:
                 "listen": f"127.0.0.1:{18100 + index}",
                 "admin": f"127.0.0.1:{18200 + index}",
                 "next": f"127.0.0.1:{18101 + index}",
+                "certs": "/tmp/sidemesh-bench-certs",
+                "deadport": "18999",
             }
             found.append((scenario.name, index, render_template(template, values)))
     return found
