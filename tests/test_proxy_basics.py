@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import httpx
 import pytest
 
-from sidemesh.testing import Reply, Upstream, raw_exchange, running_sidecar, simple_config
+from sidemesh.testing import (
+    BackgroundLoop,
+    Reply,
+    Upstream,
+    raw_exchange,
+    running_sidecar,
+    simple_config,
+)
 
 
 def test_get_is_proxied_with_forwarding_headers() -> None:
@@ -153,3 +161,27 @@ def test_expect_100_continue_is_answered_by_the_proxy(method: str) -> None:
             assert response.startswith(b"HTTP/1.1 200")
             assert response.endswith(b"hello")
         assert "expect" not in up.requests[0].headers
+
+
+def test_a_body_delimited_by_the_upstream_closing_is_relayed_whole() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+        for part in (b"until", b"-", b"close"):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.close()
+
+    bg = BackgroundLoop()
+    try:
+        server = bg.run(asyncio.start_server(answer, "127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        with running_sidecar(simple_config(f"127.0.0.1:{port}")) as sc:
+            for _ in range(2):
+                response = httpx.get(sc.url("main") + "/", timeout=5)
+                assert response.status_code == 200
+                assert response.text == "until-close"
+        server.close()
+    finally:
+        bg.close()

@@ -60,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._reuse = False
         self._complete = False
+        self._until_close = False
         self._error: UpstreamError | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: whether this connection served an earlier exchange.
@@ -85,6 +86,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self._until_close and exc is None:
+            # A body without Content-Length or chunking ends when the upstream closes.
+            self._finish(reuse=False)
         reason = f"upstream connection closed: {exc}" if exc else "upstream closed the connection"
         self._fail(UpstreamError("UC", reason))
         if self._writable is not None and not self._writable.done():
@@ -115,6 +119,11 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100 Continue, 103 Early Hints) are answered by the
             # proxy itself; the client sees only the final one.
             return
+        self._until_close = (
+            not self._skip_body
+            and status not in (204, 304)
+            and not any(k in ("content-length", "transfer-encoding") for k, _ in self._headers)
+        )
         head = self._head
         if head is not None and not head.done():
             head.set_result(
@@ -186,6 +195,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head = loop.create_future()
         self._done = None
         self._complete = False
+        self._until_close = False
         self._error = None
         self._sink = None
         self._pending_body = []

@@ -195,6 +195,7 @@ class Sidecar:
             "duration_ms": round(duration * 1000, 3),
             "response_flags": ",".join(outcome.flags) or "-",
             "request_id": request.request_id,
+            "trace_id": None,
             "client": request.connection.client_address,
         }
         if request.log:
