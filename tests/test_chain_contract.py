@@ -89,6 +89,17 @@ class Broken(Policy):
         raise RuntimeError("policy bug")
 
 
+class Smuggle(Policy):
+    """A buggy policy trying to write a header that would split the request."""
+
+    name = "smuggle"
+    schema: ClassVar[dict[str, Any]] = OPEN
+
+    def on_request(self, request: Request) -> Response | None:
+        request.headers.set("x-a", "1\r\nTransfer-Encoding: chunked")
+        return None
+
+
 class Pinned(Policy):
     """Insists on a server certificate: a plain upstream must fail the attempt (UF)."""
 
@@ -116,7 +127,7 @@ APPLIED: list[str] = []
 class TestPlugin:
     @hookimpl
     def sidemesh_policies(self) -> list[type[Policy]]:
-        return [Deny, Tag, Again, Broken, Pinned, Shadow]
+        return [Deny, Tag, Again, Broken, Pinned, Shadow, Smuggle]
 
     @hookimpl
     def sidemesh_config_applied(self, version: str, source: str, config: dict[str, Any]) -> None:
@@ -245,3 +256,13 @@ def test_a_mirrored_request_reaches_the_mirror_and_a_dead_mirror_changes_nothing
         with running_sidecar(doc, PLUGINS) as sc, httpx.Client(timeout=5) as client:
             for _ in range(5):
                 assert client.get(sc.url("main") + "/").text == "main"
+
+
+def test_a_policy_cannot_inject_header_lines() -> None:
+    with Upstream() as up, running_sidecar(
+        simple_config(up.address, plugins=[{"name": "smuggle"}]), PLUGINS
+    ) as sc:
+        response = httpx.get(sc.url("main") + "/", timeout=5)
+        assert response.status_code == 500
+        assert "invalid header field" in response.json()["message"]
+    assert not up.requests

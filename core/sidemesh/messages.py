@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,16 @@ if TYPE_CHECKING:
     from .upstream import Endpoint
 
 __all__ = ["Attempt", "ConnectionInfo", "Headers", "Request", "Response"]
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_UNSAFE = re.compile(r"[\r\n\x00]")
+
+
+def _check(name: str, value: str) -> None:
+    # A policy's header must not be able to split the message it is written into.
+    if not _TOKEN.match(name) or _UNSAFE.search(value):
+        raise ValueError(f"invalid header field {name!r}: {value!r}")
 
 
 class Headers:
@@ -59,17 +70,20 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called ``name`` with one field."""
+        _check(name, value)
         self.remove(name)
         self._items.append((name.lower(), value))
 
     def setdefault(self, name: str, value: str) -> str:
         current = self.get(name)
         if current is None:
+            _check(name, value)
             self._items.append((name.lower(), value))
             return value
         return current
 
     def add(self, name: str, value: str) -> None:
+        _check(name, value)
         self._items.append((name.lower(), value))
 
     def remove(self, name: str) -> None:
