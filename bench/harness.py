@@ -24,7 +24,7 @@ from typing import Any
 from bench.configs import nginx_upstream_config
 from bench.load import LoadSettings, measure
 from bench.procs import BenchError, ManagedProcess, free_port, peak_rss_kib, wait_for_port
-from bench.report import Row, add_ratios, format_table, write_json
+from bench.report import Delta, Row, add_ratios, deltas, format_deltas, format_table, write_json
 from bench.scenarios import (
     BUILTIN,
     Scenario,
@@ -50,6 +50,28 @@ def _cpu(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"a CPU number or 'none', not {text!r}") from None
 
 
+def _rates(text: str) -> list[float | None]:
+    """``1000``, ``max`` or a comma-separated list of them; None stands for wrk."""
+    rates: list[float | None] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.lower() in ("max", "wrk"):
+            rates.append(None)
+            continue
+        try:
+            rate = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"a rate in req/s or 'max', not {part!r}") from None
+        if rate <= 0:
+            raise argparse.ArgumentTypeError(f"a rate must be positive, not {part!r}")
+        rates.append(rate)
+    return rates
+
+
+def _mode(rate: float | None) -> str:
+    return f"fixed rate {rate:g} req/s" if rate else "wrk, full speed"
+
+
 def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.Namespace:
     names = [s.name for s in scenarios]
     parser = argparse.ArgumentParser(
@@ -62,9 +84,10 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
     parser.add_argument("--scenarios", default=",".join(names),
                         help="comma-separated scenario names (default: all)")
-    parser.add_argument("--rate", type=float, default=None,
+    parser.add_argument("--rate", type=_rates, default=[None],
                         help="fixed-rate latency mode: this many req/s with bench/fixed_rate.py "
-                             "instead of wrk at full speed")
+                             "instead of wrk at full speed; 'max,1000' runs every scenario "
+                             "in both modes, one table each")
     parser.add_argument("--proxy-cpu", type=_cpu, default=0, help="CPU for the proxy (or none)")
     parser.add_argument("--load-cpu", type=_cpu, default=1,
                         help="CPU for wrk / the fixed-rate client (or none)")
@@ -87,8 +110,6 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(names)}")
     if args.duration <= 0 or args.connections < 1 or args.warmup < 0:
         parser.error("--duration and --connections must be positive, --warmup >= 0")
-    if args.rate is not None and args.rate <= 0:
-        parser.error("--rate must be positive")
     return args
 
 
@@ -157,7 +178,7 @@ def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
         "nginx": tool_version([tools.nginx, "-v"]),
         "wrk": tool_version([tools.wrk, "--version"]),
         "haproxy": tool_version([tools.haproxy, "-v"]) if tools.haproxy else None,
-        "mode": f"fixed rate {args.rate:g} req/s" if args.rate else "wrk, full speed",
+        "mode": "; ".join(_mode(rate) for rate in args.rate),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
@@ -166,6 +187,40 @@ def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
                         "upstream": args.upstream_cpu},
         "loadavg_before": os.getloadavg(),
     }
+
+
+def _run_mode(
+    args: argparse.Namespace,
+    by_name: dict[str, Scenario],
+    ctx: StartContext,
+    settings: LoadSettings,
+) -> list[Row]:
+    mode = _mode(settings.rate)
+    if len(args.rate) > 1:
+        print(f"== {mode}", flush=True)
+    rows = []
+    for name in args.selected:
+        print(f"-- {name}: {by_name[name].description}", flush=True)
+        row = _run_scenario(by_name[name], ctx, settings)
+        row.mode = mode
+        print(f"   {row.summary()}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def _report_mode(rows: list[Row], titled: bool) -> list[Delta]:
+    """Print one mode's table (and its comparisons) as soon as the mode is done."""
+    add_ratios(rows)
+    found = deltas(rows)
+    print()
+    if titled and rows:
+        print(f"{rows[0].mode}:\n")
+    print(format_table(rows))
+    if found:
+        print()
+        print(format_deltas(found))
+    print(flush=True)
+    return found
 
 
 def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
@@ -179,12 +234,9 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
           f"(+{args.warmup:g}s warm-up) per scenario; CPUs proxy={args.proxy_cpu} "
           f"load={args.load_cpu} upstream={args.upstream_cpu}; load average "
           f"{' '.join(f'{x:.2f}' for x in env['loadavg_before'])}", flush=True)
-    settings = LoadSettings(
-        duration=args.duration, warmup=args.warmup, connections=args.connections,
-        rate=args.rate, cpu=args.load_cpu, wrk=tools.wrk,
-    )
     by_name = {s.name: s for s in scenarios}
     rows: list[Row] = []
+    found: list[Delta] = []
     with tempfile.TemporaryDirectory(prefix="sidemesh-bench-") as tmp:
         work_dir = Path(tmp)
         upstream, port = _upstream(tools, work_dir, args.upstream_cpu)
@@ -194,17 +246,17 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
             check_answers(f"http://127.0.0.1:{port}/")
             ctx = StartContext(tools, port, work_dir, args.proxy_cpu, args.start_timeout,
                                tuple(shlex.split(args.sidemesh_args)))
-            for name in args.selected:
-                print(f"-- {name}: {by_name[name].description}", flush=True)
-                row = _run_scenario(by_name[name], ctx, settings)
-                print(f"   {row.summary()}", flush=True)
-                rows.append(row)
+            for rate in args.rate:
+                settings = LoadSettings(
+                    duration=args.duration, warmup=args.warmup, connections=args.connections,
+                    rate=rate, cpu=args.load_cpu, wrk=tools.wrk,
+                )
+                mode_rows = _run_mode(args, by_name, ctx, settings)
+                found.extend(_report_mode(mode_rows, len(args.rate) > 1))
+                rows.extend(mode_rows)
         finally:
             upstream.stop()
-    add_ratios(rows)
-    print()
-    print(format_table(rows))
-    path = write_json(args.results_dir, env, rows)
+    path = write_json(args.results_dir, env, rows, found)
     print(f"\nresults: {path}")
     return 0 if all(not r.status.startswith("failed") for r in rows) else 1
 

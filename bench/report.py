@@ -10,7 +10,17 @@ from typing import Any
 
 from bench.load import Measurement
 
-__all__ = ["Row", "add_ratios", "format_table", "write_json"]
+__all__ = ["COMPARISONS", "Delta", "Row", "add_ratios", "deltas", "format_deltas",
+           "format_table", "write_json"]
+
+#: (what the difference measures, scenario, its baseline): reported when both ran.
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("two sidecar hops", "chain-plain", "direct"),
+    ("mTLS between the two sidecars", "chain-mtls", "chain-plain"),
+    ("two sidecar hops with mTLS", "chain-mtls", "direct"),
+    ("tracing, no collector", "sidemesh-tracing", "sidemesh"),
+    ("a dead Zipkin collector", "sidemesh-tracing-dead-collector", "sidemesh-tracing"),
+)
 
 
 @dataclass
@@ -23,6 +33,8 @@ class Row:
     rss_kib: int | None = None
     vs_nginx: float | None = None
     vs_direct: float | None = None
+    #: how the load was generated: "wrk, full speed" or "fixed rate N req/s".
+    mode: str = ""
 
     def summary(self) -> str:
         m = self.measurement
@@ -78,10 +90,74 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_json(directory: Path, environment: dict[str, Any], rows: list[Row]) -> Path:
+@dataclass(frozen=True)
+class Delta:
+    label: str
+    scenario: str
+    baseline: str
+    mode: str
+    #: scenario minus baseline, in milliseconds (None when either has no figure).
+    p50_ms: float | None
+    p99_ms: float | None
+    #: req/s of the scenario over the baseline's.
+    rps_ratio: float | None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def deltas(rows: list[Row]) -> list[Delta]:
+    """The :data:`COMPARISONS` whose two scenarios both have a measurement in ``rows``
+    (rows of one load mode: differences across modes mean nothing)."""
+    measured = {row.scenario: (row.mode, row.measurement)
+                for row in rows if row.measurement is not None}
+    found = []
+    for label, name, baseline_name in COMPARISONS:
+        if name not in measured or baseline_name not in measured:
+            continue
+        (mode, m), (_, b) = measured[name], measured[baseline_name]
+        found.append(Delta(
+            label, name, baseline_name, mode,
+            _minus(m.p50_ms, b.p50_ms), _minus(m.p99_ms, b.p99_ms),
+            m.rps / b.rps if b.rps > 0 else None,
+        ))
+    return found
+
+
+def _signed_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f} ms"
+
+
+def format_deltas(found: list[Delta]) -> str:
+    """The comparisons as a Markdown table; empty when there are none."""
+    if not found:
+        return ""
+    lines = ["| added by | scenario vs baseline | p50 added | p99 added | req/s ratio |",
+             "|---|---|---|---|---|"]
+    for delta in found:
+        lines.append(
+            f"| {delta.label} | {delta.scenario} vs {delta.baseline} | "
+            f"{_signed_ms(delta.p50_ms)} | {_signed_ms(delta.p99_ms)} | "
+            f"{_ratio(delta.rps_ratio)} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(
+    directory: Path,
+    environment: dict[str, Any],
+    rows: list[Row],
+    found: list[Delta] | None = None,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(
-        {"environment": environment, "results": [asdict(row) for row in rows]}, indent=2
+        {
+            "environment": environment,
+            "results": [asdict(row) for row in rows],
+            "deltas": [asdict(delta) for delta in found or []],
+        },
+        indent=2,
     ) + "\n")
     return path
