@@ -7,6 +7,7 @@ report to Zipkin.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,16 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip_field(host: str) -> tuple[str, str] | None:
+    # Parsing an address costs more than the rest of a span; peers repeat.
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return ("ipv4" if isinstance(ip, ipaddress.IPv4Address) else "ipv6", str(ip))
+
+
 def endpoint_json(
     service: str | None = None, host: str | None = None, port: int | None = None
 ) -> dict[str, Any]:
@@ -30,14 +41,9 @@ def endpoint_json(
     if service:
         result["serviceName"] = service
     if host:
-        try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            ip = None
-        if isinstance(ip, ipaddress.IPv4Address):
-            result["ipv4"] = str(ip)
-        elif isinstance(ip, ipaddress.IPv6Address):
-            result["ipv6"] = str(ip)
+        field = _ip_field(host)
+        if field is not None:
+            result[field[0]] = field[1]
     if port:
         result["port"] = port
     return result
