@@ -78,7 +78,7 @@ class Forwarder:
         request.request_id = headers.get("x-request-id") or ""
         if not request.request_id:
             request.request_id = request_id()
-            headers.add("x-request-id", request.request_id)
+            headers._items.append(("x-request-id", request.request_id))
         try:
             if route is None:
                 outcome.flags.append("NR")

@@ -61,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reuse = False
         self._complete = False
         self._until_close = False
+        #: the response head carries Content-Length or Transfer-Encoding.
+        self._framed = False
         self._error: UpstreamError | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: whether this connection served an earlier exchange.
@@ -106,12 +108,16 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._headers = []
         self._head_size = 0
+        self._framed = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value)
         if self._head_size > RESPONSE_HEAD_LIMIT:
             raise httptools.HttpParserError("response headers too large")
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        key = name.decode("latin-1").lower()
+        if key == "content-length" or key == "transfer-encoding":
+            self._framed = True
+        self._headers.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -119,11 +125,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100 Continue, 103 Early Hints) are answered by the
             # proxy itself; the client sees only the final one.
             return
-        self._until_close = (
-            not self._skip_body
-            and status not in (204, 304)
-            and not any(k in ("content-length", "transfer-encoding") for k, _ in self._headers)
-        )
+        self._until_close = not (self._skip_body or self._framed or status in (204, 304))
         head = self._head
         if head is not None and not head.done():
             head.set_result(
