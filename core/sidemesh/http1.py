@@ -90,6 +90,8 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        # Kept: each get_running_loop() costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         ssl_object = transport.get_extra_info("ssl_object")
@@ -144,7 +146,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
-            self._writable = asyncio.get_running_loop().create_future()
+            self._writable = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -232,7 +234,7 @@ class DownstreamConnection(asyncio.Protocol):
         self._current_request = request
         self._queue.append((request, body, keep_alive))
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._serve())
+            self._task = self._loop.create_task(self._serve())
         elif self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -266,7 +268,7 @@ class DownstreamConnection(asyncio.Protocol):
                 if not self._queue:
                     if self._error is not None or self._eof:
                         break
-                    self._wakeup = asyncio.get_running_loop().create_future()
+                    self._wakeup = self._loop.create_future()
                     await self._wakeup
                     self._wakeup = None
                     continue

@@ -77,6 +77,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        # Kept: each get_running_loop() costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -98,7 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
-            self._writable = asyncio.get_running_loop().create_future()
+            self._writable = self._loop.create_future()
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
@@ -191,7 +193,7 @@ class UpstreamConnection(asyncio.Protocol):
         ``expires`` (a loop time) bounds the whole exchange: it then fails with flag
         ``UT`` and the connection is closed. One timer handle per exchange costs far
         less than an ``asyncio.timeout`` block around each wait."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if expires is not None:
             self._timer = loop.call_at(expires, self._expire)
         self._head = loop.create_future()
@@ -225,7 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
     def done_future(self) -> asyncio.Future[None]:
         """A future for the end of the response (failing with the exchange's error)."""
         if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
+            self._done = self._loop.create_future()
             if self._complete:
                 self._done.set_result(None)
             elif self._error is not None:
