@@ -66,13 +66,19 @@ class Supervisor:
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
         log = self.logs / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                cwd=self.workdir, start_new_session=True)
-        child = Child(name, proc, log)
-        self.children.append(child)
+        # SIGTERM waits until the child is on the list: raised between Popen and the
+        # append, it would leave a process nobody stops.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                    cwd=self.workdir, start_new_session=True)
+            child = Child(name, proc, log)
+            self.children.append(child)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return child
 
     def run(self, name: str, args: Sequence[str], timeout: float = 30.0) -> str:

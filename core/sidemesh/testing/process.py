@@ -73,8 +73,11 @@ class ProxyProcess:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        code = self.stop()
         self._final = self.output
+        if exc_type is not None:
+            # Shown by pytest under "Captured stdout" when the test fails.
+            print(f"--- {' '.join(self.args[2:])} (exit {code}) ---\n{self._final}")
         if self._log is not None:
             self._log.close()
