@@ -185,3 +185,23 @@ def test_a_body_delimited_by_the_upstream_closing_is_relayed_whole() -> None:
         server.close()
     finally:
         bg.close()
+
+
+def test_response_hop_by_hop_fields_are_not_relayed() -> None:
+    fields = {
+        "keep-alive": "timeout=5",
+        "x-internal": "1",
+        "connection": "x-internal",
+        "x-app": "a",
+    }
+    with (
+        Upstream(lambda r: Reply(body=b"hi", headers=fields)) as up,
+        running_sidecar(simple_config(up.address)) as sc,
+    ):
+        raw = raw_exchange(
+            sc.port("main"), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    head = raw.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"x-app: a" in head and b"content-length: 2" in head
+    assert b"x-internal" not in head and b"keep-alive" not in head
+    assert raw.endswith(b"\r\n\r\nhi")

@@ -18,7 +18,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .body import RequestBody
-from .framing import FORWARDED, ChunkedSink, pump_body, request_id, strip_hop_by_hop
+from .framing import (
+    FORWARDED,
+    ChunkedSink,
+    pump_body,
+    relay_fields,
+    request_id,
+    strip_hop_by_hop,
+)
 from .hookspecs import ConnectionSetup
 from .messages import Attempt, Headers, Request, Response
 from .mirror import MIRROR_BUFFER, send_mirrors
@@ -78,7 +85,7 @@ class Forwarder:
         request.request_id = headers.get("x-request-id") or ""
         if not request.request_id:
             request.request_id = request_id()
-            headers._items.append(("x-request-id", request.request_id))
+            headers._add_trusted("x-request-id", request.request_id)
         try:
             if route is None:
                 outcome.flags.append("NR")
@@ -307,7 +314,7 @@ class Forwarder:
                 upstream.close()
             endpoint.active_requests -= 1
             raise
-        response = Response(status, Headers._trusted(raw_headers))
+        response = Response._from_upstream(status, raw_headers)
         return Attempt(request.attempts, endpoint, response, duration=loop.time() - start), upstream
 
     @staticmethod
@@ -343,13 +350,19 @@ class Forwarder:
         whether the body is chunked to the client."""
         outcome.status = response.status
         outcome.response = response
-        upstream_headers = response.headers
-        length = upstream_headers.get("content-length")
-        headers = Headers._trusted(strip_hop_by_hop(upstream_headers))
+        raw = response.raw_head
+        headers: Headers | bytes
+        if raw is not None:
+            headers, raw_length = relay_fields(raw)
+            framed = raw_length is not None
+        else:
+            length = response.headers.get("content-length")
+            headers = Headers._trusted(strip_hop_by_hop(response.headers))
+            if length is not None:
+                headers._add_trusted("content-length", length)
+            framed = length is not None
         chunked = False
-        if length is not None:
-            headers.add("content-length", length)
-        elif request.method != "HEAD" and response.status not in (204, 304):
+        if not framed and request.method != "HEAD" and response.status not in (204, 304):
             if request.version == "1.1":
                 chunked = True
             else:

@@ -14,7 +14,15 @@ from .pool import UpstreamConnection, UpstreamError
 if TYPE_CHECKING:
     from .http1 import DownstreamConnection
 
-__all__ = ["FORWARDED", "HOP_BY_HOP", "ChunkedSink", "pump_body", "request_id", "strip_hop_by_hop"]
+__all__ = [
+    "FORWARDED",
+    "HOP_BY_HOP",
+    "ChunkedSink",
+    "pump_body",
+    "relay_fields",
+    "request_id",
+    "strip_hop_by_hop",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -23,6 +31,8 @@ HOP_BY_HOP = frozenset(
     }
 )  # fmt: skip
 FORWARDED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto"}
+_HOP_BY_HOP_RAW = frozenset(name.encode() for name in HOP_BY_HOP)
+_PLAIN_CONNECTION_RAW = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 
 
 #: what the client is told for a failure before any response head (Envoy's wording).
@@ -43,6 +53,28 @@ def strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> lis
     # Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1).
     extra = {t.strip().lower() for v in connection for t in v.split(",")}
     return [(k, v) for k, v in headers if k not in drop and k not in extra]
+
+
+def relay_fields(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None]:
+    """An upstream response's field lines for the client, straight from the parser's
+    bytes: hop-by-hop fields (and those Connection names) dropped, Content-Length kept
+    and also returned (``None`` when absent)."""
+    length = None
+    named: set[bytes] | None = None
+    lines = []
+    for name, value in raw:
+        if name in _HOP_BY_HOP_RAW:
+            if name == b"content-length":
+                length = value
+                lines.append(b"content-length: %s\r\n" % value)
+            elif name == b"connection" and value not in _PLAIN_CONNECTION_RAW:
+                named = named or set()
+                named.update(t.strip().lower() for t in value.split(b","))
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if named:
+        lines = [line for line in lines if line.split(b":", 1)[0] not in named]
+    return b"".join(lines), length
 
 
 class ChunkedSink:

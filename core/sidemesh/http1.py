@@ -331,16 +331,19 @@ class DownstreamConnection(asyncio.Protocol):
     response_done = False
 
     def start_response(
-        self, status: int, headers: Headers, reason: str = "", chunked: bool = False
+        self, status: int, headers: Headers | bytes, reason: str = "", chunked: bool = False
     ) -> None:
-        """Write the status line and headers; ``chunked`` frames the body that follows."""
+        """Hold the status line and header fields (``Headers``, or encoded field lines
+        without hop-by-hop fields) to go out with the first body bytes; ``chunked``
+        frames the body that follows."""
         self.response_started = True
+        fields = headers if isinstance(headers, bytes) else headers.encode()
         if not self.keep_alive:
-            headers.set("connection", "close")
+            fields += b"connection: close\r\n"
         if chunked:
-            headers.set("transfer-encoding", "chunked")
+            fields += b"transfer-encoding: chunked\r\n"
         line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"
-        self._head = line.encode("latin-1") + headers.encode() + b"\r\n"
+        self._head = line.encode("latin-1") + fields + b"\r\n"
 
     def flush_head(self) -> None:
         """Send a held-back response head now (the body is slow to come)."""

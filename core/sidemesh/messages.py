@@ -30,7 +30,10 @@ class Headers:
     __slots__ = ("_items",)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(k.lower(), v) for k, v in items]
+        self._items: list[tuple[str, str]] = []
+        for name, value in items:
+            _check(name, value)
+            self._items.append((name.lower(), value))
 
     @classmethod
     def _trusted(cls, items: list[tuple[str, str]]) -> Headers:
@@ -54,7 +57,11 @@ class Headers:
         if not isinstance(name, str):
             return False
         name = name.lower()
-        return any(key == name for key, _ in self._items)
+        # A plain loop: any() with a generator costs a frame per field, per request.
+        for key, _ in self._items:  # noqa: SIM110
+            if key == name:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -85,6 +92,10 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         _check(name, value)
         self._items.append((name.lower(), value))
+
+    def _add_trusted(self, name: str, value: str) -> None:
+        # The core's own fields (lower-case names, values it made or parsed): no checks.
+        self._items.append((name, value))
 
     def remove(self, name: str) -> None:
         name = name.lower()
@@ -200,7 +211,7 @@ class Request:
 class Response:
     """A response head (and, for direct answers, a small body)."""
 
-    __slots__ = ("body", "headers", "reason", "status")
+    __slots__ = ("_headers", "_raw", "body", "reason", "status")
 
     def __init__(
         self,
@@ -210,9 +221,41 @@ class Response:
         reason: str = "",
     ) -> None:
         self.status = status
-        self.headers = headers if headers is not None else Headers()
+        self._headers: Headers | None = headers if headers is not None else Headers()
+        self._raw: list[tuple[bytes, bytes]] | None = None
         self.body = body
         self.reason = reason
+
+    @classmethod
+    def _from_upstream(cls, status: int, raw: list[tuple[bytes, bytes]]) -> Response:
+        # An upstream's head stays as the parser's bytes until a policy reads the headers:
+        # most responses are relayed untouched, and decoding costs per field.
+        response = cls.__new__(cls)
+        response.status = status
+        response._headers = None
+        response._raw = raw
+        response.body = b""
+        response.reason = ""
+        return response
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            raw = self._raw or []
+            self._headers = Headers._trusted(
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+            )
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+
+    @property
+    def raw_head(self) -> list[tuple[bytes, bytes]] | None:
+        """The upstream's header fields as received (lower-case names), while no one
+        has read or changed :attr:`headers`; ``None`` otherwise."""
+        return self._raw if self._headers is None else None
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:

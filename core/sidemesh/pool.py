@@ -50,9 +50,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self._head: asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]] | None = None
+        self._head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bool, bool]] | None = None
         self._done: asyncio.Future[None] | None = None
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._sink: BodySink | None = None
         self._pending_body: list[bytes] = []
@@ -116,10 +116,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value)
         if self._head_size > RESPONSE_HEAD_LIMIT:
             raise httptools.HttpParserError("response headers too large")
-        key = name.decode("latin-1").lower()
-        if key == "content-length" or key == "transfer-encoding":
+        key = name.lower()
+        if key == b"content-length" or key == b"transfer-encoding":
             self._framed = True
-        self._headers.append((key, value.decode("latin-1")))
+        self._headers.append((key, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -186,7 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def start(
         self, head: bytes, head_only: bool, expires: float | None = None
-    ) -> asyncio.Future[tuple[int, list[tuple[str, str]], bool, bool]]:
+    ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bool, bool]]:
         """Send a request head; return a future for the response head (see
         :meth:`finished` and :meth:`done_future` for the end of the response).
 
