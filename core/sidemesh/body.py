@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-__all__ = ["BodyNotReplayable", "RequestBody"]
+__all__ = ["NO_BODY", "BodyNotReplayable", "RequestBody"]
 
 #: unread bytes held before the downstream socket is paused.
 HIGH_WATER = 256 * 1024
@@ -121,3 +121,13 @@ class RequestBody:
             self._resume()
             await self._waiter
             self._waiter = None
+
+
+def _nothing() -> None:
+    return None
+
+
+#: The body of every request without Content-Length or Transfer-Encoding (most GETs):
+#: empty and complete, so one shared instance serves them all.
+NO_BODY = RequestBody(False, _nothing, _nothing)
+NO_BODY.eof = True

@@ -82,7 +82,7 @@ class Forwarder:
         outcome = Outcome()
         request.start = time.monotonic()
         headers = request.headers
-        request.request_id = headers.get("x-request-id") or ""
+        request.request_id = request._core.get("x-request-id") or ""
         if not request.request_id:
             request.request_id = request_id()
             headers._add_trusted("x-request-id", request.request_id)
@@ -128,18 +128,18 @@ class Forwarder:
     # the request -------------------------------------------------------------------
     @staticmethod
     def _upstream_headers(conn: DownstreamConnection, request: Request, body: RequestBody) -> None:
-        headers = request.headers
-        if (headers.get("expect") or "").lower() == "100-continue" and not body.eof:
+        core = request._core
+        if not body.eof and (core.get("expect") or "").lower() == "100-continue":
             # As Envoy does by default: answer 100 Continue here, not upstream.
             conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
         client_ip = conn.info.client_address.rsplit(":", 1)[0]
-        xff = headers.get("x-forwarded-for")
-        items = strip_hop_by_hop(headers, FORWARDED)
+        xff = core.get("x-forwarded-for")
+        items = strip_hop_by_hop(request.headers, FORWARDED, "connection" in core)
         items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
         items.append(("x-forwarded-proto", request.scheme))
         if body.chunked:
             items.append(("transfer-encoding", "chunked"))
-        elif (length := headers.get("content-length")) is not None:
+        elif (length := core.get("content-length")) is not None:
             items.append(("content-length", str(int(length))))
         request.headers = Headers._trusted(items)
 
@@ -276,7 +276,7 @@ class Forwarder:
             + request.headers.encode()
             + b"\r\n"
         )
-        has_body = body.chunked or "content-length" in request.headers
+        has_body = body.chunked or not body.eof or body.size > 0
         upstream: UpstreamConnection | None = None
         try:
             for fresh in (False, True):

@@ -46,7 +46,13 @@ def request_id() -> str:
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close"})
 
 
-def strip_hop_by_hop(headers: Headers, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
+def strip_hop_by_hop(
+    headers: Headers, drop: frozenset[str] = HOP_BY_HOP, has_connection: bool = True
+) -> list[tuple[str, str]]:
+    """The fields to forward: ``drop`` and every field a Connection field names removed.
+    ``has_connection=False`` says the parser saw no Connection field (no scan for it)."""
+    if not has_connection:
+        return [(k, v) for k, v in headers if k not in drop]
     connection = headers.get_all("connection")
     if not connection or (len(connection) == 1 and connection[0] in _PLAIN_CONNECTION):
         return [(k, v) for k, v in headers if k not in drop]

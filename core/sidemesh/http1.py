@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import httptools
 
-from .body import RequestBody
+from .body import NO_BODY, RequestBody
 from .messages import ConnectionInfo, Headers, Request, Response
 
 __all__ = ["DownstreamConnection", "Limits"]
@@ -39,6 +39,13 @@ class Limits:
     max_headers = 100
     max_header_bytes = 60 * 1024
     max_url_bytes = 8 * 1024
+
+
+#: fields the core reads itself; the parser notes their first value as it goes.
+CORE_FIELDS = frozenset(
+    {"host", "transfer-encoding", "content-length", "connection", "expect",
+     "x-request-id", "x-forwarded-for"}
+)  # fmt: skip
 
 
 class _Reject(Exception):
@@ -69,6 +76,8 @@ class DownstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
         self._in_headers = False
+        self._core: dict[str, str] = {}
+        self._hosts = 0
         self._current: RequestBody | None = None
         self._current_request: Request | None = None
         self._reject: tuple[int, str] | None = None
@@ -161,6 +170,8 @@ class DownstreamConnection(asyncio.Protocol):
         self._headers = []
         self._header_bytes = 0
         self._in_headers = True
+        self._core = {}
+        self._hosts = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -180,7 +191,13 @@ class DownstreamConnection(asyncio.Protocol):
             raise _Reject(self._reject[1])
         if b"_" in name:
             return
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self._headers.append((key, text))
+        if key in CORE_FIELDS:
+            if key == "host":
+                self._hosts += 1
+            self._core.setdefault(key, text)
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
@@ -188,8 +205,9 @@ class DownstreamConnection(asyncio.Protocol):
         version = parser.get_http_version()
         method = parser.get_method().decode("latin-1")
         headers = Headers._trusted(self._headers)
+        core = self._core
         url = self._url
-        host = headers.get("host")
+        host = core.get("host")
         if url[:1] != b"/":
             if url == b"*" and method == "OPTIONS":
                 path = "*"
@@ -213,6 +231,7 @@ class DownstreamConnection(asyncio.Protocol):
                 if parsed.query:
                     path += "?" + parsed.query.decode("latin-1")
                 headers.set("host", host)
+                core["host"] = host
         else:
             path = url.decode("latin-1")
         if host is None:
@@ -220,16 +239,21 @@ class DownstreamConnection(asyncio.Protocol):
                 self._reject = (400, "HTTP/1.1 request without a Host header")
                 raise _Reject(self._reject[1])
             host = ""
-        elif version == "1.1" and len(headers.get_all("host")) > 1:
+        elif version == "1.1" and self._hosts > 1:
             self._reject = (400, "more than one Host header")
             raise _Reject(self._reject[1])
         keep_alive = parser.should_keep_alive()
         self._closing_after = not keep_alive
-        chunked = "transfer-encoding" in headers
-        body = RequestBody(chunked, self._pause_reading, self._resume_reading)
+        chunked = "transfer-encoding" in core
+        body = (
+            RequestBody(chunked, self._pause_reading, self._resume_reading)
+            if chunked or "content-length" in core
+            else NO_BODY
+        )
         request = Request(
             method, path, host.lower(), headers, self.info, self.listener, self.scheme, version
         )
+        request._core = core
         self._current = body
         self._current_request = request
         self._queue.append((request, body, keep_alive))
