@@ -68,7 +68,7 @@ class Outcome:
 class Forwarder:
     """Sends one request through a compiled route and answers the client."""
 
-    def __init__(self, on_done: Callable[[Request, Outcome], None]) -> None:
+    def __init__(self, on_done: Callable[[Request, Outcome, Snapshot], None]) -> None:
         self._on_done = on_done
 
     async def handle(
@@ -103,7 +103,7 @@ class Forwarder:
                 conn.keep_alive = False
             request.log["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            self._on_done(request, outcome)
+            self._on_done(request, outcome, snapshot)
             if route is not None:
                 if request.mirrors:
                     send_mirrors(request, body, snapshot, route.timeout or 15.0)

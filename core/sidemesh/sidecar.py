@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .accesslog import AccessLog
@@ -144,7 +145,12 @@ class Sidecar:
         return make
 
     # requests ----------------------------------------------------------------------
-    async def handle(self, conn: DownstreamConnection, request: Request, body: RequestBody) -> None:
+    def handle(
+        self, conn: DownstreamConnection, request: Request, body: RequestBody
+    ) -> Coroutine[Any, Any, None]:
+        """Route the request on the current snapshot and return the coroutine that
+        forwards it (a plain function: one coroutine level less per request; the
+        counters taken here are given back in :meth:`_done`)."""
         snapshot = self.snapshot
         assert snapshot is not None
         listener = snapshot.listeners.get(conn.listener)
@@ -159,17 +165,15 @@ class Sidecar:
             conn.keep_alive = False
         snapshot.active += 1
         self.active += 1
-        try:
-            await self.forwarder.handle(conn, request, body, snapshot, route)
-        finally:
-            snapshot.active -= 1
-            self.active -= 1
-            if snapshot is not self.snapshot and snapshot.active == 0:
-                self._close_retired()
-            if self.active == 0 and self._idle is not None:
-                self._idle.set()
+        return self.forwarder.handle(conn, request, body, snapshot, route)
 
-    def _done(self, request: Request, outcome: Outcome) -> None:
+    def _done(self, request: Request, outcome: Outcome, snapshot: Snapshot) -> None:
+        snapshot.active -= 1
+        self.active -= 1
+        if snapshot is not self.snapshot and snapshot.active == 0:
+            self._close_retired()
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
         duration = time.monotonic() - request.start
         self.metrics.observe(
             request.listener,
