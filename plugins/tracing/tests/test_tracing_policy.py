@@ -82,15 +82,27 @@ def closed_port() -> int:
 
 
 def make_policy(config: dict[str, Any]) -> TracingPolicy:
-    context = PolicyContext(plugin="tracing", listener="outbound", route="reviews",
-                            scope="listener", cluster=None, clusters={},
-                            node={"service": "productpage"})
+    context = PolicyContext(
+        plugin="tracing",
+        listener="outbound",
+        route="reviews",
+        scope="listener",
+        cluster=None,
+        clusters={},
+        node={"service": "productpage"},
+    )
     return TracingPolicy(config, context)
 
 
 def make_request(headers: list[tuple[str, str]]) -> Request:
-    request = Request("GET", "/reviews/1?x=1", "reviews:9080", Headers(headers),
-                      ConnectionInfo("127.0.0.1:50000"), listener="outbound")
+    request = Request(
+        "GET",
+        "/reviews/1?x=1",
+        "reviews:9080",
+        Headers(headers),
+        ConnectionInfo("127.0.0.1:50000"),
+        listener="outbound",
+    )
     request.route = "reviews"
     request.cluster = "reviews"
     return request
@@ -111,8 +123,14 @@ def run_request(policy: TracingPolicy, request: Request, statuses: list[int | No
         sent.append(request.headers.get("traceparent") or "")
         request.tried.append(ep)
         response = Response(status) if status is not None else None
-        attempt = Attempt(number, ep, response, flag=None if status else "UF",
-                          error=None if status else "connection refused", duration=0.002)
+        attempt = Attempt(
+            number,
+            ep,
+            response,
+            flag=None if status else "UF",
+            error=None if status else "connection refused",
+            duration=0.002,
+        )
         policy.on_response(request, attempt)
     final = Response(statuses[-1]) if statuses[-1] is not None else Response(503)
     policy.on_complete(request, final, None if statuses[-1] else "UF")
@@ -123,17 +141,23 @@ def test_retries_are_sibling_client_spans_with_their_own_ids() -> None:
     async def scenario() -> None:
         async with zipkin_receiver() as (receiver, url):
             policy = make_policy({"zipkin": {"endpoint": url, "flush_interval": "50ms"}})
-            request = make_request([("traceparent", f"00-{TRACE}-{CALLER}-01"),
-                                    ("tracestate", "congo=t61rcWkgMzE"),
-                                    ("x-request-id", "req-1")])
+            request = make_request(
+                [
+                    ("traceparent", f"00-{TRACE}-{CALLER}-01"),
+                    ("tracestate", "congo=t61rcWkgMzE"),
+                    ("x-request-id", "req-1"),
+                ]
+            )
             sent = run_request(policy, request, [None, 503, 200])
             await asyncio.wait_for(_until(receiver, 4), 10)
             await policy.close()
         spans = receiver.spans
         assert receiver.paths[0] == "/api/v2/spans"
         server = next(s for s in spans if s["kind"] == "SERVER")
-        clients = sorted((s for s in spans if s["kind"] == "CLIENT"),
-                         key=lambda s: s["tags"].get("http.request.resend_count", "0"))
+        clients = sorted(
+            (s for s in spans if s["kind"] == "CLIENT"),
+            key=lambda s: s["tags"].get("http.request.resend_count", "0"),
+        )
         assert server["traceId"] == TRACE and server["parentId"] == CALLER
         assert {c["parentId"] for c in clients} == {server["id"]}
         assert {c["traceId"] for c in clients} == {TRACE}
@@ -144,8 +168,11 @@ def test_retries_are_sibling_client_spans_with_their_own_ids() -> None:
         assert clients[0]["tags"]["response_flags"] == "UF" and "error" in clients[0]["tags"]
         assert clients[1]["tags"]["http.response.status_code"] == "503"
         assert "error" not in clients[2]["tags"]
-        assert clients[2]["remoteEndpoint"] == {"serviceName": "reviews", "ipv4": "127.0.0.1",
-                                                "port": 9083}
+        assert clients[2]["remoteEndpoint"] == {
+            "serviceName": "reviews",
+            "ipv4": "127.0.0.1",
+            "port": 9083,
+        }
         assert server["localEndpoint"] == {"serviceName": "productpage"}
         assert server["tags"]["guid:x-request-id"] == "req-1"
         assert server["tags"]["http.request.method"] == "GET"
@@ -185,8 +212,13 @@ def _validate(spans: list[dict[str, Any]]) -> None:
 def test_server_5xx_is_an_error_and_new_trace_gets_request_id() -> None:
     async def scenario() -> None:
         async with zipkin_receiver() as (receiver, url):
-            policy = make_policy({"zipkin": {"endpoint": url, "flush_interval": "50ms"},
-                                  "propagation": ["w3c", "b3multi"], "service_name": "pp"})
+            policy = make_policy(
+                {
+                    "zipkin": {"endpoint": url, "flush_interval": "50ms"},
+                    "propagation": ["w3c", "b3multi"],
+                    "service_name": "pp",
+                }
+            )
             request = make_request([])
             run_request(policy, request, [503])
             await asyncio.wait_for(_until(receiver, 2), 10)
@@ -206,8 +238,9 @@ def test_server_5xx_is_an_error_and_new_trace_gets_request_id() -> None:
 def test_unsampled_requests_propagate_but_export_nothing() -> None:
     async def scenario() -> None:
         async with zipkin_receiver() as (receiver, url):
-            policy = make_policy({"zipkin": {"endpoint": url, "flush_interval": "50ms"},
-                                  "sampling": 1.0})
+            policy = make_policy(
+                {"zipkin": {"endpoint": url, "flush_interval": "50ms"}, "sampling": 1.0}
+            )
             request = make_request([("traceparent", f"00-{TRACE}-{CALLER}-00")])
             sent = run_request(policy, request, [503, 200])
             assert policy.exporter is not None and policy.exporter.queued == 0
@@ -241,21 +274,33 @@ def test_unreachable_collector_never_delays_requests_and_counts_drops() -> None:
     async def scenario() -> None:
         dropped = _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
         full = _metric("sidemesh_tracing_spans_dropped_total", {"reason": "queue_full"})
-        policy = make_policy({"zipkin": {"endpoint": f"http://127.0.0.1:{closed_port()}",
-                                         "flush_interval": "10ms", "max_queue": 4}})
+        policy = make_policy(
+            {
+                "zipkin": {
+                    "endpoint": f"http://127.0.0.1:{closed_port()}",
+                    "flush_interval": "10ms",
+                    "max_queue": 4,
+                }
+            }
+        )
         # Hooks are sync: they run to completion with no chance to touch the network.
         for _ in range(3):
             run_request(policy, make_request([]), [200])
         assert policy.exporter is not None
-        assert _metric("sidemesh_tracing_spans_dropped_total",
-                       {"reason": "queue_full"}) == full + 2  # 6 spans, room for 4
+        assert (
+            _metric("sidemesh_tracing_spans_dropped_total", {"reason": "queue_full"}) == full + 2
+        )  # 6 spans, room for 4
         for _ in range(200):
-            if _metric("sidemesh_tracing_spans_dropped_total",
-                       {"reason": "export_failed"}) >= dropped + 4:
+            if (
+                _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+                >= dropped + 4
+            ):
                 break
             await asyncio.sleep(0.05)
-        assert _metric("sidemesh_tracing_spans_dropped_total",
-                       {"reason": "export_failed"}) == dropped + 4
+        assert (
+            _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+            == dropped + 4
+        )
         await asyncio.wait_for(policy.close(), 10)
 
     asyncio.run(scenario())
@@ -265,12 +310,56 @@ def test_exported_counter_counts_accepted_spans() -> None:
     async def scenario() -> None:
         before = _metric("sidemesh_tracing_spans_exported_total")
         async with zipkin_receiver() as (receiver, url):
-            policy = make_policy({"zipkin": {"endpoint": url, "batch_size": 2,
-                                             "flush_interval": "10s"}})
+            policy = make_policy(
+                {"zipkin": {"endpoint": url, "batch_size": 2, "flush_interval": "10s"}}
+            )
             run_request(policy, make_request([]), [200])
             # A full batch goes out without waiting for the flush interval.
             await asyncio.wait_for(_until(receiver, 2), 10)
             await policy.close()
         assert _metric("sidemesh_tracing_spans_exported_total") == before + 2
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_collector_is_tried_again_only_after_a_back_off() -> None:
+    async def scenario() -> None:
+        attempts: list[int] = []
+
+        async def refuse(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            attempts.append(1)
+            writer.close()  # accepted and dropped: every POST fails
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        dropped = _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+        policy = make_policy(
+            {
+                "zipkin": {
+                    "endpoint": f"http://127.0.0.1:{port}",
+                    "batch_size": 2,
+                    "flush_interval": "10ms",
+                }
+            }
+        )
+        for _ in range(10):
+            run_request(policy, make_request([]), [200])
+            await asyncio.sleep(0.02)
+        for _ in range(200):
+            if (
+                _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+                >= dropped + 20
+            ):
+                break
+            await asyncio.sleep(0.02)
+        # 20 spans dropped and counted, but the collector was contacted once (a few
+        # at most, if the back-off of 0.5 s ran out on a slow machine), not per batch.
+        assert (
+            _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+            == dropped + 20
+        )
+        assert 1 <= len(attempts) <= 2, attempts
+        await asyncio.wait_for(policy.close(), 10)
+        server.close()
 
     asyncio.run(scenario())
