@@ -15,6 +15,8 @@ __all__ = ["COMPARISONS", "Delta", "Row", "add_ratios", "deltas", "format_deltas
 
 #: (what the difference measures, scenario, its baseline): reported when both ran.
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("sidemesh over the bare Python relay", "sidemesh", "python-floor"),
+    ("the retry and circuit plugins", "sidemesh-plugins", "sidemesh"),
     ("two sidecar hops", "chain-plain", "direct"),
     ("mTLS between the two sidecars", "chain-mtls", "chain-plain"),
     ("two sidecar hops with mTLS", "chain-mtls", "direct"),

@@ -1,8 +1,8 @@
 """What sits between wrk and the upstream in each scenario, and how to start it.
 
-Built-ins: ``direct``, ``nginx``, ``haproxy``, ``sidemesh``. Every ``scenarios/*.yaml``
-file adds a sidemesh scenario named after the file: a sidecar config template whose
-``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``, ``{certs}``, ``{deadport}``)
+Built-ins: ``direct``, ``nginx``, ``haproxy``, ``python-floor``, ``sidemesh``. Every
+``scenarios/*.yaml`` file adds a sidemesh scenario named after the file: a sidecar
+config template whose ``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``, ``{certs}``, ``{deadport}``)
 are filled in at run time.
 A file with several YAML documents (``---``) is a chain of sidecars, the first one
 facing the client and each ``{next}`` the listener of the following one.
@@ -46,7 +46,7 @@ __all__ = [
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 _DOCUMENT_SEPARATOR = re.compile(r"^---\s*$", re.MULTILINE)
-Kind = Literal["direct", "nginx", "haproxy", "sidemesh"]
+Kind = Literal["direct", "nginx", "haproxy", "python-floor", "sidemesh"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,10 @@ BUILTIN: tuple[Scenario, ...] = (
     Scenario("direct", "direct", "wrk -> upstream nginx, no proxy: the ceiling"),
     Scenario("nginx", "nginx", "nginx reverse proxy, 1 worker, upstream keep-alive"),
     Scenario("haproxy", "haproxy", "HAProxy, 1 thread, http-reuse always"),
+    Scenario(
+        "python-floor", "python-floor",
+        "bare asyncio + httptools relay with keep-alive pool: what Python allows here",
+    ),
     Scenario(
         "sidemesh", "sidemesh", "sidemesh proxy, one / route, no plugins",
         templates=(_sidemesh_template(),),
@@ -184,6 +188,16 @@ def _start_haproxy(ctx: StartContext, running: Running) -> None:
     running.url = f"http://127.0.0.1:{port}/"
 
 
+def _start_python_floor(ctx: StartContext, running: Running) -> None:
+    port = free_port()
+    script = Path(__file__).resolve().parent / "python_floor.py"
+    argv = [sys.executable, str(script), str(port), str(ctx.upstream_port)]
+    process = ManagedProcess("python-floor", argv, ctx.work_dir, ctx.proxy_cpu)
+    running.processes.append(process.start())
+    wait_for_port("127.0.0.1", port, ctx.start_timeout, process)
+    running.url = f"http://127.0.0.1:{port}/"
+
+
 def sidemesh_command() -> Path:
     """The ``sidemesh`` console script of the interpreter running the harness."""
     # Not resolved: a venv's python is a symlink and its scripts sit next to the link.
@@ -255,6 +269,8 @@ def start(scenario: Scenario, ctx: StartContext) -> Running:
             _start_nginx(ctx, running)
         elif scenario.kind == "haproxy":
             _start_haproxy(ctx, running)
+        elif scenario.kind == "python-floor":
+            _start_python_floor(ctx, running)
         elif scenario.kind == "sidemesh":
             _start_sidemesh(scenario, ctx, running)
         try:
