@@ -55,10 +55,6 @@ class Chain:
             else None
         )
 
-    @property
-    def names(self) -> list[str]:
-        return [p.context.plugin for p in self.policies]
-
     def connection_setup(self, setup: ConnectionSetup) -> ConnectionSetup:
         for policy in self._setup:
             policy.connection_setup(setup)

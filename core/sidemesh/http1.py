@@ -79,7 +79,6 @@ class DownstreamConnection(asyncio.Protocol):
         self._core: dict[str, str] = {}
         self._hosts = 0
         self._current: RequestBody | None = None
-        self._current_request: Request | None = None
         self._reject: tuple[int, str] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._upstream_resume: Callable[[], None] | None = None
@@ -255,7 +254,6 @@ class DownstreamConnection(asyncio.Protocol):
         )
         request._core = core
         self._current = body
-        self._current_request = request
         self._queue.append((request, body, keep_alive))
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
@@ -270,7 +268,6 @@ class DownstreamConnection(asyncio.Protocol):
         if self._current is not None:
             self._current.feed_eof()
             self._current = None
-            self._current_request = None
 
     # flow control ----------------------------------------------------------------
     def _pause_reading(self) -> None:
