@@ -193,8 +193,8 @@ class Request:
         #: the verified SPIFFE ID of the downstream peer, set by an mTLS policy.
         self.peer_identity: str | None = None
         self.start = 0.0
-        #: the first value of each field the core itself reads, noted by the parser so
-        #: the request path never scans the headers for them (before request hooks run).
+        # The first value of each field the core itself reads, noted by the parser so
+        # the request path never scans the headers for them (before request hooks run).
         self._core: dict[str, str] = {}
         #: (cluster, subset or None) pairs that get a fire-and-forget copy of this
         #: request once it is answered; see :meth:`mirror`.
