@@ -2,8 +2,8 @@
 
 Built-ins: ``direct``, ``nginx``, ``haproxy``, ``python-floor``, ``sidemesh``. Every
 ``scenarios/*.yaml`` file adds a sidemesh scenario named after the file: a sidecar
-config template whose ``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``, ``{certs}``, ``{deadport}``)
-are filled in at run time.
+config template whose ``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``,
+``{certs}``, ``{deadport}``) are filled in at run time.
 A file with several YAML documents (``---``) is a chain of sidecars, the first one
 facing the client and each ``{next}`` the listener of the following one.
 """
