@@ -121,13 +121,24 @@ class Shadow(Policy):
         return None
 
 
+DURATIONS: list[float] = []
+
+
+class Timing(Policy):
+    name = "timing"
+    schema: ClassVar[dict[str, Any]] = OPEN
+
+    def on_response(self, request: Request, attempt: Attempt) -> None:
+        DURATIONS.append(attempt.duration)
+
+
 APPLIED: list[str] = []
 
 
 class TestPlugin:
     @hookimpl
     def sidemesh_policies(self) -> list[type[Policy]]:
-        return [Deny, Tag, Again, Broken, Pinned, Shadow, Smuggle]
+        return [Deny, Tag, Again, Broken, Pinned, Shadow, Smuggle, Timing]
 
     @hookimpl
     def sidemesh_config_applied(self, version: str, source: str, config: dict[str, Any]) -> None:
@@ -259,10 +270,25 @@ def test_a_mirrored_request_reaches_the_mirror_and_a_dead_mirror_changes_nothing
 
 
 def test_a_policy_cannot_inject_header_lines() -> None:
-    with Upstream() as up, running_sidecar(
-        simple_config(up.address, plugins=[{"name": "smuggle"}]), PLUGINS
-    ) as sc:
+    with (
+        Upstream() as up,
+        running_sidecar(simple_config(up.address, plugins=[{"name": "smuggle"}]), PLUGINS) as sc,
+    ):
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 500
         assert "invalid header field" in response.json()["message"]
     assert not up.requests
+
+
+def test_attempt_durations_are_finer_than_the_event_loop_clock() -> None:
+    # uvloop's clock moves in whole milliseconds; spans built from attempts need better.
+    DURATIONS.clear()
+    with (
+        Upstream() as up,
+        running_sidecar(simple_config(up.address, plugins=[{"name": "timing"}]), PLUGINS) as sc,
+        httpx.Client(timeout=5) as client,
+    ):
+        for _ in range(5):
+            client.get(sc.url("main") + "/")
+    assert len(DURATIONS) == 5 and all(0 < d < 1 for d in DURATIONS)
+    assert any(round(d * 1000, 6) % 1 for d in DURATIONS), DURATIONS

@@ -261,12 +261,14 @@ class Forwarder:
     ) -> tuple[Attempt, UpstreamConnection | None]:
         """One attempt: a connection, the request out, the response head in."""
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        # Durations from the monotonic clock: uvloop's loop.time() moves in whole
+        # milliseconds, too coarse for attempt durations (and the spans made of them).
+        start = time.monotonic()
         limit = request.per_try_timeout
         if deadline is not None:
-            left = deadline - time.monotonic()
+            left = deadline - start
             limit = left if limit is None else min(limit, left)
-        expires = None if limit is None else start + limit
+        expires = None if limit is None else loop.time() + limit
         pool = endpoint.pools.get(route.chain.pool_key) or self._new_pool(
             request, route, cluster, endpoint
         )
@@ -307,7 +309,7 @@ class Forwarder:
                 final = deadline is not None and time.monotonic() >= deadline - 0.001
                 flag, error = ("UT!", "route timeout") if final else ("UT", "per-try timeout")
             failed = Attempt(request.attempts, endpoint, flag=flag, error=error)
-            failed.duration = loop.time() - start
+            failed.duration = time.monotonic() - start
             return failed, None
         except BaseException:
             if upstream is not None:
@@ -315,7 +317,8 @@ class Forwarder:
             endpoint.active_requests -= 1
             raise
         response = Response._from_upstream(status, raw_headers)
-        return Attempt(request.attempts, endpoint, response, duration=loop.time() - start), upstream
+        duration = time.monotonic() - start
+        return Attempt(request.attempts, endpoint, response, duration=duration), upstream
 
     @staticmethod
     def _new_pool(
