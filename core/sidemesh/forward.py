@@ -260,7 +260,6 @@ class Forwarder:
         deadline: float | None,
     ) -> tuple[Attempt, UpstreamConnection | None]:
         """One attempt: a connection, the request out, the response head in."""
-        loop = asyncio.get_running_loop()
         # Durations from the monotonic clock: uvloop's loop.time() moves in whole
         # milliseconds, too coarse for attempt durations (and the spans made of them).
         start = time.monotonic()
@@ -268,7 +267,6 @@ class Forwarder:
         if deadline is not None:
             left = deadline - start
             limit = left if limit is None else min(limit, left)
-        expires = None if limit is None else loop.time() + limit
         pool = endpoint.pools.get(route.chain.pool_key) or self._new_pool(
             request, route, cluster, endpoint
         )
@@ -283,13 +281,17 @@ class Forwarder:
         try:
             for fresh in (False, True):
                 upstream = None if fresh else pool.take()
+                budget = limit
                 if upstream is None:
                     upstream = await pool.acquire(
                         cluster.connect_timeout, fresh=fresh, limit=cluster.connections
                     )
-                head_future = upstream.start(head, request.method == "HEAD", expires)
+                    if limit is not None:
+                        # Connecting (or waiting for a connection) spends the same budget.
+                        budget = max(0.0, limit - (time.monotonic() - start))
+                head_future = upstream.start(head, request.method == "HEAD", budget)
                 if has_body:
-                    upstream.body_task = loop.create_task(pump_body(upstream, body))
+                    upstream.body_task = asyncio.ensure_future(pump_body(upstream, body))
                 try:
                     status, raw_headers, _, _ = await head_future
                     break

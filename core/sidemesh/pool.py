@@ -188,17 +188,16 @@ class UpstreamConnection(asyncio.Protocol):
                 fut.exception()
 
     def start(
-        self, head: bytes, head_only: bool, expires: float | None = None
+        self, head: bytes, head_only: bool, timeout: float | None = None
     ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bool, bool]]:
         """Send a request head; return a future for the response head (see
         :meth:`finished` and :meth:`done_future` for the end of the response).
 
-        ``expires`` (a loop time) bounds the whole exchange: it then fails with flag
-        ``UT`` and the connection is closed. One timer handle per exchange costs far
-        less than an ``asyncio.timeout`` block around each wait."""
+        ``timeout`` (seconds from now) bounds the whole exchange: it then fails with
+        flag ``UT`` and the connection is closed."""
         loop = self._loop
-        if expires is not None:
-            self._expires = expires
+        if timeout is not None:
+            self._expires = loop.time() + timeout
             self._sweeper.watch(self)
         self._head = loop.create_future()
         self._done = None
