@@ -6,8 +6,9 @@ replayable, the route's timeout leaves room, and no response byte has reached th
 client.
 
 This is the per-request path, so it is shaped for speed as well as reading: three
-coroutine levels (request, attempt loop, exchange), no ``asyncio.timeout`` blocks (one
-timer handle per exchange), and no future at all for a response that arrives whole.
+coroutine levels (request, attempt loop, exchange), no ``asyncio.timeout`` blocks (a
+deadline watched by the pool's per-loop sweeper), and no future at all for a response
+that arrives whole.
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ class Forwarder:
         try:
             await upstream.done_future()
         except UpstreamError as exc:
-            # The attempt's timer bounds the body too (route or per-try timeout).
+            # The attempt's deadline bounds the body too (route or per-try timeout).
             outcome.flags.append("UT" if exc.flag == "UT" else "UC")
             upstream.close()
             conn.keep_alive = False

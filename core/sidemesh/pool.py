@@ -172,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail(UpstreamError("UT", "upstream timeout"))
         self.close()
 
-    def _cancel_timer(self) -> None:
+    def _cancel_deadline(self) -> None:
         if self._expires is not None:
             self._expires = None
             self._sweeper.live.discard(self)
@@ -256,7 +256,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def release(self) -> None:
         """Hand the connection back after a complete exchange (or close it)."""
-        self._cancel_timer()
+        self._cancel_deadline()
         self._sink = None
         self._head = None
         self._done = None
@@ -266,7 +266,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        self._cancel_timer()
+        self._cancel_deadline()
         self._sink = None
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()
