@@ -7,7 +7,7 @@ metrics) is driven by feeding request bytes into its listener protocol; the upst
 is a stand-in transport that answers every request head with a canned nginx-like
 response on the next loop iteration. Everything between the two is the real code.
 
-Usage: python bench/inprocess.py [--requests 20000] [--profile]
+Usage: python bench/inprocess.py [--requests 20000] [--profile] [--plugins retry,circuit]
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ from sidemesh.sidecar import Sidecar
 from sidemesh.testing import simple_config
 
 __all__ = ["main"]
+
+#: plugins on the route (``--plugins retry,circuit``); none by default.
+PLUGINS: list[str] = []
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: localhost:15991\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (
@@ -78,7 +81,9 @@ async def _measure(requests: int, profile: bool) -> float:
     ConnectionPool._connect = _connect  # type: ignore[method-assign]
     registry = PluginRegistry.load()
     sidecar = Sidecar(registry)
-    await sidecar.apply(build(simple_config("127.0.0.1:9"), registry), "bench", "bench")
+    plugins = [{"name": name} for name in PLUGINS]
+    doc = simple_config("127.0.0.1:9", plugins=plugins)
+    await sidecar.apply(build(doc, registry), "bench", "bench")
     conn = DownstreamConnection(sidecar.handle, "main", "http", lambda _: None)
     client = _Transport()
     conn.connection_made(client)  # type: ignore[arg-type]
@@ -111,7 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--profile", action="store_true", help="print a cProfile table too")
+    parser.add_argument("--plugins", default="", help="comma-separated plugins on the route")
     args = parser.parse_args()
+    PLUGINS.extend(name for name in args.plugins.split(",") if name)
     per_request = uvloop.run(_measure(args.requests, args.profile))
     print(
         f"{per_request:.1f} us of CPU per proxied request "

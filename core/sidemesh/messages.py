@@ -98,8 +98,17 @@ class Headers:
         self._items.append((name, value))
 
     def remove(self, name: str) -> None:
+        """Remove every field called ``name`` (nothing is copied when there is none)."""
         name = name.lower()
-        self._items = [(k, v) for k, v in self._items if k != name]
+        for key, _ in self._items:
+            if key == name:
+                self._items = [(k, v) for k, v in self._items if k != name]
+                return
+
+    def remove_all(self, names: Iterable[str]) -> None:
+        """Remove every field whose name is in ``names``, in one pass."""
+        drop = {name.lower() for name in names}
+        self._items = [(k, v) for k, v in self._items if k not in drop]
 
     def encode(self) -> bytes:
         return "".join([f"{k}: {v}\r\n" for k, v in self._items]).encode("latin-1")

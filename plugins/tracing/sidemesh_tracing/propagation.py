@@ -124,22 +124,22 @@ def inject(
     Headers of every known format are removed first: a stale ``b3`` left next to a fresh
     ``traceparent`` would make the upstream parent its span on the wrong caller.
     """
-    for name in _ALL_HEADERS:
-        headers.remove(name)
+    headers.remove_all(_ALL_HEADERS)
     flags = (incoming.flags & ~FLAG_SAMPLED) | (FLAG_SAMPLED if sampled else 0)
     trace_id = incoming.trace_id
     for fmt in formats:
         if fmt == "w3c":
-            headers.set("traceparent", format_traceparent(trace_id, span_id, flags))
+            # add, not set: every tracing field was removed just above.
+            headers.add("traceparent", format_traceparent(trace_id, span_id, flags))
             if incoming.tracestate:
-                headers.set("tracestate", format_tracestate(incoming.tracestate))
+                headers.add("tracestate", format_tracestate(incoming.tracestate))
         elif fmt == "b3":
-            headers.set("b3", format_b3_single(trace_id, span_id, sampled, incoming.debug,
+            headers.add("b3", format_b3_single(trace_id, span_id, sampled, incoming.debug,
                                                parent_span_id))
         else:
-            headers.set("x-b3-traceid", trace_id)
-            headers.set("x-b3-spanid", span_id)
-            headers.set("x-b3-parentspanid", parent_span_id)
-            headers.set("x-b3-sampled", "1" if sampled else "0")
+            headers.add("x-b3-traceid", trace_id)
+            headers.add("x-b3-spanid", span_id)
+            headers.add("x-b3-parentspanid", parent_span_id)
+            headers.add("x-b3-sampled", "1" if sampled else "0")
             if incoming.debug:
-                headers.set("x-b3-flags", "1")
+                headers.add("x-b3-flags", "1")
