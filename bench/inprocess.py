@@ -69,21 +69,26 @@ class _Transport:
         return None
 
 
-async def _connect(self: ConnectionPool, connect_timeout: float) -> UpstreamConnection:
-    conn = UpstreamConnection(self)
-    transport = _Transport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
-    transport.answer = conn
-    return conn
+def _stand_in_pool(sidecar: Sidecar) -> None:
+    """Give every endpoint a pool holding one idle connection on a stand-in transport
+    (one request is in flight at a time, so one connection is always enough)."""
+    assert sidecar.snapshot is not None
+    for cluster in sidecar.snapshot.clusters.values():
+        for endpoint in cluster.endpoints:
+            pool = endpoint.pools[None] = ConnectionPool(endpoint.host, endpoint.port)
+            conn = UpstreamConnection(pool)
+            transport = _Transport(conn)
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            pool.put(conn)
 
 
 async def _measure(requests: int, profile: bool) -> float:
-    ConnectionPool._connect = _connect  # type: ignore[method-assign]
     registry = PluginRegistry.load()
     sidecar = Sidecar(registry)
     plugins = [{"name": name} for name in PLUGINS]
     doc = simple_config("127.0.0.1:9", plugins=plugins)
     await sidecar.apply(build(doc, registry), "bench", "bench")
+    _stand_in_pool(sidecar)
     conn = DownstreamConnection(sidecar.handle, "main", "http", lambda _: None)
     client = _Transport()
     conn.connection_made(client)  # type: ignore[arg-type]

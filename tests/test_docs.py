@@ -19,11 +19,11 @@ from sidemesh.plugins import DATA_PATH_HOOKS, core_schema
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_generated_references_are_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
+def test_generated_references_are_up_to_date(capfd: pytest.CaptureFixture[str]) -> None:
     status = docgen.main(["--check"])
     assert status == 0, (
         "docs/config-reference.md or docs/hooks-reference.md is stale; run "
-        f"`python -m sidemesh.docgen`:\n{capsys.readouterr().err}"
+        f"`python -m sidemesh.docgen`:\n{capfd.readouterr().err}"
     )
 
 
@@ -92,18 +92,18 @@ def test_parse_docstring_turns_rest_into_markdown() -> None:
 
 
 def test_check_fails_on_a_stale_or_missing_file_and_passes_once_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "plugins").mkdir()
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     assert docgen.main(["--check", "--root", str(tmp_path)]) == 1
-    assert "stale" in capsys.readouterr().err
+    assert "stale" in capfd.readouterr().err
     assert docgen.main(["--root", str(tmp_path)]) == 0
     assert docgen.main(["--check", "--root", str(tmp_path)]) == 0
     hooks = tmp_path / "docs" / "hooks-reference.md"
     hooks.write_text(hooks.read_text().replace("Completion hook", "Finish hook"))
     assert docgen.main(["--check", "--root", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "-Finish hook" in err.replace(" ", "") or "Finish hook" in err
     assert "hooks-reference.md" in err
 

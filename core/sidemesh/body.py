@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-__all__ = ["NO_BODY", "BodyNotReplayable", "RequestBody"]
+__all__ = ["NO_BODY", "BodyNotReplayable", "BodyReader", "RequestBody"]
 
 #: unread bytes held before the downstream socket is paused.
 HIGH_WATER = 256 * 1024
@@ -18,7 +18,7 @@ class BodyNotReplayable(Exception):
 class RequestBody:
     """Chunks of one request body as they arrive from the client.
 
-    Each attempt reads the body with :meth:`chunks`. While the total stays within
+    Each attempt reads the body with its own :meth:`reader`. While the total stays within
     ``limit`` every chunk is kept, so a later attempt can send the body again; past the
     limit chunks are dropped once sent and the body is no longer replayable (the retry
     policy then gives up, as Envoy does for bodies over its buffer limit).
@@ -96,31 +96,46 @@ class RequestBody:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The whole body from its first byte. Raises :class:`BodyNotReplayable` when a
-        previous reader already consumed chunks that were not kept."""
-        if self._first != 0:
+    def reader(self) -> BodyReader:
+        """A reader of the whole body from its first byte (see :class:`BodyReader`)."""
+        return BodyReader(self)
+
+
+class BodyReader:
+    """Reads a request body from its first byte, one chunk per :meth:`next` call (a
+    plain class rather than an async generator: those cannot be compiled)."""
+
+    __slots__ = ("_body", "_index")
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+        self._index = 0
+
+    async def next(self) -> bytes | None:
+        """The next chunk, or ``None`` at the end of the body. Raises
+        :class:`BodyNotReplayable` when a previous reader already consumed chunks that
+        were not kept."""
+        body = self._body
+        if self._index == 0 and body._first != 0:
             raise BodyNotReplayable("request body larger than the retry buffer")
-        index = 0
         while True:
-            position = index - self._first
-            if position < len(self._chunks):
-                chunk = self._chunks[position]
-                index += 1
-                self._unread = max(0, self._unread - len(chunk))
-                if not self.keep:
-                    del self._chunks[: position + 1]
-                    self._first = index
-                if self._unread <= HIGH_WATER // 2:
-                    self._resume()
-                yield chunk
-                continue
-            if self.eof:
-                return
-            self._waiter = asyncio.get_running_loop().create_future()
-            self._resume()
-            await self._waiter
-            self._waiter = None
+            position = self._index - body._first
+            if position < len(body._chunks):
+                chunk = body._chunks[position]
+                self._index += 1
+                body._unread = max(0, body._unread - len(chunk))
+                if not body.keep:
+                    del body._chunks[: position + 1]
+                    body._first = self._index
+                if body._unread <= HIGH_WATER // 2:
+                    body._resume()
+                return chunk
+            if body.eof:
+                return None
+            body._waiter = asyncio.get_running_loop().create_future()
+            body._resume()
+            await body._waiter
+            body._waiter = None
 
 
 def _nothing() -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import compiled
 from .docgen_hooks import render_hooks_reference
 from .docgen_schema import PluginSchema, render_config_reference
 
@@ -85,6 +88,15 @@ def generate(root: Path) -> dict[Path, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if compiled.state().active:
+        # The hooks reference is read from the sources (signatures, docstrings, "#:"
+        # comments), which compiled modules do not carry: generate it interpreted.
+        given = list(sys.argv[1:] if argv is None else argv)
+        return subprocess.call(
+            [sys.executable, "-m", "sidemesh.docgen", *given],
+            env={**os.environ, "SIDEMESH_COMPILED": "0"},
+            timeout=300,
+        )
     parser = argparse.ArgumentParser(
         prog="python -m sidemesh.docgen",
         description="Write docs/config-reference.md and docs/hooks-reference.md from the "

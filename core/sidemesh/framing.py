@@ -100,7 +100,8 @@ class ChunkedSink:
 async def pump_body(upstream: UpstreamConnection, body: RequestBody) -> None:
     """Stream the request body upstream (re-chunked when it came chunked)."""
     try:
-        async for chunk in body.chunks():
+        reader = body.reader()
+        while (chunk := await reader.next()) is not None:
             if body.chunked:
                 await upstream.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import httptools
 
@@ -36,9 +36,9 @@ REASONS = {
 class Limits:
     """Envoy's defaults: 100 headers, 60 KiB of headers; URLs up to 8 KiB."""
 
-    max_headers = 100
-    max_header_bytes = 60 * 1024
-    max_url_bytes = 8 * 1024
+    max_headers: ClassVar[int] = 100
+    max_header_bytes: ClassVar[int] = 60 * 1024
+    max_url_bytes: ClassVar[int] = 8 * 1024
 
 
 #: fields the core reads itself; the parser notes their first value as it goes.
@@ -216,7 +216,8 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
                 try:
-                    parsed = httptools.parse_url(url)
+                    # Any, not the stub's types: host, port, path and query may be None.
+                    parsed: Any = httptools.parse_url(url)
                 except httptools.HttpParserInvalidURLError:
                     self._reject = (400, "invalid request target")
                     raise _Reject(self._reject[1]) from None

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 
+from . import compiled
 from .admin import AdminServer
 from .sidecar import Sidecar
 
@@ -45,7 +46,10 @@ def log_ready(sidecar: Sidecar, service: str, admin: AdminServer | None,
     listening = {name: f"{s.host}:{s.port}" for name, s in sidecar.servers.items()}
     where = f"{admin_address.rpartition(':')[0]}:{admin.port}" if admin and admin_address \
         else "off"
-    log.info("sidecar %s ready: listeners %s, admin %s", service, listening, where)
+    log.info(
+        "sidecar %s ready: listeners %s, admin %s; request path %s",
+        service, listening, where, compiled.state().reason,
+    )
 
 
 async def shut_down(sidecar: Sidecar, admin: AdminServer | None, drain: float) -> None:

@@ -38,7 +38,7 @@ class Headers:
     @classmethod
     def _trusted(cls, items: list[tuple[str, str]]) -> Headers:
         # The parser already lower-cased the names: skip the copy on the hot path.
-        headers = cls.__new__(cls)
+        headers = cls()
         headers._items = items
         return headers
 
@@ -234,7 +234,8 @@ class Response:
         reason: str = "",
     ) -> None:
         self.status = status
-        self._headers: Headers | None = headers if headers is not None else Headers()
+        # None until first read: an upstream's head stays raw (see _from_upstream).
+        self._headers: Headers | None = headers
         self._raw: list[tuple[bytes, bytes]] | None = None
         self.body = body
         self.reason = reason
@@ -243,22 +244,19 @@ class Response:
     def _from_upstream(cls, status: int, raw: list[tuple[bytes, bytes]]) -> Response:
         # An upstream's head stays as the parser's bytes until a policy reads the headers:
         # most responses are relayed untouched, and decoding costs per field.
-        response = cls.__new__(cls)
-        response.status = status
-        response._headers = None
+        response = cls(status)
         response._raw = raw
-        response.body = b""
-        response.reason = ""
         return response
 
     @property
     def headers(self) -> Headers:
-        if self._headers is None:
+        headers = self._headers
+        if headers is None:
             raw = self._raw or []
-            self._headers = Headers._trusted(
+            headers = self._headers = Headers._trusted(
                 [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
             )
-        return self._headers
+        return headers
 
     @headers.setter
     def headers(self, value: Headers) -> None:

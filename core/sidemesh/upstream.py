@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from .limits import ConnectionLimit
 
 if TYPE_CHECKING:
@@ -118,6 +120,9 @@ def make_balancer(kind: str) -> Balancer:
     return round_robin
 
 
+# A plain Python class even when compiled: plugins keep weak references to clusters,
+# which compiled (native) classes refuse.
+@mypyc_attr(native_class=False)
 class Cluster:
     """A named group of endpoints, its subsets and its load balancer."""
 

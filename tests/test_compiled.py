@@ -1,0 +1,89 @@
+"""The compiled request path: used when its build matches the sources, never when not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import sidemesh.forward
+from sidemesh import compiled
+
+PROBE = (
+    "import sidemesh, sidemesh.compiled as c, sidemesh.forward as f\n"
+    "print(c.state().active, c.state().reason, sep='|')\n"
+    "print(sidemesh.__path__[0]); print(f.__file__)\n"
+)
+
+
+def _probe(build: Path, **env: str) -> tuple[bool, str, str, str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**os.environ, "SIDEMESH_COMPILED_DIR": str(build), "SIDEMESH_COMPILED": "1", **env},
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    first, package_path, forward_file = result.stdout.splitlines()
+    active, reason = first.split("|", 1)
+    return active == "True", reason, package_path, forward_file
+
+
+def _fake_build(tmp_path: Path, manifest: dict[str, object]) -> Path:
+    build = tmp_path / "build"
+    (build / "sidemesh").mkdir(parents=True)
+    (build / compiled.MANIFEST).write_text(json.dumps(manifest))
+    # Not a loadable extension: if this build were put on the path, importing
+    # sidemesh.forward would fail, so the probe proves which files ran.
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    (build / "sidemesh" / f"forward{suffix}").write_bytes(b"not an extension")
+    return build
+
+
+def test_a_build_older_than_a_source_is_not_used(tmp_path: Path) -> None:
+    manifest = compiled.fingerprint()
+    sources = manifest["sources"]
+    assert isinstance(sources, dict)
+    sources["forward"] = "0" * 64
+    active, reason, package_path, forward_file = _probe(_fake_build(tmp_path, manifest))
+    assert not active
+    assert "forward.py changed since the build" in reason
+    assert forward_file.endswith("forward.py")
+    assert not package_path.startswith(str(tmp_path))
+
+
+def test_a_build_for_another_python_is_not_used(tmp_path: Path) -> None:
+    manifest = {**compiled.fingerprint(), "python": ".cpython-399-other.so"}
+    active, reason, _, forward_file = _probe(_fake_build(tmp_path, manifest))
+    assert not active and "the build is for .cpython-399-other.so" in reason
+    assert forward_file.endswith("forward.py")
+
+
+def test_a_matching_build_comes_first_on_the_package_path(tmp_path: Path) -> None:
+    build = tmp_path / "build"
+    (build / "sidemesh").mkdir(parents=True)
+    (build / compiled.MANIFEST).write_text(json.dumps(compiled.fingerprint()))
+    active, reason, package_path, forward_file = _probe(build)
+    assert active and reason.startswith("compiled: 9 modules")
+    assert package_path == str(build / "sidemesh")
+    # this build holds no module, so the sources behind it are found
+    assert forward_file.endswith("forward.py")
+
+
+def test_sidemesh_compiled_0_runs_interpreted(tmp_path: Path) -> None:
+    build = _fake_build(tmp_path, compiled.fingerprint())
+    active, reason, _, forward_file = _probe(build, SIDEMESH_COMPILED="0")
+    assert not active and "SIDEMESH_COMPILED=0" in reason
+    assert forward_file.endswith("forward.py")
+
+
+@pytest.mark.skipif(
+    os.environ.get("SIDEMESH_EXPECT_COMPILED") != "1",
+    reason="CI sets SIDEMESH_EXPECT_COMPILED=1; elsewhere a missing compiler is allowed",
+)
+def test_ci_runs_the_compiled_request_path() -> None:
+    assert compiled.state().active, compiled.state().reason
+    assert sidemesh.forward.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX"))
