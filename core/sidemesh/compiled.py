@@ -28,7 +28,7 @@ __all__ = ["MANIFEST", "MODULES", "State", "activate", "build_dir", "check", "fi
 #: the per-request modules; compiled together, so they call each other natively.
 MODULES = (
     "body", "messages", "framing", "limits", "pool", "upstream", "routing", "http1",
-    "forward",
+    "forward", "sidecar", "metrics", "accesslog",
 )  # fmt: skip
 MANIFEST = "manifest.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
