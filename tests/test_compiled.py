@@ -73,6 +73,15 @@ def test_a_matching_build_comes_first_on_the_package_path(tmp_path: Path) -> Non
     assert forward_file.endswith("forward.py")
 
 
+def test_a_build_missing_a_file_is_not_used(tmp_path: Path) -> None:
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    files = [f"sidemesh/forward{suffix}", f"sidemesh/pool{suffix}"]
+    manifest = {**compiled.fingerprint(), "files": files}
+    active, reason, _, forward_file = _probe(_fake_build(tmp_path, manifest))
+    assert not active and reason.endswith(f"lacks sidemesh/pool{suffix}")
+    assert forward_file.endswith("forward.py")
+
+
 def test_sidemesh_compiled_0_runs_interpreted(tmp_path: Path) -> None:
     build = _fake_build(tmp_path, compiled.fingerprint())
     active, reason, _, forward_file = _probe(build, SIDEMESH_COMPILED="0")

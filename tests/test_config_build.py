@@ -3,8 +3,6 @@ files and digests."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,21 +16,9 @@ from sidemesh.plugins import PluginRegistry
 CONFORMANCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "conformance"
 
 
-def load_fakes() -> ModuleType:
-    name = "sidemesh_fake_policies"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fake_policies.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry.load(extra_plugins=[load_fakes()])
+def registry(fake_policies: ModuleType) -> PluginRegistry:
+    return PluginRegistry.load(extra_plugins=[fake_policies])
 
 
 BASE = """

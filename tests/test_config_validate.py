@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,19 +13,6 @@ import pytest
 
 from sidemesh.config import ConfigError, ConfigInvalid, build, parse_yaml, validate
 from sidemesh.plugins import PluginRegistry
-
-
-def load_fakes() -> ModuleType:
-    name = "sidemesh_fake_policies"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("fake_policies.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
 
 GOOD = """
 node: {service: productpage}
@@ -68,8 +54,8 @@ listeners:
 
 
 @pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry.load(extra_plugins=[load_fakes()])
+def registry(fake_policies: ModuleType) -> PluginRegistry:
+    return PluginRegistry.load(extra_plugins=[fake_policies])
 
 
 @pytest.fixture
@@ -203,7 +189,8 @@ def test_each_kind_of_error(
 
 
 def test_a_plugin_that_failed_to_load_is_named_in_the_error(
-    doc: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    doc: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    fake_policies: ModuleType,
 ) -> None:
     (tmp_path / "sidemesh_kaput_ep.py").write_text("import no_such_module_here\n")
     info = tmp_path / "sidemesh_kaput-2.0.0.dist-info"
@@ -212,7 +199,7 @@ def test_a_plugin_that_failed_to_load_is_named_in_the_error(
     (info / "entry_points.txt").write_text("[sidemesh]\nkaput = sidemesh_kaput_ep\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    registry = PluginRegistry.load(extra_plugins=[load_fakes()])
+    registry = PluginRegistry.load(extra_plugins=[fake_policies])
     doc["listeners"][0]["plugins"].append({"name": "kaput"})
     (error,) = validate(doc, registry)
     assert error.path == "listeners[0].plugins[1].name"
@@ -220,7 +207,9 @@ def test_a_plugin_that_failed_to_load_is_named_in_the_error(
     assert (error.plugin, error.plugin_version) == ("kaput", "2.0.0")
 
 
-def test_a_crashing_check_config_is_an_error_not_a_traceback(doc: dict[str, Any]) -> None:
+def test_a_crashing_check_config_is_an_error_not_a_traceback(
+    doc: dict[str, Any], fake_policies: ModuleType
+) -> None:
     from sidemesh import Policy, PolicyContext, hookimpl
 
     class Grumpy(Policy):
@@ -235,7 +224,7 @@ def test_a_crashing_check_config_is_an_error_not_a_traceback(doc: dict[str, Any]
         def sidemesh_policies(self) -> list[type[Policy]]:
             return [Grumpy]
 
-    registry = PluginRegistry.load(extra_plugins=[load_fakes(), Plugin()])
+    registry = PluginRegistry.load(extra_plugins=[fake_policies, Plugin()])
     doc["listeners"][0]["plugins"].append({"name": "grumpy"})
     (error,) = validate(doc, registry)
     assert error.message == "check_config raised RuntimeError: boom"

@@ -33,11 +33,13 @@ def build(target: Path) -> None:
         staging = Path(f"{target}.new")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "sidemesh").mkdir(parents=True)
-        for path in work.glob("*.so"):
-            shutil.copy2(path, staging / path.name)
-        for path in (work / "sidemesh").glob("*.so"):
-            shutil.copy2(path, staging / "sidemesh" / path.name)
-        (staging / MANIFEST).write_text(json.dumps(fingerprint(), indent=2))
+        files = []
+        for path in [*work.glob("*.so"), *(work / "sidemesh").glob("*.so")]:
+            relative = path.relative_to(work)
+            shutil.copy2(path, staging / relative)
+            files.append(str(relative))
+        manifest = {**fingerprint(), "files": sorted(files)}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
 

@@ -78,6 +78,9 @@ def check(directory: Path, honour_env: bool = True) -> State:
     if changed:
         names = ", ".join(f"{name}.py" for name in changed)
         return State(False, f"interpreted: {names} changed since the build (rebuild it)")
+    missing = [name for name in built.get("files") or [] if not (directory / name).is_file()]
+    if missing:
+        return State(False, f"interpreted: the build in {directory} lacks {', '.join(missing)}")
     return State(True, f"compiled: {len(MODULES)} modules from {directory}")
 
 
