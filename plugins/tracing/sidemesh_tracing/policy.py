@@ -139,8 +139,8 @@ class TracingPolicy(Policy):
                 "SERVER", start, self.service_name, tags=tags, remote=remote,
                 debug=incoming.debug,
             )
+        # Written upstream by select_upstream, which runs before every attempt.
         first_id = new_span_id()
-        inject(request.headers, incoming, first_id, server_id, sampled, self.formats)
         request.state[STATE_KEY] = RequestTrace(
             incoming, sampled, server_id, request_id, server, otel_server, first_id
         )

@@ -7,7 +7,7 @@ header, then the ``x-b3-*`` headers. A ``tracestate`` is only kept with a valid
 
 from __future__ import annotations
 
-import secrets
+import random
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +39,7 @@ Propagation = Literal["w3c", "b3", "b3multi"]
 B3_MULTI_HEADERS = ("x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled",
                     "x-b3-flags")
 _ALL_HEADERS = ("traceparent", "tracestate", "b3", *B3_MULTI_HEADERS)
+_TRACING_FIELDS = frozenset(_ALL_HEADERS)
 # Level 2 suggests deciding on the right-most 7 bytes, the part guaranteed random.
 _RANDOM_BITS = 56
 
@@ -66,15 +67,24 @@ class Incoming:
     source: Propagation | None = None
 
 
+# Ids must be unique, not secret: pseudo-random bits, as OpenTelemetry's own id
+# generator makes them (secrets.token_hex made a system call per id, three per
+# request). All zeros is the one invalid value.
+_random_bits = random.getrandbits
+
+
 def new_trace_id() -> str:
-    return secrets.token_hex(16)
+    trace_id = 0
+    while not trace_id:
+        trace_id = _random_bits(128)
+    return f"{trace_id:032x}"
 
 
 def new_span_id() -> str:
-    span_id = secrets.token_hex(8)
-    while span_id == "0" * 16:
-        span_id = secrets.token_hex(8)
-    return span_id
+    span_id = 0
+    while not span_id:
+        span_id = _random_bits(64)
+    return f"{span_id:016x}"
 
 
 def ratio_sampled(trace_id: str, ratio: float) -> bool:
@@ -89,6 +99,11 @@ def ratio_sampled(trace_id: str, ratio: float) -> bool:
 
 def extract(headers: Headers) -> Incoming:
     """The caller's context, or a new trace when it sent none (or only broken ones)."""
+    present = [(name, value) for name, value in headers if name in _TRACING_FIELDS]
+    if not present:
+        # No context at all (an edge sidecar's usual case): one pass, nothing to parse.
+        return Incoming(new_trace_id(), None, None, FLAG_RANDOM)
+    headers = Headers(present)
     parent = parse_traceparent(headers.get_all("traceparent"))
     if parent is not None:
         state = parse_tracestate(headers.get_all("tracestate")) or []
@@ -106,7 +121,7 @@ def extract(headers: Headers) -> Incoming:
                         source=source)
     sampled = b3.sampled if b3 is not None else None
     debug = b3.debug if b3 is not None else False
-    # We made the id with a CSPRNG, so level 2 lets us say it is random.
+    # Our ids are random bits, so level 2 lets us say so.
     return Incoming(new_trace_id(), None, sampled, FLAG_RANDOM, debug=debug)
 
 

@@ -257,9 +257,11 @@ def test_ratio_zero_samples_no_root() -> None:
     policy = make_policy({"sampling": 0.0})
     request = make_request([])
     policy.on_request(request)
+    policy.select_upstream(request, [])  # before the attempt: what the upstream gets
     assert (request.headers.get("traceparent") or "").endswith("-02")  # random, unsampled
     request = make_request([("b3", "1")])  # caller forces sampling
     policy.on_request(request)
+    policy.select_upstream(request, [])
     assert (request.headers.get("traceparent") or "").endswith("-03")
 
 
