@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import yaml
 
+from sidemesh import __version__, compiled
 from sidemesh.testing import ProxyProcess, Reply, Upstream, free_port, wait_for
 
 
@@ -53,6 +54,10 @@ def test_admin_api_reload_on_sighup_and_bad_file_keeps_the_old_config(tmp_path: 
                 in metrics
             )
             assert "sidemesh_request_duration_seconds_bucket" in metrics
+            path = "compiled" if compiled.state().active else "interpreted"
+            info = f'sidemesh_build_info{{request_path="{path}",version="{__version__}"}} 1.0'
+            assert info in metrics
+            assert f"request path {path}" in proc.output
             assert httpx.get(base + "/plugins", timeout=5).status_code == 200
 
             # a valid change: only /b is routed now

@@ -15,6 +15,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import __version__, compiled
+
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
 LATENCY_BUCKETS = (
@@ -88,6 +90,15 @@ class Metrics:
         self.registry = registry
         self._collector = _RequestCollector()
         registry.register(self._collector)
+        self.build_info = Gauge(
+            "sidemesh_build_info",
+            "1, labelled with this sidecar's sidemesh version and whether its request "
+            "path runs compiled (mypyc) or interpreted.",
+            ["version", "request_path"],
+            registry=registry,
+        )
+        path = "compiled" if compiled.state().active else "interpreted"
+        self.build_info.labels(__version__, path).set(1)
         self.config_version = Gauge(
             "sidemesh_config_info",
             "The applied config: 1 for the current version.",
