@@ -21,11 +21,12 @@ from typing import Any
 
 import uvloop
 
-from sidemesh.config import build
-from sidemesh.http1 import DownstreamConnection
-from sidemesh.plugins import PluginRegistry
-from sidemesh.pool import ConnectionPool, UpstreamConnection
-from sidemesh.sidecar import Sidecar
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import build
+from sidemesh.datapath.downstream import DownstreamConnection
+from sidemesh.datapath.pool import ConnectionPool, UpstreamConnection
+from sidemesh.datapath.sidecar import Sidecar
+from sidemesh.process.sidecar import new_sidecar
 from sidemesh.testing import simple_config
 
 __all__ = ["main"]
@@ -84,7 +85,7 @@ def _stand_in_pool(sidecar: Sidecar) -> None:
 
 async def _measure(requests: int, profile: bool) -> float:
     registry = PluginRegistry.load()
-    sidecar = Sidecar(registry)
+    sidecar = new_sidecar(registry)
     plugins = [{"name": name} for name in PLUGINS]
     doc = simple_config("127.0.0.1:9", plugins=plugins)
     await sidecar.apply(build(doc, registry), "bench", "bench")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from sidemesh.config import validate
-from sidemesh.plugins import PluginRegistry
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from sidemesh.api.spiffe import SpiffeIdError, SvidError, parse_spiffe_id, spiffe_id_from_cert
 from sidemesh.control.ca import (
     CA_CERT_FILE,
     CA_KEY_FILE,
@@ -24,7 +25,6 @@ from sidemesh.control.ca import (
     CertificateAuthorityError,
     CertificateRequestError,
 )
-from sidemesh.spiffe import SpiffeIdError, SvidError, parse_spiffe_id, spiffe_id_from_cert
 
 TD = "cluster.local"
 ID = f"spiffe://{TD}/ns/default/sa/reviews"

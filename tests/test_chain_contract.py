@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import httpx
 
 from sidemesh import ConnectionSetup, Policy, hookimpl
-from sidemesh.messages import Attempt, Request, Response
+from sidemesh.datapath.cluster import Endpoint
+from sidemesh.datapath.messages import Attempt, Request, Response
 from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config, wait_for
-from sidemesh.upstream import Endpoint
 
 CALLS: list[str] = []
 

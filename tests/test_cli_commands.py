@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidemesh.cli import build_parser, main
+from sidemesh.tools.cli import build_parser, main
 
 TESTS = Path(__file__).resolve().parent
 

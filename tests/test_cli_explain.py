@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sidemesh.cli import main
+from sidemesh.tools.cli import main
 
 TESTS = Path(__file__).resolve().parent
 

@@ -53,7 +53,7 @@ def install_fakes(site: Path) -> Path:
 def sidemesh(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("sidemesh")
     command = [str(script)] if script.exists() else [
-        sys.executable, "-c", "import sys; from sidemesh.cli import main; sys.exit(main())"]
+        sys.executable, "-c", "import sys; from sidemesh.tools.cli import main; sys.exit(main())"]
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("SIDEMESH_DEBUG", None)
     result = subprocess.run([*command, *args], capture_output=True, text=True, env=env,
@@ -124,10 +124,10 @@ def test_binary_and_huge_files_are_errors(site: Path, tmp_path: Path) -> None:
 
 
 def test_validate_does_not_import_the_data_path(site: Path) -> None:
-    code = ("import sys; from sidemesh.cli import build_parser; "
-            "from sidemesh import config, plugins; "
-            "print(sorted(m for m in sys.modules if m in ('sidemesh.runtime', "
-            "'sidemesh.proxy', 'sidemesh.control', 'sidemesh.demo', 'uvicorn', 'starlette')))")
+    code = ("import sys; from sidemesh.tools.cli import build_parser; "
+            "from sidemesh.config import registry, validate; "
+            "print(sorted(m for m in sys.modules if m in ('sidemesh.process.runtime', "
+            "'sidemesh.control', 'uvicorn', 'starlette')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, env={**os.environ, "PYTHONPATH": str(site)})
     assert result.stdout.strip() == "[]", result.stderr

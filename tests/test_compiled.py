@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import sidemesh.forward
-from sidemesh import compiled
+import sidemesh.datapath as compiled  #
+import sidemesh.datapath.forward
 
 PROBE = (
-    "import sidemesh, sidemesh.compiled as c, sidemesh.forward as f\n"
+    "import sidemesh, sidemesh.datapath as c, sidemesh.datapath.forward as f\n"
     "print(c.state().active, c.state().reason, sep='|')\n"
     "print(sidemesh.__path__[0]); print(f.__file__)\n"
 )
@@ -37,7 +37,7 @@ def _fake_build(tmp_path: Path, manifest: dict[str, object]) -> Path:
     (build / "sidemesh").mkdir(parents=True)
     (build / compiled.MANIFEST).write_text(json.dumps(manifest))
     # Not a loadable extension: if this build were put on the path, importing
-    # sidemesh.forward would fail, so the probe proves which files ran.
+    # sidemesh.datapath.forward would fail, so the probe proves which files ran.
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     (build / "sidemesh" / f"forward{suffix}").write_bytes(b"not an extension")
     return build
@@ -95,4 +95,4 @@ def test_sidemesh_compiled_0_runs_interpreted(tmp_path: Path) -> None:
 )
 def test_ci_runs_the_compiled_request_path() -> None:
     assert compiled.state().active, compiled.state().reason
-    assert sidemesh.forward.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX"))
+    assert sidemesh.datapath.forward.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX"))

@@ -9,9 +9,9 @@ from types import ModuleType
 import pytest
 import yaml
 
-from sidemesh.config import ConfigInvalid, build, config_digest, load_file, parse_yaml
-from sidemesh.model import HeaderMatch
-from sidemesh.plugins import PluginRegistry
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import ConfigInvalid, build, config_digest, load_file, parse_yaml
+from sidemesh.datapath.model import HeaderMatch
 
 CONFORMANCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "conformance"
 

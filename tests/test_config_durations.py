@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sidemesh.durations import DURATION_PATTERN, format_duration, parse_duration
+from sidemesh.api.durations import DURATION_PATTERN, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

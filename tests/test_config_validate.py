@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from sidemesh.config import ConfigError, ConfigInvalid, build, parse_yaml, validate
-from sidemesh.plugins import PluginRegistry
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import ConfigError, ConfigInvalid, build, parse_yaml, validate
 
 GOOD = """
 node: {service: productpage}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sidemesh.config import ConfigInvalid, parse_yaml
-from sidemesh.config_yaml import MAX_CONFIG_BYTES
+from sidemesh.config.source import MAX_CONFIG_BYTES
+from sidemesh.config.validate import ConfigInvalid, parse_yaml
 
 
 def message_of(text: str | bytes) -> str:

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from sidemesh.control.testing import ControlServer
+from sidemesh.testing.control import ControlServer
 
 
 def config(service: str = "web", upstream: str = "127.0.0.1:9", prefix: str = "/",

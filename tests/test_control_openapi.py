@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jsonschema import Draft202012Validator
 
-from sidemesh.control.testing import ControlServer
+from sidemesh.testing.control import ControlServer
 
 
 def _config(prefix: str = "/") -> dict[str, Any]:

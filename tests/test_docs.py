@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sidemesh import docgen
-from sidemesh.docgen_hooks import parse_docstring
-from sidemesh.docgen_schema import rows
-from sidemesh.hookspecs import Policy
-from sidemesh.plugins import DATA_PATH_HOOKS, core_schema
+from sidemesh.api.policy import Policy
+from sidemesh.config.registry import DATA_PATH_HOOKS, core_schema
+from sidemesh.tools import docgen
+from sidemesh.tools.docgen_hooks import parse_docstring
+from sidemesh.tools.docgen_schema import rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_generated_references_are_up_to_date(capfd: pytest.CaptureFixture[str]) 
     status = docgen.main(["--check"])
     assert status == 0, (
         "docs/config-reference.md or docs/hooks-reference.md is stale; run "
-        f"`python -m sidemesh.docgen`:\n{capfd.readouterr().err}"
+        f"`python -m sidemesh.tools.docgen`:\n{capfd.readouterr().err}"
     )
 
 
@@ -79,7 +79,7 @@ def test_the_hooks_reference_documents_every_hook_and_field() -> None:
 
 def test_parse_docstring_turns_rest_into_markdown() -> None:
     prose, fields = parse_docstring(
-        """Do it with :class:`~sidemesh.messages.Response` and ``x=1``.
+        """Do it with :class:`~sidemesh.datapath.messages.Response` and ``x=1``.
 
         :param request: the request,
             over two lines.

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sidemesh import hookspecs
-from sidemesh.hookspecs import Policy
+from sidemesh.api import hookspecs
+from sidemesh.api.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_PATH_HOOKS = [

@@ -12,8 +12,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sidemesh import Policy, hookimpl
-from sidemesh.durations import DURATION_PATTERN
-from sidemesh.plugins import PluginRegistry, composed_schema, core_schema
+from sidemesh.api.durations import DURATION_PATTERN
+from sidemesh.config.registry import PluginRegistry, composed_schema, core_schema
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sidemesh.messages import Headers
-from sidemesh.model import HeaderMatch, RouteConfig, RouteMatch
-from sidemesh.routing import RouteTable
+from sidemesh.datapath.messages import Headers
+from sidemesh.datapath.model import HeaderMatch, RouteConfig, RouteMatch
+from sidemesh.datapath.routing import RouteTable
 
 
 def table(*matches: RouteMatch) -> RouteTable:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidemesh.cli import main
+from sidemesh.tools.cli import main
 
 NAME = "stamp-header"
 DIST = "sidemesh-stamp-header"

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sidemesh.spiffe import (
+from sidemesh.api.spiffe import (
     SpiffeIdError,
     SvidError,
     compile_globs,

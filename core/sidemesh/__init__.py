@@ -1,13 +1,62 @@
-"""sidemesh: a service mesh data plane whose every feature is a plugin."""
+"""sidemesh: a service mesh data plane whose every feature is a plugin.
 
-__version__ = "0.1.0"
+This module is the public API: everything a plugin, an example or a tool built on
+sidemesh may use, and the only names covered by the version's compatibility promise
+(plugins pin ``sidemesh>=MAJOR.MINOR,<MAJOR.(MINOR+1)``). The subpackages behind it --
+``api``, ``datapath``, ``config``, ``process``, ``control``, ``tools`` -- are internal and
+may change in any release; ``sidemesh.testing`` is the public test kit.
+"""
 
-from . import compiled
+from sidemesh._version import __version__
+from sidemesh.api.durations import format_duration, parse_duration
+from sidemesh.api.hookspecs import hookimpl
+from sidemesh.api.policy import ControlPlane, Explanation, Policy, PolicyContext
+from sidemesh.api.spiffe import (
+    SpiffeId,
+    SpiffeIdError,
+    SvidError,
+    compile_globs,
+    glob_match,
+    parse_spiffe_id,
+    spiffe_id_from_cert,
+    validate_trust_domain,
+    workload_id,
+)
+from sidemesh.datapath.connections import ConnectionInfo, ConnectionSetup
+from sidemesh.datapath.flags import ResponseFlag
+from sidemesh.datapath.messages import Attempt, Headers, Request, Response
+from sidemesh.datapath.stash import Stash, StashKey
+from sidemesh.datapath.views import ClusterView, ConnectionCaps, EndpointView, RetryCaps
 
-# Before any other module of the package is imported: a fresh compiled build of the
-# request path must be found first on __path__ (see compiled.py).
-compiled.activate(__path__)
-
-from .hookspecs import ConnectionSetup, Policy, PolicyContext, hookimpl  # noqa: E402
-
-__all__ = ["ConnectionSetup", "Policy", "PolicyContext", "__version__", "hookimpl"]
+__all__ = [
+    "Attempt",
+    "ClusterView",
+    "ConnectionCaps",
+    "ConnectionInfo",
+    "ConnectionSetup",
+    "ControlPlane",
+    "EndpointView",
+    "Explanation",
+    "Headers",
+    "Policy",
+    "PolicyContext",
+    "Request",
+    "Response",
+    "ResponseFlag",
+    "RetryCaps",
+    "SpiffeId",
+    "SpiffeIdError",
+    "Stash",
+    "StashKey",
+    "SvidError",
+    "__version__",
+    "compile_globs",
+    "format_duration",
+    "glob_match",
+    "hookimpl",
+    "parse_duration",
+    "parse_spiffe_id",
+    "spiffe_id_from_cert",
+    "validate_trust_domain",
+    "workload_id",
+]

@@ -9,13 +9,13 @@ __all__ = ["main", "main_token"]
 
 def main(args: argparse.Namespace) -> int:
     """``sidemesh control``: imported only when run (it pulls in uvicorn and the store)."""
-    from .command import main as run
+    from sidemesh.control.command import main as run
 
     return run(args)
 
 
 def main_token(args: argparse.Namespace) -> int:
     """``sidemesh token``."""
-    from .command import main_token as run
+    from sidemesh.control.command import main_token as run
 
     return run(args)

@@ -11,10 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .http import ApiError, ControlState, error
-from .openapi import openapi_document
-from .routes_config import config_routes
-from .routes_proxies import proxy_routes
+from sidemesh.control.http import ApiError, ControlState, error
+from sidemesh.control.openapi import openapi_document
+from sidemesh.control.routes_config import config_routes
+from sidemesh.control.routes_proxies import proxy_routes
 
 __all__ = ["create_app"]
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import Store, TokenRecord
+from sidemesh.control.store import Store, TokenRecord
 
 __all__ = [
     "ADMIN_TOKEN_FILE",

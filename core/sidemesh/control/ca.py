@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..spiffe import SpiffeIdError, validate_trust_domain, workload_id
+from sidemesh.api.spiffe import SpiffeIdError, validate_trust_domain, workload_id
 
 __all__ = [
     "CA_CERT_FILE",
@@ -98,7 +98,7 @@ class CertificateAuthority:
 
         :raises CertificateAuthorityError: when the key file is readable by others, the
             files are unreadable, or they belong to another trust domain.
-        :raises sidemesh.spiffe.SpiffeIdError: for an invalid trust domain name.
+        :raises sidemesh.api.spiffe.SpiffeIdError: for an invalid trust domain name.
         """
         validate_trust_domain(trust_domain)
         data_dir = Path(data_dir)

@@ -12,12 +12,13 @@ from typing import Any
 
 import uvicorn
 
-from ..plugins import PluginRegistry
-from ..runtime import setup_logging, split_address
-from .app import create_app
-from .auth import TokenError, issue_token, load_admin_token
-from .http import ControlState, Hub
-from .store import DB_FILE, SQLiteStore
+from sidemesh.config.build import split_address
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.control.app import create_app
+from sidemesh.control.auth import TokenError, issue_token, load_admin_token
+from sidemesh.control.http import ControlState, Hub
+from sidemesh.control.store import DB_FILE, SQLiteStore
+from sidemesh.process.runtime import setup_logging
 
 __all__ = ["main", "main_token"]
 
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         data = _data_dir(args.data)
         admin_token, token_path, created = load_admin_token(data, args.admin_token_file)
-        host, port = split_address(args.listen)
+        host, port = split_address(args.listen, "127.0.0.1")
     except (TokenError, OSError, ValueError) as exc:
         print(f"sidemesh control: {exc}", file=sys.stderr)
         return 2

@@ -12,12 +12,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..config import ConfigInvalid, parse_yaml
-from ..plugins import PluginRegistry
-from .auth import Principal, authenticate
-from .ca import CertificateAuthority
-from .openapi import request_validator
-from .store import Store
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import ConfigInvalid, parse_yaml
+from sidemesh.control.auth import Principal, authenticate
+from sidemesh.control.ca import CertificateAuthority
+from sidemesh.control.openapi import request_validator
+from sidemesh.control.store import Store
 
 __all__ = [
     "MAX_BODY_BYTES",

@@ -13,8 +13,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from .. import __version__
-from .auth import PROXY_ID_PATTERN, SERVICE_PATTERN
+from sidemesh import __version__
+from sidemesh.control.auth import PROXY_ID_PATTERN, SERVICE_PATTERN
 
 __all__ = ["openapi_document", "request_validator"]
 

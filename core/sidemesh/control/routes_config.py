@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..config import ConfigError, validate
-from ..plugins import composed_schema
-from .auth import SERVICE_NAME
-from .http import ApiError, ControlState, read_config_body, read_json_body, require
-from .store import ConfigVersion, VersionNotFound
+from sidemesh.config.registry import composed_schema
+from sidemesh.config.validate import ConfigError, validate
+from sidemesh.control.auth import SERVICE_NAME
+from sidemesh.control.http import ApiError, ControlState, read_config_body, read_json_body, require
+from sidemesh.control.store import ConfigVersion, VersionNotFound
 
 __all__ = ["DEFAULT_WATCH_TIMEOUT", "MAX_WATCH_TIMEOUT", "config_routes"]
 

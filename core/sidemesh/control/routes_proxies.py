@@ -9,11 +9,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..spiffe import SpiffeIdError, validate_trust_domain
-from .auth import PROXY_ID, issue_token
-from .ca import DEFAULT_TTL, CertificateAuthorityError, CertificateRequestError
-from .http import ApiError, ControlState, read_json_body, require
-from .store import ProxyStatus
+from sidemesh.api.spiffe import SpiffeIdError, validate_trust_domain
+from sidemesh.control.auth import PROXY_ID, issue_token
+from sidemesh.control.ca import DEFAULT_TTL, CertificateAuthorityError, CertificateRequestError
+from sidemesh.control.http import ApiError, ControlState, read_json_body, require
+from sidemesh.control.store import ProxyStatus
 
 __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_TRUST_DOMAIN", "proxy_routes"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..config import config_digest
+from sidemesh.config.validate import config_digest
 
 __all__ = [
     "DB_FILE",

@@ -6,10 +6,10 @@ talk to them over real sockets.
         httpx.get(sc.url("main") + "/hello")
 """
 
-from .loop import BackgroundLoop, free_port, raw_exchange, wait_for
-from .process import ProxyProcess
-from .sidecar import RunningSidecar, running_sidecar, simple_config
-from .upstream import Reply, SeenRequest, Upstream
+from sidemesh.testing.loop import BackgroundLoop, free_port, raw_exchange, wait_for
+from sidemesh.testing.process import ProxyProcess
+from sidemesh.testing.sidecar import RunningSidecar, running_sidecar, simple_config
+from sidemesh.testing.upstream import Reply, SeenRequest, Upstream
 
 __all__ = [
     "BackgroundLoop",

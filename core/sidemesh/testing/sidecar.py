@@ -6,10 +6,11 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..config import build
-from ..plugins import PluginRegistry
-from ..sidecar import Sidecar
-from .loop import BackgroundLoop
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import build
+from sidemesh.datapath.sidecar import Sidecar
+from sidemesh.process.sidecar import new_sidecar
+from sidemesh.testing.loop import BackgroundLoop
 
 __all__ = ["RunningSidecar", "running_sidecar", "simple_config"]
 
@@ -17,8 +18,9 @@ __all__ = ["RunningSidecar", "running_sidecar", "simple_config"]
 class RunningSidecar:
     """A sidecar applied from a config dict, running on a background loop."""
 
-    def __init__(self, sidecar: Sidecar, bg: BackgroundLoop) -> None:
+    def __init__(self, sidecar: Sidecar, registry: PluginRegistry, bg: BackgroundLoop) -> None:
         self.sidecar = sidecar
+        self.registry = registry
         self.bg = bg
 
     def port(self, listener: str) -> int:
@@ -29,7 +31,7 @@ class RunningSidecar:
 
     def apply(self, doc: dict[str, Any], version: str = "test") -> None:
         """Apply another config (raises ``ConfigInvalid``/``ApplyError`` like a reload)."""
-        config = build(doc, self.sidecar.registry)
+        config = build(doc, self.registry)
         self.bg.run(self.sidecar.apply(config, version, "test"))
 
 
@@ -82,7 +84,7 @@ def running_sidecar(
     sidecar = bg.run(_make_sidecar(registry))
     try:
         bg.run(sidecar.apply(config, "test", "test"))
-        yield RunningSidecar(sidecar, bg)
+        yield RunningSidecar(sidecar, registry, bg)
     finally:
         with contextlib.suppress(Exception):
             bg.run(sidecar.drain(drain), timeout=drain + 5)
@@ -91,4 +93,4 @@ def running_sidecar(
 
 async def _make_sidecar(registry: PluginRegistry) -> Sidecar:
     # The sidecar's asyncio primitives must be created on its own loop.
-    return Sidecar(registry)
+    return new_sidecar(registry)

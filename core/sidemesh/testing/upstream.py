@@ -10,7 +10,7 @@ from typing import cast
 
 import httptools
 
-from .loop import BackgroundLoop
+from sidemesh.testing.loop import BackgroundLoop
 
 __all__ = ["Reply", "SeenRequest", "Upstream"]
 

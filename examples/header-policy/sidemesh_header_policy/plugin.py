@@ -7,7 +7,7 @@ from importlib.resources import files
 from typing import Any, ClassVar
 
 from sidemesh import Policy, hookimpl
-from sidemesh.messages import Attempt, Request, Response
+from sidemesh.datapath.messages import Attempt, Request, Response
 
 __all__ = ["HeaderPolicy", "sidemesh_policies"]
 

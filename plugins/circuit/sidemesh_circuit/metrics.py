@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidemesh.upstream import Cluster
+from sidemesh.datapath.cluster import Cluster
 
 __all__ = ["EJECTIONS", "watch"]
 

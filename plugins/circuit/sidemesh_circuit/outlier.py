@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sidemesh.messages import Attempt
-from sidemesh.upstream import Cluster, Endpoint
+from sidemesh.datapath.messages import Attempt
+from sidemesh.datapath.cluster import Cluster, Endpoint
 
 from .metrics import EJECTIONS
 

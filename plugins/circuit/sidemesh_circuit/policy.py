@@ -6,9 +6,9 @@ import json
 from importlib import resources
 from typing import Any, ClassVar
 
-from sidemesh.durations import parse_duration
-from sidemesh.hookspecs import Policy, PolicyContext
-from sidemesh.messages import Attempt, Request, Response
+from sidemesh.api.durations import parse_duration
+from sidemesh.api.policy import Policy, PolicyContext
+from sidemesh.datapath.messages import Attempt, Request, Response
 
 from .metrics import watch
 from .outlier import OutlierDetector, OutlierSettings

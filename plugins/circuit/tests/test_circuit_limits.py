@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from sidemesh.testing import Reply, RunningSidecar, Upstream, running_sidecar, simple_config
-from sidemesh.upstream import Cluster
+from sidemesh.datapath.cluster import Cluster
 
 
 @contextmanager

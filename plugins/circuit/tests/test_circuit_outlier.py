@@ -25,7 +25,7 @@ from sidemesh.testing import (
     simple_config,
     wait_for,
 )
-from sidemesh.upstream import Endpoint
+from sidemesh.datapath.cluster import Endpoint
 
 FAST = {"base_ejection_time": "200ms", "max_ejection_percent": 50}
 LONG = {"base_ejection_time": "30s", "max_ejection_percent": 50}

@@ -11,9 +11,10 @@ import json
 from importlib import resources
 from typing import Any
 
-from sidemesh.hookspecs import ConnectionSetup, Policy, PolicyContext
-from sidemesh.messages import Request, Response
-from sidemesh.spiffe import (
+from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.api.policy import Policy, PolicyContext
+from sidemesh.datapath.messages import Request, Response
+from sidemesh.api.spiffe import (
     SpiffeIdError,
     SvidError,
     compile_globs,

@@ -20,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from sidemesh.control.ca import CA_KEY_FILE, CertificateAuthority
-from sidemesh.hookspecs import PolicyContext
-from sidemesh.messages import ConnectionInfo, Headers, Request
-from sidemesh.model import ClusterConfig
-from sidemesh.upstream import Cluster
+from sidemesh.api.policy import PolicyContext
+from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.messages import Headers, Request
+from sidemesh.datapath.model import ClusterConfig
+from sidemesh.datapath.cluster import Cluster
 from sidemesh_mtls.identity import Material
 from sidemesh_mtls.policy import MtlsPolicy
 

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sidemesh.control.ca import CertificateAuthority, CertificateRequestError
-from sidemesh.hookspecs import ConnectionSetup
+from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh_mtls.identity import IdentityError, IdentityUnavailable, build_identity
 from sidemesh_mtls.manager import IdentityManager
 from sidemesh_mtls.sources import CAIdentitySource

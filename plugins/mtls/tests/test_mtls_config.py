@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 from sidemesh_mtls_testkit import NODE, Pki, listener_policy, route_policy, sid
 
-from sidemesh.hookspecs import PolicyContext
-from sidemesh.model import ClusterConfig
-from sidemesh.upstream import Cluster
+from sidemesh.api.policy import PolicyContext
+from sidemesh.datapath.model import ClusterConfig
+from sidemesh.datapath.cluster import Cluster
 from sidemesh_mtls import manager as manager_module
 from sidemesh_mtls.identity import IdentityError
 from sidemesh_mtls.plugin import sidemesh_policies

@@ -20,8 +20,8 @@ from sidemesh_mtls_testkit import (
     sid,
 )
 
-from sidemesh.hookspecs import ConnectionSetup
-from sidemesh.messages import ConnectionInfo
+from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.connections import ConnectionInfo
 from sidemesh_mtls.identity import IdentityError, Material, build_identity
 from sidemesh_mtls.policy import MtlsPolicy
 

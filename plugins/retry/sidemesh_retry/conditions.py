@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Iterable
 
-from sidemesh.messages import Attempt
+from sidemesh.datapath.messages import Attempt
 
 __all__ = ["IDEMPOTENT", "RetryOn", "backoff", "retry_after"]
 

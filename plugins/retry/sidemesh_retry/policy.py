@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 from prometheus_client import Counter
 
-from sidemesh.durations import parse_duration
-from sidemesh.hookspecs import Policy, PolicyContext
-from sidemesh.messages import Attempt, Request, Response
-from sidemesh.upstream import Cluster, Endpoint
+from sidemesh.api.durations import parse_duration
+from sidemesh.api.policy import Policy, PolicyContext
+from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh.datapath.cluster import Cluster, Endpoint
 
 from .conditions import IDEMPOTENT, RetryOn, backoff, retry_after
 from .metrics import RETRY_ATTEMPTS, RETRY_OVERFLOW, RETRY_SUCCESS

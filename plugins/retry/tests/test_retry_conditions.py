@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 
-from sidemesh.messages import Attempt, Response
+from sidemesh.datapath.messages import Attempt, Response
 from sidemesh_retry.conditions import RetryOn, backoff, retry_after
 
 

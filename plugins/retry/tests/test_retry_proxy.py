@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 
-from sidemesh.accesslog import AccessLog
+from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.testing import (
     Reply,
     RunningSidecar,

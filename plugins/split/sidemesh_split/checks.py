@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sidemesh.hookspecs import PolicyContext
+from sidemesh.api.policy import PolicyContext
 
 __all__ = ["config_errors"]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sidemesh.hookspecs import Policy, hookimpl
+from sidemesh.api.policy import Policy
+from sidemesh.api.hookspecs import hookimpl
 
 from .policy import SplitPolicy
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, ClassVar
 
-from sidemesh.hookspecs import Policy, PolicyContext
-from sidemesh.messages import Request, Response
-from sidemesh.upstream import Cluster, Endpoint
+from sidemesh.api.policy import Policy, PolicyContext
+from sidemesh.datapath.messages import Request, Response
+from sidemesh.datapath.cluster import Cluster, Endpoint
 
 from .checks import config_errors
 from .choose import Weights, sticky_key

@@ -23,10 +23,11 @@ import httpx
 import pytest
 import yaml
 
-from sidemesh.config import build
-from sidemesh.messages import ConnectionInfo, Headers, Request
-from sidemesh.plugins import PluginRegistry
-from sidemesh.snapshot import build_snapshot
+from sidemesh.config.validate import build
+from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.messages import Headers, Request
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.snapshots import build_snapshot
 from sidemesh.testing import Reply, RunningSidecar, Upstream, running_sidecar
 from sidemesh_split import SplitPolicy, Weights, choose
 

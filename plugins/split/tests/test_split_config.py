@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sidemesh.config import ConfigError, build, validate
-from sidemesh.plugins import PluginRegistry
+from sidemesh.config.validate import ConfigError, build, validate
+from sidemesh.config.registry import PluginRegistry
 from sidemesh.testing import running_sidecar
 
 ENTRY = "listeners[0].routes[0].plugins[0].config"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidemesh.cli import main
+from sidemesh.tools.cli import main
 from sidemesh_split import choose
 
 CONFIG = """\

@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from sidemesh import Policy, hookimpl
-from sidemesh.messages import Attempt, Request, Response
-from sidemesh.plugins import PluginRegistry
+from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh.config.registry import PluginRegistry
 from sidemesh.testing import Reply, Upstream, running_sidecar
-from sidemesh.upstream import Endpoint
+from sidemesh.datapath.cluster import Endpoint
 from sidemesh_split import choose
 
 

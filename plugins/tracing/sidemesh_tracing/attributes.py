@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sidemesh.messages import Attempt, Request, Response
+from sidemesh.datapath.messages import Attempt, Request, Response
 
 from .spans import SpanRecord, endpoint_json
 
 if TYPE_CHECKING:
-    from sidemesh.upstream import Endpoint
+    from sidemesh.datapath.cluster import Endpoint
 
 __all__ = ["client_tags", "finish_client", "finish_server", "server_tags", "split_host_port"]
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry.trace import Span, SpanKind, TracerProvider
 
-from sidemesh.hookspecs import Policy, PolicyContext
-from sidemesh.messages import Attempt, Request, Response
+from sidemesh.api.policy import Policy, PolicyContext
+from sidemesh.datapath.messages import Attempt, Request, Response
 
 from .attributes import client_tags, finish_client, finish_server, server_tags
 from .exporter import ExporterSettings, ZipkinExporter, acquire_exporter, release_exporter
@@ -22,7 +22,7 @@ from .propagation import Incoming, Propagation, extract, inject, new_span_id, ra
 from .spans import SpanRecord, now_us
 
 if TYPE_CHECKING:
-    from sidemesh.upstream import Endpoint
+    from sidemesh.datapath.cluster import Endpoint
 
 __all__ = ["RequestTrace", "TracingPolicy", "parse_duration"]
 

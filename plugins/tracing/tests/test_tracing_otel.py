@@ -13,10 +13,11 @@ in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_e
 
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
-from sidemesh.hookspecs import PolicyContext  # noqa: E402
-from sidemesh.messages import Attempt, ConnectionInfo, Headers, Request, Response  # noqa: E402
-from sidemesh.model import EndpointConfig  # noqa: E402
-from sidemesh.upstream import Endpoint  # noqa: E402
+from sidemesh.api.policy import PolicyContext  # noqa: E402
+from sidemesh.datapath.messages import Attempt, Headers, Request, Response  # noqa: E402
+from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.model import EndpointConfig  # noqa: E402
+from sidemesh.datapath.cluster import Endpoint  # noqa: E402
 from sidemesh_tracing.policy import TracingPolicy  # noqa: E402
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

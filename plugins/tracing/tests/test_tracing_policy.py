@@ -1,5 +1,5 @@
 """The tracing policy driven the way the core drives it (Request/Attempt objects from
-sidemesh.messages), exporting to a real local Zipkin-like HTTP receiver."""
+sidemesh.datapath.messages), exporting to a real local Zipkin-like HTTP receiver."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ import jsonschema
 import pytest
 from prometheus_client import REGISTRY
 
-from sidemesh.hookspecs import PolicyContext
-from sidemesh.messages import Attempt, ConnectionInfo, Headers, Request, Response
-from sidemesh.model import EndpointConfig
-from sidemesh.upstream import Endpoint
+from sidemesh.api.policy import PolicyContext
+from sidemesh.datapath.messages import Attempt, Headers, Request, Response
+from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.model import EndpointConfig
+from sidemesh.datapath.cluster import Endpoint
 from sidemesh_tracing.policy import TracingPolicy
 
 CONFORMANCE = Path(__file__).resolve().parents[3] / ".." / "shared" / "conformance"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidemesh.messages import Headers
+from sidemesh.datapath.messages import Headers
 from sidemesh_tracing.b3 import parse_b3_multi, parse_b3_single
 from sidemesh_tracing.propagation import extract, inject, new_trace_id, ratio_sampled
 

@@ -1,0 +1,201 @@
+"""The data-path contract: :class:`Policy`, the context it lives in, and what it may
+describe of itself to ``sidemesh explain``.
+
+The core makes one policy instance per (route, config) whenever a config is applied and
+calls its data-path hooks directly, in the route's chain order, without going through
+pluggy (pluggy is synchronous and orders hooks globally; a chain is per route and may be
+``async``). Data-path hooks may be plain functions or ``async def``; the core checks
+once, when the chain is compiled, and only awaits the ones that are coroutines. A policy
+that does not override a hook costs nothing on the request path for that hook.
+
+The lifecycle hooks a plugin implements with ``@sidemesh.hookimpl`` (the one that returns
+these classes among them) are in :mod:`sidemesh.api.hookspecs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.flags import ResponseFlag
+from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh.datapath.views import ClusterView, EndpointView
+
+__all__ = ["ControlPlane", "Explanation", "Policy", "PolicyContext"]
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """The control plane a sidecar takes its config from (``sidemesh proxy --control``).
+
+    :param url: its base URL (``http://127.0.0.1:15010``).
+    :param token: returns the sidecar's current bearer token (read anew on each call, so
+        a rotated token file is picked up).
+    """
+
+    url: str
+    token: Callable[[], str]
+
+
+@dataclass
+class Explanation:
+    """What a policy would do with one request, for ``sidemesh explain``.
+
+    :param summary: one line (``sends traffic, sticky on x-user``).
+    :param details: further lines, shown indented under the summary.
+    :param data: the same as JSON-ready data, for ``explain --json``.
+    """
+
+    summary: str
+    details: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PolicyContext:
+    """Where a policy instance lives; given to :class:`Policy` when it is created.
+
+    :param plugin: the policy's name as written in the chain (``retry``).
+    :param listener: the listener's name.
+    :param route: the route's name, or ``None`` for the listener-level instance that only
+        serves :meth:`Policy.connection_setup` with ``kind="listener"``.
+    :param scope: ``"listener"`` when the chain entry came from the listener's
+        ``plugins`` list, ``"route"`` when it came from the route's own list. The same
+        plugin may behave differently by scope (``mtls`` terminates TLS on a listener
+        and originates it on a route).
+    :param cluster: the route's cluster (``None`` for the listener-level instance).
+    :param clusters: every cluster of the applied config, by name.
+    :param node: the ``node`` section of the config (service, namespace, trust_domain).
+    :param shared: a dictionary kept per (plugin, cluster) across routes *and* across
+        config reloads, for state that belongs to a cluster rather than a route (outlier
+        detection counters, connection limits).
+    :param control: the control plane the sidecar runs under, or ``None`` when it runs
+        from a file (where a plugin fetches certificates from, for instance).
+    """
+
+    plugin: str
+    listener: str
+    route: str | None
+    scope: Literal["listener", "route"]
+    cluster: ClusterView | None
+    clusters: Mapping[str, ClusterView]
+    node: dict[str, Any]
+    shared: dict[str, Any] = field(default_factory=dict)
+    control: ControlPlane | None = None
+
+
+class Policy:
+    """Base class of every policy. Subclass it, set :attr:`name` and :attr:`schema`, and
+    override the hooks you need.
+
+    One instance exists per (route, chain entry) of the applied config; per-route state
+    (a retry budget, a split's weights) lives on the instance. A new config makes new
+    instances; in-flight requests finish with the ones they started with.
+    """
+
+    #: The name used in ``plugins: [{name: ...}]``.
+    name: ClassVar[str] = ""
+    #: JSON Schema (Draft 2020-12) of this policy's ``config``.
+    schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+
+    def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
+        """Create the instance for one chain entry.
+
+        :param config: the entry's ``config``, already validated against :attr:`schema`
+            with the schema's defaults filled in.
+        :param context: where the instance lives (see :class:`PolicyContext`).
+        """
+        self.config = config
+        self.context = context
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
+        """Semantic checks a JSON Schema cannot express. Sync; called when a config is
+        validated, before anything is applied.
+
+        :param config: the validated config with defaults filled in.
+        :param context: where the instance would live.
+        :returns: error messages; empty when the config is fine.
+        """
+        return []
+
+    @classmethod
+    def explain(
+        cls, config: dict[str, Any], request: Request, context: PolicyContext
+    ) -> Explanation | None:
+        """Describe what this policy would do with ``request``, for ``sidemesh explain``
+        (a split names its destinations, their weights and the one this request would
+        take). Sync; called without an instance, nothing is sent anywhere.
+
+        :param config: the entry's validated config with defaults filled in.
+        :param request: the request being explained (headers, path, host).
+        :param context: where the instance would live.
+        :returns: an :class:`Explanation`, or ``None`` to say nothing.
+        """
+        return None
+
+    def on_request(self, request: Request) -> Response | None:
+        """Request hook: called once per request, in chain order, after the route
+        matched and before an upstream is chosen. Sync or async.
+
+        :param request: the request; headers, path and ``cluster`` may be changed, and
+            ``request.state`` keeps per-request state between hooks.
+        :returns: ``None`` to continue, or a :class:`~sidemesh.datapath.messages.Response` to
+            answer the client directly (the chain stops, no upstream is contacted, no
+            response hook runs; :meth:`on_complete` still does).
+        """
+        return None
+
+    def select_upstream(
+        self, request: Request, endpoints: Sequence[EndpointView]
+    ) -> Sequence[EndpointView]:
+        """Upstream-selection hook: called before each attempt, in chain order. Sync
+        only (it runs on every attempt and must not wait).
+
+        :param request: the request being sent.
+        :param endpoints: the candidates left by the core and by earlier policies.
+        :returns: the candidates to keep (a subset, a reordering, or the same). The
+            load balancer picks among what the last policy returns; an empty list ends
+            the request with ``503`` and flag ``UH``.
+        """
+        return endpoints
+
+    def connection_setup(self, setup: ConnectionSetup) -> None:
+        """Connection-setup hook: called when a listener starts (``kind="listener"``,
+        listener-scope instances only) and before each new upstream connection
+        (``kind="upstream"``). Sync only.
+
+        :param setup: the connection's settings; set ``ssl_context`` and friends on it.
+        """
+
+    def on_response(self, request: Request, attempt: Attempt) -> None:
+        """Response hook: called after each attempt, in reverse chain order, with the
+        response head (or the failure). Sync or async.
+
+        :param request: the request.
+        :param attempt: the attempt's outcome. Read ``status``/``flag``/``error``;
+            change ``attempt.response`` headers; call ``attempt.retry(delay)`` to ask for
+            another attempt. The core decides whether one is possible (the body must be
+            replayable, the route timeout must allow it -- see
+            :meth:`Request.time_left` -- and no byte may have reached the client yet).
+        """
+
+    def on_complete(
+        self, request: Request, response: Response | None, flag: ResponseFlag | None
+    ) -> None:
+        """Completion hook: called once when the request is finished and logged, in
+        reverse chain order, after the last :meth:`on_response`. Sync only. For tracing
+        and metrics: the response hook cannot know which attempt is the last.
+
+        :param request: the request (``request.log`` has been written to the access log).
+        :param response: the response head sent to the client, or ``None`` when none was
+            (the client went away, or the request failed before any response).
+        :param flag: the first response flag of the request as a whole (``UF``, ``UT``,
+            ``UH``, ``DC``...), or ``None``.
+        """
+
+    async def close(self) -> None:
+        """Called when the config this instance belongs to has been replaced and its
+        last request has finished. Async. Release background tasks here."""

@@ -1,0 +1,297 @@
+"""Checks a JSON Schema cannot express: references between sections, uniqueness,
+regexes, and everything about the plugins a chain names.
+
+Every function here works on a document that may also have schema errors, so it looks
+before it touches (a ``listeners`` that is a string yields no checks, not a crash).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError
+
+from sidemesh.api.durations import DURATION_PATTERN, parse_duration
+from sidemesh.config.build import split_address
+from sidemesh.config.errors import ConfigError, format_path, schema_error
+from sidemesh.config.registry import PluginRegistry, PolicyType
+
+__all__ = ["ChainSite", "SchemaValidator", "chain_sites", "plugin_errors", "semantic_errors"]
+
+Path = tuple[str | int, ...]
+_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+_DURATION_SEARCH = re.compile(DURATION_PATTERN)
+
+
+def _anchored_pattern(
+    validator: Any, pattern: str, instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    # jsonschema applies "pattern" with Python's re.search, where "$" also matches before
+    # a trailing newline; ECMA-262 (what JSON Schema means) does not. "reviews\n" is not
+    # a valid name.
+    if not isinstance(instance, str):
+        return
+    if re.search(pattern, instance) is None or (
+        pattern.endswith("$") and instance.endswith("\n")
+    ):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: Draft 2020-12 with ECMA-262 semantics for ``pattern``'s ``$``; used for the core
+#: schema and every plugin schema.
+SchemaValidator: Any = validators.extend(Draft202012Validator, {"pattern": _anchored_pattern})
+
+
+def _items(doc: Any, key: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                yield index, item
+
+
+def _err(path: Path, message: str, rule: str) -> ConfigError:
+    return ConfigError(format_path(path), message, rule=rule)
+
+
+def _unique(
+    items: Sequence[tuple[Path, Any]], what: str, rule: str = "unique_name"
+) -> list[ConfigError]:
+    errors = []
+    first: dict[Any, Path] = {}
+    for path, value in items:
+        if not isinstance(value, str | tuple):
+            continue
+        if value in first:
+            shown = value if isinstance(value, str) else ":".join(map(str, value))
+            errors.append(_err(path, f"duplicate {what} {shown!r} (first at "
+                                     f"{format_path(first[value])})", rule))
+        else:
+            first[value] = path
+    return errors
+
+
+def _duration_errors(path: Path, value: Any, positive: bool = False) -> list[ConfigError]:
+    # Only what the schema's pattern lets through: Python's "$" also matches before a
+    # trailing newline, so "2s\n" passes the pattern but is not a duration.
+    if not isinstance(value, str) or not _DURATION_SEARCH.search(value):
+        return []
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        return [_err(path, str(exc), "duration")]
+    if positive and seconds <= 0:
+        return [_err(path, f"{path[-1]} must be greater than 0s", "duration")]
+    return []
+
+
+def _regex_error(path: Path, pattern: Any) -> list[ConfigError]:
+    if not isinstance(pattern, str):
+        return []
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return [_err(path, f"invalid regular expression {pattern!r}: {exc}", "regex")]
+    return []
+
+
+def _cluster_errors(doc: dict[str, Any]) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    names = [(("clusters", i, "name"), c.get("name")) for i, c in _items(doc, "clusters")]
+    errors += _unique(names, "cluster name")
+    for i, cluster in _items(doc, "clusters"):
+        errors += _duration_errors(("clusters", i, "connect_timeout"),
+                                   cluster.get("connect_timeout"), positive=True)
+        endpoints = [e for _, e in _items(cluster, "endpoints")]
+        errors += _unique(
+            [(("clusters", i, "endpoints", j, "address"), e.get("address"))
+             for j, e in _items(cluster, "endpoints")], "endpoint address")
+        for j, endpoint in _items(cluster, "endpoints"):
+            errors += _port_errors(("clusters", i, "endpoints", j, "address"),
+                                   endpoint.get("address"), minimum=1)
+        errors += _unique([(("clusters", i, "subsets", j, "name"), s.get("name"))
+                           for j, s in _items(cluster, "subsets")], "subset name")
+        for j, subset in _items(cluster, "subsets"):
+            labels = subset.get("labels")
+            if not isinstance(labels, dict):
+                continue
+            matching = [
+                e for e in endpoints
+                if isinstance(e.get("labels", {}), dict)
+                and all(e.get("labels", {}).get(k) == v for k, v in labels.items())
+            ]
+            if endpoints and not matching:
+                wanted = ", ".join(f"{k}={v}" for k, v in labels.items())
+                errors.append(_err(("clusters", i, "subsets", j),
+                                   f"subset {subset.get('name')!r} selects no endpoint of "
+                                   f"cluster {cluster.get('name')!r} (no endpoint has "
+                                   f"labels {wanted})", "subset_endpoints"))
+    return errors
+
+
+def _port_errors(path: Path, address: Any, minimum: int = 0) -> list[ConfigError]:
+    if not isinstance(address, str) or ":" not in address:
+        return []
+    try:
+        _, port = split_address(address)
+    except ValueError:
+        return []
+    if not minimum <= port <= 65535:
+        return [_err(path, f"port {port} is out of range ({minimum}-65535)", "port")]
+    return []
+
+
+def _bind_key(address: Any) -> tuple[str, int] | None:
+    if not isinstance(address, str):
+        return None
+    try:
+        host, port = split_address(address)
+    except ValueError:
+        return None
+    return (host.lower(), port) if port != 0 else None
+
+
+def _listener_errors(doc: dict[str, Any]) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    listeners = list(_items(doc, "listeners"))
+    errors += _unique([(("listeners", i, "name"), lst.get("name")) for i, lst in listeners],
+                      "listener name")
+    binds: list[tuple[Path, tuple[str, int]]] = []
+    admin = _bind_key(doc.get("admin"))
+    if admin is not None:
+        binds.append((("admin",), admin))
+    for i, listener in listeners:
+        errors += _port_errors(("listeners", i, "address"), listener.get("address"))
+        key = _bind_key(listener.get("address"))
+        if key is not None:
+            binds.append((("listeners", i, "address"), key))
+    for n, (path, (host, port)) in enumerate(binds):
+        for other_path, (other_host, other_port) in binds[:n]:
+            if port == other_port and (
+                host == other_host or host in _WILDCARD_HOSTS or other_host in _WILDCARD_HOSTS
+            ):
+                errors.append(_err(path, f"address conflicts with {format_path(other_path)} "
+                                         f"(both bind port {port})", "unique_address"))
+                break
+    clusters = [c.get("name") for _, c in _items(doc, "clusters")]
+    for i, listener in listeners:
+        routes = list(_items(listener, "routes"))
+        errors += _unique([(("listeners", i, "routes", j, "name"), r.get("name"))
+                           for j, r in routes], "route name")
+        for j, route in routes:
+            base: Path = ("listeners", i, "routes", j)
+            errors += _duration_errors((*base, "timeout"), route.get("timeout"))
+            cluster = route.get("cluster")
+            if isinstance(cluster, str) and cluster not in clusters:
+                known = ", ".join(str(c) for c in clusters) or "none"
+                errors.append(_err((*base, "cluster"), f"route {route.get('name')!r} names "
+                                   f"cluster {cluster!r}, which is not defined (clusters: "
+                                   f"{known})", "cluster_ref"))
+            match = route.get("match")
+            if isinstance(match, dict):
+                errors += _regex_error((*base, "match", "regex"), match.get("regex"))
+                headers = match.get("headers")
+                if isinstance(headers, dict):
+                    for name, rule in headers.items():
+                        if isinstance(rule, dict):
+                            errors += _regex_error((*base, "match", "headers", name, "regex"),
+                                                   rule.get("regex"))
+    return errors
+
+
+def semantic_errors(doc: dict[str, Any]) -> list[ConfigError]:
+    """Cross-reference checks of the core sections."""
+    return _cluster_errors(doc) + _listener_errors(doc)
+
+
+@dataclass(frozen=True)
+class ChainSite:
+    """Where a chain entry is written: its path, listener, route and scope."""
+
+    path: Path
+    entry: dict[str, Any]
+    listener: str
+    route: str | None
+    route_cluster: str | None
+
+
+def chain_sites(doc: dict[str, Any]) -> Iterator[ChainSite]:
+    for i, listener in _items(doc, "listeners"):
+        name = str(listener.get("name", ""))
+        for k, entry in _items(listener, "plugins"):
+            yield ChainSite(("listeners", i, "plugins", k), entry, name, None, None)
+        for j, route in _items(listener, "routes"):
+            cluster = route.get("cluster")
+            for k, entry in _items(route, "plugins"):
+                yield ChainSite(("listeners", i, "routes", j, "plugins", k), entry, name,
+                                str(route.get("name", "")),
+                                cluster if isinstance(cluster, str) else None)
+
+
+def _unknown(name: str, registry: PluginRegistry) -> str:
+    known = registry.names()
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listing = ", ".join(known) if known else "none installed"
+    return f"unknown plugin {name!r} (installed: {listing}){hint}"
+
+
+def plugin_errors(
+    doc: dict[str, Any],
+    registry: PluginRegistry,
+    on_valid: Callable[[ChainSite, PolicyType], list[ConfigError]],
+) -> list[ConfigError]:
+    """Check every chain entry: the plugin exists and loaded, its version constraint
+    holds, names are unique within a list, and its config is valid for its schema.
+    ``on_valid`` runs further checks on entries that passed all of that."""
+    errors: list[ConfigError] = []
+    compiled: dict[str, Any] = {}
+    seen: dict[Path, dict[str, Path]] = {}
+    for site in chain_sites(doc):
+        name = site.entry.get("name")
+        if not isinstance(name, str):
+            continue
+        names = seen.setdefault(site.path[:-1], {})
+        if name in names:
+            errors.append(_err(site.path, f"plugin {name!r} appears twice in this list "
+                                          f"(first at {format_path(names[name])})",
+                               "unique_name"))
+        names.setdefault(name, site.path)
+        policy = registry.get(name)
+        if policy is None:
+            failure = registry.load_error(name)
+            if failure is not None:
+                errors.append(ConfigError(format_path((*site.path, "name")), str(failure),
+                                          name, failure.version, "plugin"))
+            else:
+                errors.append(ConfigError(format_path((*site.path, "name")),
+                                          _unknown(name, registry), name, rule="plugin"))
+            continue
+        found: list[ConfigError] = []
+        spec = site.entry.get("version")
+        if isinstance(spec, str):
+            try:
+                if not registry.version_satisfies(name, spec):
+                    found.append(ConfigError(
+                        format_path((*site.path, "version")),
+                        f"requires {name} {spec}, but {policy.distribution} "
+                        f"{policy.version} is installed", name, policy.version, "version"))
+            except ValueError as exc:
+                found.append(ConfigError(format_path((*site.path, "version")), str(exc),
+                                         name, policy.version, "version"))
+        config = site.entry.get("config", {})
+        if isinstance(config, dict):
+            validator = compiled.get(name)
+            if validator is None:
+                validator = compiled[name] = SchemaValidator(policy.schema)
+            for error in validator.iter_errors(config):
+                found += schema_error(error, (*site.path, "config"), name, policy.version)
+        if not found and isinstance(config, dict):
+            found += on_valid(site, policy)
+        errors += found
+    return errors

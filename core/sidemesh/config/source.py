@@ -1,0 +1,110 @@
+"""Reading YAML configs safely.
+
+Safe types only; no anchors or aliases (a ``billion laughs`` document expands aliases
+exponentially, and configs never need them); duplicate keys are errors rather than the
+last one silently winning; dates stay strings; and a size cap.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node
+
+from sidemesh.config.errors import ConfigError, ConfigInvalid
+
+__all__ = ["MAX_CONFIG_BYTES", "parse_yaml"]
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases, duplicate keys or implicit timestamps."""
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            raise yaml.MarkedYAMLError(
+                problem="anchors and aliases (&name, *name) are not allowed in sidemesh configs",
+                problem_mark=mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise ConstructorError(
+                        None, None, f"keys must be strings, found {key!r}", key_node.start_mark
+                    )
+                if key in seen:
+                    raise ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
+# YAML 1.1 turns 2026-01-01 into a date, which JSON (the schema, the digest, the control
+# plane) cannot carry.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _where(error: yaml.YAMLError, source: str) -> str:
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return source
+    return f"{source}:{mark.line + 1}:{mark.column + 1}"
+
+
+def parse_yaml(text: str | bytes, source: str = "<config>") -> dict[str, Any]:
+    """Parse one YAML document that must be a mapping.
+
+    :param source: the file name (or other origin) used in error messages.
+    :raises ConfigInvalid: with the line and column of a syntax error, or what is wrong
+        with the document as a whole.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigInvalid([ConfigError(
+            "", f"{source}: config is {len(text)} bytes, more than the "
+            f"{MAX_CONFIG_BYTES} allowed", rule="size")])
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigInvalid([ConfigError(
+                "", f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                rule="yaml")]) from None
+    loader = _StrictLoader(text)
+    try:
+        doc = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}, {problem}" if context and "expected a single" not in context \
+            else problem
+        if "expected a single document" in str(exc):
+            detail = "more than one YAML document ('---'); put one config per file"
+        detail = re.sub(r"\s+", " ", str(detail)).strip()
+        raise ConfigInvalid(
+            [ConfigError("", f"{_where(exc, source)}: {detail}", rule="yaml")]
+        ) from None
+    finally:
+        loader.dispose()
+    if doc is None:
+        raise ConfigInvalid([ConfigError("", f"{source}: the document is empty", rule="yaml")])
+    if not isinstance(doc, dict):
+        kind = type(doc).__name__
+        raise ConfigInvalid([ConfigError(
+            "", f"{source}: the document must be a mapping (node:, clusters:, "
+            f"listeners: ...), got a {kind}", rule="yaml")])
+    return doc

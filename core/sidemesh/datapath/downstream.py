@@ -1,0 +1,406 @@
+"""The downstream side: an asyncio protocol that parses HTTP/1.1 with httptools.
+
+Parsing is strict (llhttp's defaults reject request smuggling: CL+TE, duplicate or
+signed Content-Length, obs-fold, bare LF/CR, bad chunk sizes). On top of that this
+module enforces what the parser leaves to the application: a Host on HTTP/1.1, limits
+on the URL (414) and on header count and size (431), and it drops header names with an
+underscore (Envoy's ``headers_with_underscores_action: DROP_HEADER``: CGI-style servers
+read ``Transfer_Encoding`` as ``Transfer-Encoding``). A rejected request is answered and
+the connection closed; nothing of it reaches an upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, cast
+
+import httptools
+
+from sidemesh.datapath.body import NO_BODY, RequestBody
+from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.messages import Headers, Request, Response
+
+__all__ = ["DownstreamConnection", "Limits"]
+
+REASONS = {
+    200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
+    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
+    414: "URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}  # fmt: skip
+
+
+class Limits:
+    """Envoy's defaults: 100 headers, 60 KiB of headers; URLs up to 8 KiB."""
+
+    max_headers: ClassVar[int] = 100
+    max_header_bytes: ClassVar[int] = 60 * 1024
+    max_url_bytes: ClassVar[int] = 8 * 1024
+
+
+#: fields the core reads itself; the parser notes their first value as it goes.
+CORE_FIELDS = frozenset(
+    {"host", "transfer-encoding", "content-length", "connection", "expect",
+     "x-request-id", "x-forwarded-for"}
+)  # fmt: skip
+
+
+class _Reject(Exception):
+    pass
+
+
+Handler = Callable[["DownstreamConnection", Request, RequestBody], Awaitable[None]]
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection. Requests are handled one at a time, in order (pipelined
+    requests wait their turn); the handler writes the response through this object."""
+
+    def __init__(
+        self, handler: Handler, listener: str, scheme: str, on_close: Callable[[Any], None]
+    ) -> None:
+        self.handler = handler
+        self.listener = listener
+        self.scheme = scheme
+        self._on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.info = ConnectionInfo("")
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.busy = False
+        self._queue: deque[tuple[Request, RequestBody, bool]] = deque()
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._in_headers = False
+        self._core: dict[str, str] = {}
+        self._hosts = 0
+        self._current: RequestBody | None = None
+        self._reject: tuple[int, str] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._upstream_resume: Callable[[], None] | None = None
+        self.keep_alive = True
+        self._task: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._eof = False
+        self._wakeup: asyncio.Future[None] | None = None
+        #: the response head, held back to go out in one write with the first body bytes.
+        self._head = b""
+        #: the last complete request asked for "Connection: close".
+        self._closing_after = False
+        #: a parse error to answer once the requests before it are answered.
+        self._error: tuple[int, str] | None = None
+
+    # asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        # Kept: each get_running_loop() costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
+        address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        ssl_object = transport.get_extra_info("ssl_object")
+        cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self.info = ConnectionInfo(address, tls=ssl_object is not None, peer_certificate=cert)
+        if ssl_object is not None:
+            self.scheme = "https"
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # Upgrades (h2c, websocket) are not tunnelled: the request was forwarded
+            # without its Upgrade headers; what follows is parsed as HTTP/1.1 again.
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.parser = httptools.HttpRequestParser(self)
+            if offset < len(data):
+                self.data_received(data[offset:])
+        except (httptools.HttpParserError, _Reject) as exc:
+            if self._reject is None and self._current is None and self._closing_after:
+                # Bytes after a request with "Connection: close" are ignored, as RFC
+                # 9112 9.6 allows: the connection ends after that request's response.
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                return
+            status, message = self._reject or (400, f"malformed request: {exc}")
+            self._fail_request(status, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._current is not None:
+            self._current.abort()
+        for _, body, _ in self._queue:
+            body.abort()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._wake()
+        self._on_close(self)
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what it sent, then close (returning True keeps
+        # the write side open until then).
+        self.keep_alive = False
+        self._eof = True
+        if self._current is not None:
+            self._current.abort()
+        if self.busy or self._queue:
+            return True
+        self._wake()
+        return None
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        resume = self._upstream_resume
+        if resume is not None:
+            resume()
+
+    # httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_headers = True
+        self._core = {}
+        self._hosts = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > Limits.max_url_bytes:
+            self._reject = (414, f"request target longer than {Limits.max_url_bytes} bytes")
+            raise _Reject(self._reject[1])
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_headers:
+            return  # trailers: never used for framing, not forwarded
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= Limits.max_headers:
+            self._reject = (431, f"more than {Limits.max_headers} header fields")
+            raise _Reject(self._reject[1])
+        if self._header_bytes > Limits.max_header_bytes:
+            self._reject = (431, f"header fields larger than {Limits.max_header_bytes} bytes")
+            raise _Reject(self._reject[1])
+        if b"_" in name:
+            return
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self._headers.append((key, text))
+        if key in CORE_FIELDS:
+            if key == "host":
+                self._hosts += 1
+            self._core.setdefault(key, text)
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        parser = self.parser
+        version = parser.get_http_version()
+        method = parser.get_method().decode("latin-1")
+        headers = Headers._trusted(self._headers)
+        core = self._core
+        url = self._url
+        host = core.get("host")
+        if url[:1] != b"/":
+            if url == b"*" and method == "OPTIONS":
+                path = "*"
+            elif method == "CONNECT":
+                self._reject = (501, "CONNECT is not supported")
+                raise _Reject(self._reject[1])
+            else:
+                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
+                try:
+                    # Any, not the stub's types: host, port, path and query may be None.
+                    parsed: Any = httptools.parse_url(url)
+                except httptools.HttpParserInvalidURLError:
+                    self._reject = (400, "invalid request target")
+                    raise _Reject(self._reject[1]) from None
+                if parsed.host is None:
+                    self._reject = (400, "invalid request target")
+                    raise _Reject(self._reject[1])
+                host = parsed.host.decode("latin-1")
+                if parsed.port:
+                    host = f"{host}:{parsed.port}"
+                path = (parsed.path or b"/").decode("latin-1")
+                if parsed.query:
+                    path += "?" + parsed.query.decode("latin-1")
+                headers.set("host", host)
+                core["host"] = host
+        else:
+            path = url.decode("latin-1")
+        if host is None:
+            if version == "1.1":
+                self._reject = (400, "HTTP/1.1 request without a Host header")
+                raise _Reject(self._reject[1])
+            host = ""
+        elif version == "1.1" and self._hosts > 1:
+            self._reject = (400, "more than one Host header")
+            raise _Reject(self._reject[1])
+        keep_alive = parser.should_keep_alive()
+        self._closing_after = not keep_alive
+        chunked = "transfer-encoding" in core
+        body = (
+            RequestBody(chunked, self._pause_reading, self._resume_reading)
+            if chunked or "content-length" in core
+            else NO_BODY
+        )
+        request = Request(
+            method, path, host.lower(), headers, self.info, self.listener, self.scheme, version
+        )
+        request._core = core
+        self._current = body
+        self._queue.append((request, body, keep_alive))
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._current is not None:
+            self._current.feed_eof()
+            self._current = None
+
+    # flow control ----------------------------------------------------------------
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # serving -----------------------------------------------------------------------
+    async def _serve(self) -> None:
+        # One task per connection, parked between requests: cheaper than a task per
+        # request on a kept-alive connection.
+        try:
+            while not self.closed:
+                if not self._queue:
+                    if self._error is not None or self._eof:
+                        break
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                    continue
+                request, body, keep_alive = self._queue.popleft()
+                self.keep_alive = keep_alive and not self._eof
+                self.busy = True
+                self.response_started = False
+                self.response_done = False
+                await self.handler(self, request, body)
+                self.busy = False
+                if not self.keep_alive or not self.response_done:
+                    self.close()
+                    break
+                if not body.eof:
+                    # The handler answered before the body was read (a 403, a 404):
+                    # the rest of the body cannot be skipped safely.
+                    self.close()
+                    break
+        finally:
+            self.busy = False
+            self._task = None
+            if self._error is not None:
+                self._answer_error()
+            elif self._eof:
+                self.close()
+
+    def _fail_request(self, status: int, message: str) -> None:
+        if self._current is not None:
+            # The request being parsed is bad: it never reaches the handler.
+            self._current.abort()
+            if self._queue and self._queue[-1][1] is self._current:
+                self._queue.pop()
+            self._current = None
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._error = (status, message)
+        if self._task is None:
+            self._answer_error()
+        else:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _answer_error(self) -> None:
+        if self._error is not None and not self.closed:
+            status, message = self._error
+            self.keep_alive = False
+            if not self.response_started or self.response_done:
+                self.write_simple(
+                    Response.json(
+                        status, {"error": REASONS.get(status, "error"), "message": message}
+                    )
+                )
+        self.close()
+
+    # writing ----------------------------------------------------------------------
+    response_started = False
+    response_done = False
+
+    def start_response(
+        self, status: int, headers: Headers | bytes, reason: str = "", chunked: bool = False
+    ) -> None:
+        """Hold the status line and header fields (``Headers``, or encoded field lines
+        without hop-by-hop fields) to go out with the first body bytes; ``chunked``
+        frames the body that follows."""
+        self.response_started = True
+        fields = headers if isinstance(headers, bytes) else headers.encode()
+        if not self.keep_alive:
+            fields += b"connection: close\r\n"
+        if chunked:
+            fields += b"transfer-encoding: chunked\r\n"
+        line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"
+        self._head = line.encode("latin-1") + fields + b"\r\n"
+
+    def flush_head(self) -> None:
+        """Send a held-back response head now (the body is slow to come)."""
+        if self._head:
+            self.write_body(b"")
+
+    def write_body(self, data: bytes) -> None:
+        if self._head:
+            # Head and first body bytes in one write: one system call, one packet.
+            data, self._head = self._head + data, b""
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_source(self) -> bool:
+        """Whether the upstream should stop reading until the client catches up."""
+        return self._writable is not None and not self._writable.done()
+
+    def finish_response(self) -> None:
+        self.flush_head()
+        self.response_done = True
+
+    def write_simple(self, response: Response) -> None:
+        """Answer with a complete response generated by the proxy itself."""
+        response.headers.set("content-length", str(len(response.body)))
+        response.headers.setdefault("server", "sidemesh")
+        self.start_response(response.status, response.headers, response.reason)
+        if response.body:
+            self.write_body(response.body)
+        self.finish_response()
+
+    def set_upstream_resume(self, resume: Callable[[], None] | None) -> None:
+        self._upstream_resume = resume
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True

@@ -1,0 +1,440 @@
+"""The data path: route -> request hooks -> attempts -> response to the client.
+
+The core owns the attempt loop; policies only decide (a retry policy calls
+``attempt.retry()``). An attempt can be repeated only while the request body is
+replayable, the route's timeout leaves room, and no response byte has reached the
+client.
+
+This is the per-request path, so it is shaped for speed as well as reading: three
+coroutine levels (request, attempt loop, exchange), no ``asyncio.timeout`` blocks (a
+deadline watched by the pool's per-loop sweeper), and no future at all for a response
+that arrives whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
+
+from sidemesh.datapath.body import RequestBody
+from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.flags import ResponseFlag
+from sidemesh.datapath.framing import (
+    FORWARDED,
+    ChunkedSink,
+    pump_body,
+    relay_fields,
+    request_id,
+    strip_hop_by_hop,
+)
+from sidemesh.datapath.messages import Attempt, Headers, Request, Response
+from sidemesh.datapath.mirror import MIRROR_BUFFER, send_mirrors
+from sidemesh.datapath.pool import ConnectionPool, UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from sidemesh.datapath.cluster import Cluster, Endpoint
+    from sidemesh.datapath.downstream import DownstreamConnection
+    from sidemesh.datapath.snapshot import CompiledRoute, Snapshot
+
+__all__ = ["FAILURE_STATUS", "Forwarder", "Outcome", "overflow_response"]
+
+_RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
+#: the status and text (Envoy's wording) the client gets for a failure before any head.
+FAILURE_STATUS = {
+    ResponseFlag.UPSTREAM_CONNECTION_FAILURE: (503, _RESET + "connection failure"),
+    ResponseFlag.UPSTREAM_CONNECTION_TERMINATION: (503, _RESET + "connection termination"),
+    ResponseFlag.UPSTREAM_REQUEST_TIMEOUT: (504, "upstream request timeout"),
+    ResponseFlag.NO_HEALTHY_UPSTREAM: (503, "no healthy upstream"),
+    ResponseFlag.UPSTREAM_PROTOCOL_ERROR: (502, "upstream sent an invalid response"),
+    ResponseFlag.UPSTREAM_OVERFLOW: (503, _RESET + "overflow"),
+    ResponseFlag.NO_CLUSTER_FOUND: (503, "cluster not found"),
+}
+#: marks an answer the proxy gave because a limit was reached (Envoy: x-envoy-overloaded).
+OVERLOADED = ("x-sidemesh-overloaded", "true")
+
+
+def overflow_response() -> Response:
+    """The answer to a request a circuit breaker refused (Envoy's text and header)."""
+    status, message = FAILURE_STATUS[ResponseFlag.UPSTREAM_OVERFLOW]
+    return Response.text(status, message, [OVERLOADED])
+
+
+class Outcome:
+    """What happened to one request, for the access log and metrics."""
+
+    __slots__ = ("flags", "response", "status", "upstream")
+
+    def __init__(self) -> None:
+        self.status = 0
+        #: the response head sent to the client, if one was.
+        self.response: Response | None = None
+        self.flags: list[ResponseFlag] = []
+        self.upstream = ""
+
+
+class Forwarder:
+    """Sends one request through a compiled route and answers the client."""
+
+    def __init__(self, on_done: Callable[[Request, Outcome, Snapshot], None]) -> None:
+        self._on_done = on_done
+
+    async def handle(
+        self,
+        conn: DownstreamConnection,
+        request: Request,
+        body: RequestBody,
+        snapshot: Snapshot,
+        route: CompiledRoute | None,
+    ) -> None:
+        outcome = Outcome()
+        request.start = time.monotonic()
+        headers = request.headers
+        request.request_id = request._core.get("x-request-id") or ""
+        if not request.request_id:
+            request.request_id = request_id()
+            headers._add_trusted("x-request-id", request.request_id)
+        try:
+            if route is None:
+                outcome.flags.append(ResponseFlag.NO_ROUTE_FOUND)
+                payload = {"error": "no route", "listener": request.listener}
+                payload.update(host=request.host, path=request.path)
+                self._answer(conn, Response.json(404, payload), outcome)
+            else:
+                await self._forward(conn, request, body, snapshot, route, outcome)
+        except Exception as exc:  # a policy raised: never a traceback to the client
+            if not conn.response_started:
+                outcome.flags.append(ResponseFlag.POLICY_ERROR)
+                # The exception's text is for the operator's log only: it may hold
+                # internals (paths, addresses, secrets) a client must not see.
+                payload = {"error": "internal error", "request_id": request.request_id}
+                self._answer(conn, Response.json(500, payload), outcome)
+            else:
+                conn.keep_alive = False
+            request.log["error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._on_done(request, outcome, snapshot)
+            if route is not None:
+                if request.mirrors:
+                    send_mirrors(request, body, snapshot, route.timeout or 15.0)
+                self._complete(route, request, outcome)
+
+    @staticmethod
+    def _complete(route: CompiledRoute, request: Request, outcome: Outcome) -> None:
+        flag = outcome.flags[0] if outcome.flags else None
+        for hook, _ in route.chain.complete:
+            try:
+                hook(request, outcome.response, flag)
+            except Exception as exc:  # the client has its answer; a failing hook only logs
+                request.log.setdefault("hook_errors", []).append(f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _answer(conn: DownstreamConnection, response: Response, outcome: Outcome) -> None:
+        outcome.status = response.status
+        outcome.response = response
+        if not conn.closed:
+            conn.write_simple(response)
+
+    # the request -------------------------------------------------------------------
+    @staticmethod
+    def _upstream_headers(conn: DownstreamConnection, request: Request, body: RequestBody) -> None:
+        core = request._core
+        if not body.eof and (core.get("expect") or "").lower() == "100-continue":
+            # As Envoy does by default: answer 100 Continue here, not upstream.
+            conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client_ip = conn.info.client_address.rsplit(":", 1)[0]
+        xff = core.get("x-forwarded-for")
+        items = strip_hop_by_hop(request.headers, FORWARDED, "connection" in core)
+        items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
+        items.append(("x-forwarded-proto", request.scheme))
+        if body.chunked:
+            items.append(("transfer-encoding", "chunked"))
+        elif (length := core.get("content-length")) is not None:
+            items.append(("content-length", str(int(length))))
+        request.headers = Headers._trusted(items)
+
+    async def _forward(
+        self,
+        conn: DownstreamConnection,
+        request: Request,
+        body: RequestBody,
+        snapshot: Snapshot,
+        route: CompiledRoute,
+        outcome: Outcome,
+    ) -> None:
+        request.route = route.name
+        request.cluster = route.cluster
+        if route.timeout:
+            request.deadline = request.start + route.timeout
+        self._upstream_headers(conn, request, body)
+        chain = route.chain
+        for hook, is_async in chain.request:
+            answer = await hook(request) if is_async else hook(request)
+            if answer is not None:
+                # A policy's own flags (UO from a circuit breaker) come first.
+                outcome.flags.extend(request.flags)
+                outcome.flags.append(ResponseFlag.POLICY_ANSWERED)
+                self._answer(conn, answer, outcome)
+                return
+        limit = request.retry_buffer_limit
+        body.set_limit(max(limit, MIRROR_BUFFER) if request.mirrors else limit)
+        cluster = snapshot.clusters.get(request.cluster)
+        if cluster is None:
+            status, message = FAILURE_STATUS[ResponseFlag.NO_CLUSTER_FOUND]
+            outcome.flags.append(ResponseFlag.NO_CLUSTER_FOUND)
+            self._answer(conn, Response.text(status, message), outcome)
+            return
+        deadline = request.deadline
+        cluster.active_requests += 1
+        try:
+            attempt, upstream = await self._attempts(conn, request, body, route, cluster, deadline)
+            if request.flags:
+                outcome.flags.extend(request.flags)
+            endpoint = attempt.endpoint
+            if endpoint is not None:
+                outcome.upstream = endpoint.address
+            response = attempt.response
+            if response is None or upstream is None:
+                self._fail(conn, attempt, outcome)
+                return
+            try:
+                done, chunked = self._start_stream(conn, request, response, upstream, outcome)
+                if not done:
+                    await self._finish_stream(conn, upstream, outcome, chunked)
+            finally:
+                if endpoint is not None:
+                    cast("Endpoint", endpoint).active_requests -= 1
+        finally:
+            cluster.active_requests -= 1
+
+    def _fail(self, conn: DownstreamConnection, attempt: Attempt, outcome: Outcome) -> None:
+        flag = attempt.flag or ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+        outcome.flags.append(flag)
+        status, message = FAILURE_STATUS.get(flag, (503, attempt.error or "upstream error"))
+        headers = [OVERLOADED] if flag == ResponseFlag.UPSTREAM_OVERFLOW else []
+        self._answer(conn, Response.text(status, message, headers), outcome)
+
+    # attempts ----------------------------------------------------------------------
+    async def _attempts(
+        self,
+        conn: DownstreamConnection,
+        request: Request,
+        body: RequestBody,
+        route: CompiledRoute,
+        cluster: Cluster,
+        deadline: float | None,
+    ) -> tuple[Attempt, UpstreamConnection | None]:
+        chain = route.chain
+        number = 0
+        while True:
+            number += 1
+            request.attempts = number
+            candidates = cluster.available()
+            for select in chain.select:
+                candidates = select(request, candidates)
+            upstream: UpstreamConnection | None = None
+            if not candidates:
+                flag = ResponseFlag.NO_HEALTHY_UPSTREAM
+                attempt = Attempt(number, None, flag=flag, error="no healthy upstream")
+            else:
+                # Policies narrow the cluster's own endpoints: these are the core's objects.
+                endpoint = cluster.pick(cast("Sequence[Endpoint]", candidates))
+                request.tried.append(endpoint)
+                attempt, upstream = await self._exchange(
+                    request, body, route, cluster, endpoint, deadline
+                )
+            for hook, is_async in chain.response:
+                if is_async:
+                    await hook(request, attempt)
+                else:
+                    hook(request, attempt)
+            if not attempt.retry_requested or conn.closed:
+                return attempt, upstream
+            wait = attempt.retry_delay
+            room = deadline - time.monotonic() if deadline is not None else None
+            # The route deadline ends the request whatever a policy asks.
+            if not body.replayable or (room is not None and room <= max(wait, 0.001)):
+                request.add_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+                return attempt, upstream
+            if upstream is not None:
+                upstream.close()
+                if attempt.endpoint is not None:
+                    cast("Endpoint", attempt.endpoint).active_requests -= 1
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    async def _exchange(
+        self,
+        request: Request,
+        body: RequestBody,
+        route: CompiledRoute,
+        cluster: Cluster,
+        endpoint: Endpoint,
+        deadline: float | None,
+    ) -> tuple[Attempt, UpstreamConnection | None]:
+        """One attempt: a connection, the request out, the response head in."""
+        # Durations from the monotonic clock: uvloop's loop.time() moves in whole
+        # milliseconds, too coarse for attempt durations (and the spans made of them).
+        start = time.monotonic()
+        limit = request.per_try_timeout
+        if deadline is not None:
+            left = deadline - start
+            limit = left if limit is None else min(limit, left)
+        pool = endpoint.pools.get(route.chain.pool_key) or self._new_pool(
+            request, route, cluster, endpoint
+        )
+        endpoint.active_requests += 1
+        head = (
+            f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
+            + request.headers.encode()
+            + b"\r\n"
+        )
+        has_body = body.chunked or not body.eof or body.size > 0
+        upstream: UpstreamConnection | None = None
+        try:
+            for fresh in (False, True):
+                upstream = None if fresh else pool.take()
+                budget = limit
+                if upstream is None:
+                    upstream = await pool.acquire(
+                        cluster.connect_timeout, fresh=fresh, limit=cluster.connections
+                    )
+                    if limit is not None:
+                        # Connecting (or waiting for a connection) spends the same budget.
+                        budget = max(0.0, limit - (time.monotonic() - start))
+                head_future = upstream.start(head, request.method == "HEAD", budget)
+                if has_body:
+                    upstream.body_task = asyncio.ensure_future(pump_body(upstream, body))
+                try:
+                    status, raw_headers, _, _ = await head_future
+                    break
+                except UpstreamError as exc:
+                    upstream.close()
+                    # A kept-alive connection the upstream closed just as it was reused:
+                    # try a fresh one once; nothing reached the upstream application.
+                    if (
+                        exc.flag != ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+                        or not upstream.reused
+                        or fresh
+                        or not body.replayable
+                    ):
+                        raise
+        except (UpstreamError, TimeoutError) as exc:
+            if upstream is not None:
+                upstream.close()
+            endpoint.active_requests -= 1
+            timeout = ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+            flag = exc.flag if isinstance(exc, UpstreamError) else timeout
+            error = str(exc)
+            if flag == timeout:
+                final = deadline is not None and time.monotonic() >= deadline - 0.001
+                error = "route timeout" if final else "per-try timeout"
+            failed = Attempt(request.attempts, endpoint, flag=flag, error=error)
+            failed.duration = time.monotonic() - start
+            return failed, None
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            endpoint.active_requests -= 1
+            raise
+        response = Response._from_upstream(status, raw_headers)
+        duration = time.monotonic() - start
+        return Attempt(request.attempts, endpoint, response, duration=duration), upstream
+
+    @staticmethod
+    def _new_pool(
+        request: Request, route: CompiledRoute, cluster: Cluster, endpoint: Endpoint
+    ) -> ConnectionPool:
+        chain = route.chain
+        key = chain.pool_key
+        setup = None
+        if key is not None:
+
+            def setup() -> ConnectionSetup:
+                return chain.connection_setup(
+                    ConnectionSetup(
+                        "upstream", request.listener, cluster=cluster, endpoint=endpoint
+                    )
+                )
+
+        pool = endpoint.pools[key] = ConnectionPool(endpoint.host, endpoint.port, setup)
+        return pool
+
+    # the response ------------------------------------------------------------------
+    @staticmethod
+    def _start_stream(
+        conn: DownstreamConnection,
+        request: Request,
+        response: Response,
+        upstream: UpstreamConnection,
+        outcome: Outcome,
+    ) -> tuple[bool, bool]:
+        """Send the response head and what body has arrived. Returns whether the
+        exchange is over (the common case for small responses: nothing to await) and
+        whether the body is chunked to the client."""
+        outcome.status = response.status
+        outcome.response = response
+        raw = response.raw_head
+        headers: Headers | bytes
+        if raw is not None:
+            headers, raw_length = relay_fields(raw)
+            framed = raw_length is not None
+        else:
+            length = response.headers.get("content-length")
+            headers = Headers._trusted(strip_hop_by_hop(response.headers))
+            if length is not None:
+                headers._add_trusted("content-length", length)
+            framed = length is not None
+        chunked = False
+        if not framed and request.method != "HEAD" and response.status not in (204, 304):
+            if request.version == "1.1":
+                chunked = True
+            else:
+                conn.keep_alive = False
+        if conn.closed:
+            upstream.close()
+            outcome.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+            return True, False
+        conn.start_response(response.status, headers, response.reason, chunked=chunked)
+        upstream.attach(ChunkedSink(conn) if chunked else conn)
+        if not upstream.finished():
+            conn.flush_head()
+            conn.set_upstream_resume(upstream.resume)
+            return False, chunked
+        Forwarder._end_stream(conn, upstream, chunked)
+        return True, chunked
+
+    @staticmethod
+    def _end_stream(
+        conn: DownstreamConnection, upstream: UpstreamConnection, chunked: bool
+    ) -> None:
+        if chunked:
+            conn.write_body(b"0\r\n\r\n")
+        conn.finish_response()
+        if upstream.body_done():
+            upstream.release()
+        else:
+            upstream.close()
+
+    async def _finish_stream(
+        self,
+        conn: DownstreamConnection,
+        upstream: UpstreamConnection,
+        outcome: Outcome,
+        chunked: bool,
+    ) -> None:
+        try:
+            await upstream.done_future()
+        except UpstreamError as exc:
+            # The attempt's deadline bounds the body too (route or per-try timeout).
+            timeout = exc.flag == ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
+            outcome.flags.append(
+                exc.flag if timeout else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+            )
+            upstream.close()
+            conn.keep_alive = False
+            return
+        finally:
+            conn.set_upstream_resume(None)
+        self._end_stream(conn, upstream, chunked)

@@ -1,0 +1,249 @@
+"""A running sidecar: the applied snapshot, its listeners, and config swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sidemesh.datapath.accesslog import AccessLog
+from sidemesh.datapath.body import RequestBody
+from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.downstream import DownstreamConnection
+from sidemesh.datapath.forward import Forwarder, Outcome
+from sidemesh.datapath.listener import ListenerServer
+from sidemesh.datapath.messages import Request
+from sidemesh.datapath.metrics import Metrics
+from sidemesh.datapath.model import SidecarConfig
+from sidemesh.datapath.snapshot import Snapshot
+
+__all__ = ["ApplyError", "Sidecar", "SnapshotBuilder"]
+
+#: (config, version, source, previous snapshot) -> the new snapshot; raises when the
+#: config cannot be compiled (a policy that fails to start).
+SnapshotBuilder = Callable[[SidecarConfig, str, str, "Snapshot | None"], Snapshot]
+
+log = logging.getLogger("sidemesh")
+
+
+class ApplyError(Exception):
+    """A config passed validation but could not be applied (a port in use, a policy that
+    failed to start). The previous config keeps running."""
+
+
+class Sidecar:
+    """Owns listeners and the current :class:`Snapshot`; swaps snapshots atomically."""
+
+    def __init__(
+        self,
+        build: SnapshotBuilder,
+        access_log: AccessLog | None = None,
+        metrics: Metrics | None = None,
+        on_applied: Callable[[SidecarConfig, str, str], None] | None = None,
+    ) -> None:
+        self._build = build
+        self._on_applied = on_applied
+        self.access_log = access_log or AccessLog(None)
+        self.metrics = metrics or _shared_metrics()
+        self.snapshot: Snapshot | None = None
+        self.servers: dict[str, ListenerServer] = {}
+        self.connections: set[DownstreamConnection] = set()
+        self.forwarder = Forwarder(self._done)
+        self.active = 0
+        self.draining = False
+        self._idle: asyncio.Event | None = None
+        self._retired: list[Snapshot] = []
+        self._apply_lock = asyncio.Lock()
+
+    # config ------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.snapshot is not None and all(
+            name in self.servers for name in self.snapshot.listeners
+        )
+
+    async def apply(self, config: SidecarConfig, version: str, source: str) -> None:
+        """Build the new snapshot, (re)start the listeners it needs, then swap. On any
+        failure the previous snapshot and listeners stay as they were."""
+        async with self._apply_lock:
+            try:
+                snapshot = self._build(config, version, source, self.snapshot)
+            except Exception as exc:
+                self.metrics.config_applies.labels("rejected").inc()
+                raise ApplyError(f"cannot apply config {version}: {exc}") from exc
+            try:
+                await self._swap_listeners(snapshot)
+            except Exception as exc:
+                self.metrics.config_applies.labels("rejected").inc()
+                await snapshot.close()
+                raise ApplyError(f"cannot apply config {version}: {exc}") from exc
+            previous, self.snapshot = self.snapshot, snapshot
+            self.metrics.config_applies.labels("ok").inc()
+            self.metrics.set_config(version, source)
+            if previous is not None:
+                self._retired.append(previous)
+                self._close_retired()
+            if self._on_applied is not None:
+                self._on_applied(config, version, source)
+            log.info("config %s applied from %s", version, source)
+
+    async def _swap_listeners(self, snapshot: Snapshot) -> None:
+        wanted: dict[str, ListenerServer] = {}
+        for name, listener in snapshot.listeners.items():
+            cfg = listener.config
+            setup = listener.chain.connection_setup(ConnectionSetup("listener", name))
+            port = cfg.port
+            current = self.servers.get(name)
+            if port == 0 and current is not None and current.host == cfg.host:
+                port = current.port  # "any port" keeps the one already bound
+            wanted[name] = ListenerServer(name, cfg.host, port, self._factory(name), setup)
+        started: list[ListenerServer] = []
+        stopped: list[ListenerServer] = []
+        try:
+            for name, server in wanted.items():
+                current = self.servers.get(name)
+                if (
+                    current is not None
+                    and current.key == server.key
+                    and (current.setup.ssl_context is server.setup.ssl_context)
+                ):
+                    wanted[name] = current
+                    continue
+                # A listener moved or changed TLS: free its old socket before binding
+                # (the same port is usually reused).
+                for old in self.servers.values():
+                    if old.host == server.host and old.port == server.port and old not in stopped:
+                        old.stop_accepting()
+                        stopped.append(old)
+                await server.start()
+                started.append(server)
+        except Exception:
+            for server in started:
+                server.stop_accepting()
+            for old in stopped:
+                await old.start()
+            raise
+        for name, server in self.servers.items():
+            if wanted.get(name) is not server and server not in stopped:
+                server.stop_accepting()
+        self.servers = wanted
+
+    def _close_retired(self) -> None:
+        for snapshot in list(self._retired):
+            if snapshot.active == 0:
+                self._retired.remove(snapshot)
+                asyncio.get_running_loop().create_task(snapshot.close())
+
+    def _factory(self, listener: str) -> Any:
+        def make() -> DownstreamConnection:
+            conn = DownstreamConnection(self.handle, listener, "http", self.connections.discard)
+            self.connections.add(conn)
+            return conn
+
+        return make
+
+    # requests ----------------------------------------------------------------------
+    def handle(
+        self, conn: DownstreamConnection, request: Request, body: RequestBody
+    ) -> Coroutine[Any, Any, None]:
+        """Route the request on the current snapshot and return the coroutine that
+        forwards it (a plain function: one coroutine level less per request; the
+        counters taken here are given back in :meth:`_done`)."""
+        snapshot = self.snapshot
+        assert snapshot is not None
+        listener = snapshot.listeners.get(conn.listener)
+        route = None
+        if listener is not None:
+            index = listener.table.match(
+                request.method, request.host, request.path_only, request.headers
+            )
+            if index is not None:
+                route = listener.routes[index]
+        if self.draining:
+            conn.keep_alive = False
+        snapshot.active += 1
+        self.active += 1
+        return self.forwarder.handle(conn, request, body, snapshot, route)
+
+    def _done(self, request: Request, outcome: Outcome, snapshot: Snapshot) -> None:
+        snapshot.active -= 1
+        self.active -= 1
+        if snapshot is not self.snapshot and snapshot.active == 0:
+            self._close_retired()
+        if self.active == 0 and self._idle is not None:
+            self._idle.set()
+        duration = time.monotonic() - request.start
+        self.metrics.observe(
+            request.listener,
+            request.route,
+            request.cluster,
+            outcome.status,
+            duration,
+            outcome.flags,
+            request.attempts,
+        )
+        if not self.access_log.enabled:
+            return
+        entry: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "host": request.host,
+            "listener": request.listener,
+            "route": request.route or None,
+            "cluster": request.cluster or None,
+            "upstream": outcome.upstream or None,
+            "status": outcome.status,
+            "attempts": request.attempts,
+            "duration_ms": round(duration * 1000, 3),
+            "response_flags": ",".join(outcome.flags) or "-",
+            "request_id": request.request_id,
+            "trace_id": None,
+            "client": request.connection.client_address,
+        }
+        if request.log:
+            entry.update({k: v for k, v in request.log.items() if k != "response_flags"})
+        self.access_log.log(entry)
+
+    # shutdown ----------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting, let in-flight requests finish (up to ``timeout`` seconds),
+        then close every connection. Returns whether everything finished in time."""
+        self.draining = True
+        for server in self.servers.values():
+            server.stop_accepting()
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+        finished = True
+        if self.active:
+            self._idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+            except TimeoutError:
+                finished = False
+        for conn in list(self.connections):
+            conn.close()
+        snapshots = [*self._retired, *([self.snapshot] if self.snapshot else [])]
+        for snapshot in snapshots:
+            for cluster in snapshot.clusters.values():
+                for endpoint in cluster.endpoints:
+                    for pool in endpoint.pools.values():
+                        pool.close()
+            await snapshot.close()
+        self.access_log.flush()
+        return finished
+
+
+_METRICS: Metrics | None = None
+
+
+def _shared_metrics() -> Metrics:
+    # prometheus-client families are process-wide: every sidecar in a process (tests run
+    # several) shares one set.
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = Metrics()
+    return _METRICS

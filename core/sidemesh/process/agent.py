@@ -1,0 +1,344 @@
+"""``sidemesh proxy --control URL``: a sidecar that takes its config from the control plane.
+
+It long-polls ``/v1/services/{service}/watch``, applies each new version atomically
+(a config the local plugins cannot run is NACKed and the running one stays), reports
+ACK/NACK with its installed plugin versions, and keeps the last applied config on disk
+so a restart while the control plane is down still serves. The control plane is never
+in the data path: when it is unreachable the sidecar keeps serving and reconnects with
+jittered exponential back-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.validate import ConfigInvalid, build
+from sidemesh.datapath.accesslog import AccessLog
+from sidemesh.datapath.sidecar import ApplyError, Sidecar
+from sidemesh.process.admin import AdminServer
+from sidemesh.process.lifecycle import install_signals, log_ready, shut_down, start_admin
+from sidemesh.process.sidecar import control_plane, new_sidecar, read_token
+
+__all__ = ["WATCH_TIMEOUT", "Agent", "Backoff", "StateCache", "rebind", "run_agent"]
+
+log = logging.getLogger("sidemesh")
+
+#: Seconds the control plane holds a watch before answering 304.
+WATCH_TIMEOUT = 25.0
+
+
+class Backoff:
+    """Exponential back-off with jitter: half the delay fixed, half random, so many
+    sidecars reconnecting at once spread out but none waits longer than ``cap``."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2 ** self.attempt)
+        self.attempt += 1
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class StateCache:
+    """The last applied config of one service, on disk (``DIR/<service>.json``)."""
+
+    def __init__(self, directory: Path, service: str) -> None:
+        self.path = directory / f"{service}.json"
+        self.service = service
+
+    def save(self, version: int, config: dict[str, Any], control: str) -> None:
+        # Temp file + fsync + rename: a crash leaves the old copy or the new one whole.
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = json.dumps({"service": self.service, "version": version, "control": control,
+                           "saved_at": time.time(), "config": config})
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> tuple[int, dict[str, Any]] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the saved config %s: %s", self.path, exc)
+            return None
+        if not isinstance(data, dict) or data.get("service") != self.service or not (
+            isinstance(data.get("version"), int) and isinstance(data.get("config"), dict)
+        ):
+            log.warning("ignoring the saved config %s: not one of %s", self.path, self.service)
+            return None
+        return data["version"], data["config"]
+
+
+def rebind(doc: dict[str, Any], host: str) -> dict[str, Any]:
+    """``doc`` with every listener, the admin API and every ``localhost:PORT`` endpoint on
+    ``host`` (ports unchanged)."""
+    shown = f"[{host}]" if ":" in host else host
+
+    def moved(address: Any) -> Any:
+        if not isinstance(address, str) or ":" not in address:
+            return address
+        return f"{shown}:{address.rpartition(':')[2]}"
+
+    out = json.loads(json.dumps(doc))
+    if "admin" in out:
+        out["admin"] = moved(out["admin"])
+    for listener in out.get("listeners") or []:
+        if isinstance(listener, dict) and "address" in listener:
+            listener["address"] = moved(listener["address"])
+    # `localhost` is the pod's own loopback (its local app), so it moves with the pod;
+    # numeric addresses stay, they may name a service shared by every sidecar.
+    for cluster in out.get("clusters") or []:
+        for endpoint in (cluster.get("endpoints") or []) if isinstance(cluster, dict) else []:
+            address = endpoint.get("address") if isinstance(endpoint, dict) else None
+            if isinstance(address, str) and address.rpartition(":")[0] == "localhost":
+                endpoint["address"] = moved(address)
+    return out
+
+
+class Agent:
+    """Follows one service's config on the control plane and applies it to ``sidecar``."""
+
+    def __init__(
+        self,
+        sidecar: Sidecar,
+        registry: PluginRegistry,
+        client: httpx.AsyncClient,
+        control: str,
+        service: str,
+        proxy_id: str,
+        cache: StateCache,
+        bind_host: str | None = None,
+    ) -> None:
+        self.sidecar = sidecar
+        self.registry = registry
+        self.client = client
+        self.control = control
+        self.service = service
+        self.proxy_id = proxy_id
+        self.cache = cache
+        self.bind_host = bind_host
+        self.source = f"control:{control}"
+        self.applied: int | None = None
+        self.seen: int = 0
+        self.nacked: dict[int, str] = {}
+        self.admin: AdminServer | None = None
+        self.admin_address: str | None = None
+        self.pending: dict[str, Any] | None = None
+        self.tried_cache = False
+
+    @property
+    def plugins(self) -> list[dict[str, str]]:
+        return [{"name": p.name, "version": p.version, "distribution": p.distribution}
+                for p in self.registry.all()]
+
+    # applying ------------------------------------------------------------------------
+    async def apply(self, version: int, doc: dict[str, Any]) -> str | None:
+        """Apply ``doc`` as ``version``; the reason it was refused, or ``None``."""
+        local = rebind(doc, self.bind_host) if self.bind_host else doc
+        try:
+            config = build(local, self.registry)
+        except ConfigInvalid as exc:
+            return "; ".join(str(e) for e in exc.errors)
+        new_admin: AdminServer | None = None
+        if config.admin and config.admin != self.admin_address:
+            try:
+                new_admin = await start_admin(self.sidecar, self.registry, config.admin)
+            except OSError as exc:
+                return str(exc)
+        try:
+            await self.sidecar.apply(config, str(version), self.source)
+        except ApplyError as exc:
+            if new_admin is not None:
+                await new_admin.stop()
+            return str(exc)
+        if config.admin != self.admin_address:
+            if self.admin is not None:
+                await self.admin.stop()
+            self.admin, self.admin_address = new_admin, config.admin
+        if self.applied is None:
+            log_ready(self.sidecar, self.service, self.admin, self.admin_address)
+        self.applied = version
+        return None
+
+    async def handle(self, version: int, doc: dict[str, Any]) -> None:
+        """A version from the control plane: apply it once, report, remember."""
+        self.seen = version
+        if version in self.nacked or version == self.applied:
+            return
+        reason = await self.apply(version, doc)
+        if reason is None:
+            log.info("config %s of %s applied (ACK)", version, self.service)
+            try:
+                await asyncio.to_thread(self.cache.save, version, doc, self.control)
+            except OSError as exc:
+                log.warning("cannot save the applied config to %s: %s", self.cache.path, exc)
+            await self.report("ACK", version, None)
+        else:
+            # Remembered so a NACKed version is never retried in a loop.
+            self.nacked[version] = reason
+            log.error("config %s of %s rejected (NACK), keeping %s: %s", version,
+                      self.service, self.applied if self.applied is not None else "nothing",
+                      reason)
+            await self.report("NACK", version, reason)
+
+    async def start_from_cache(self) -> None:
+        saved = self.cache.load()
+        if saved is None:
+            log.warning("control plane %s unreachable and no saved config in %s: waiting",
+                        self.control, self.cache.path)
+            return
+        version, doc = saved
+        reason = await self.apply(version, doc)
+        if reason is None:
+            log.info("control plane %s unreachable: serving saved config %s from %s",
+                     self.control, version, self.cache.path)
+            self.seen = version
+        else:
+            log.error("the saved config %s in %s cannot be applied: %s", version,
+                      self.cache.path, reason)
+
+    # talking to the control plane ----------------------------------------------------
+    async def report(self, state: str, version: int, error: str | None) -> None:
+        self.pending = {"service": self.service, "state": state, "version": version,
+                        "applied_version": self.applied, "error": error,
+                        "plugins": self.plugins}
+        await self.flush_report()
+
+    async def flush_report(self) -> None:
+        if self.pending is None:
+            return
+        try:
+            response = await self.client.post(f"/v1/proxies/{self.proxy_id}/status",
+                                              json=self.pending)
+        except httpx.HTTPError as exc:
+            log.warning("cannot report status to %s (will retry): %s", self.control, exc)
+            return
+        if response.status_code == 200:
+            self.pending = None
+        else:
+            log.warning("status report refused: %s %s", response.status_code,
+                        response.text[:200])
+
+    async def follow(self) -> None:
+        """Watch forever; never raises (except cancellation)."""
+        backoff = Backoff()
+        connected = False
+        while True:
+            try:
+                response = await self.client.get(
+                    f"/v1/services/{self.service}/watch",
+                    params={"after": self.seen, "timeout": WATCH_TIMEOUT,
+                            "proxy": self.proxy_id})
+            except httpx.HTTPError as exc:
+                if connected or backoff.attempt == 0:
+                    log.warning("control plane %s unreachable (%s): keeping config %s, "
+                                "retrying", self.control, type(exc).__name__,
+                                self.applied if self.applied is not None else "-")
+                connected = False
+                await self._fallback()
+                await asyncio.sleep(backoff.next())
+                continue
+            if response.status_code in (200, 304):
+                if not connected:
+                    log.info("connected to control plane %s", self.control)
+                connected = True
+                backoff.reset()
+                await self.flush_report()
+                if response.status_code == 200:
+                    await self._received(response)
+                continue
+            log.error("control plane answered %s: %s", response.status_code,
+                      response.text[:300])
+            await self._fallback()
+            await asyncio.sleep(backoff.next())
+
+    async def _fallback(self) -> None:
+        """Nothing applied and no config from the control plane: use the saved one."""
+        if self.applied is None and not self.tried_cache:
+            self.tried_cache = True
+            await self.start_from_cache()
+
+    async def _received(self, response: httpx.Response) -> None:
+        try:
+            body = response.json()
+            version, doc = int(body["version"]), body["config"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unreadable answer from the control plane: %s", exc)
+            await asyncio.sleep(1)
+            return
+        if not isinstance(doc, dict):
+            log.error("the control plane sent a config that is not an object")
+            return
+        await self.handle(version, doc)
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "state_dir", None) or os.environ.get("SIDEMESH_STATE_DIR")
+    return Path(chosen or "~/.sidemesh").expanduser()
+
+
+def _default_proxy_id(service: str) -> str:
+    raw = f"{service}-{socket.gethostname()}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", raw)[:128]
+
+
+async def run_agent(
+    args: argparse.Namespace, registry: PluginRegistry, access_log: AccessLog, drain: float
+) -> int:
+    token_file = getattr(args, "token_file", None)
+    try:
+        token = read_token(token_file)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    control = str(args.control).rstrip("/")
+    service = str(args.service)
+    state_dir = _state_dir(args)
+    sidecar = new_sidecar(registry, access_log, control=control_plane(control, token_file))
+    timeout = httpx.Timeout(5.0, read=WATCH_TIMEOUT + 10.0)
+    async with httpx.AsyncClient(base_url=control, timeout=timeout,
+                                 headers={"authorization": f"Bearer {token}"}) as client:
+        agent = Agent(sidecar, registry, client, control, service,
+                      getattr(args, "proxy_id", None) or _default_proxy_id(service),
+                      StateCache(state_dir, service), getattr(args, "bind_host", None))
+        stop = asyncio.Event()
+        install_signals(stop, lambda: log.info(
+            "SIGHUP ignored: the config comes from the control plane %s", control))
+        log.info("sidecar %s (%s) following %s", service, agent.proxy_id, control)
+        follower = asyncio.create_task(agent.follow())
+        await stop.wait()
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    await shut_down(sidecar, agent.admin, drain)
+    return 0

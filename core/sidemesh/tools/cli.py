@@ -1,0 +1,316 @@
+"""The ``sidemesh`` command.
+
+Long-running commands (``proxy``, ``control``, ``demo``) are imported only when run, so
+``sidemesh validate`` in a CI job stays quick and needs nothing but the config code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sidemesh import __version__
+from sidemesh.api.durations import parse_duration
+
+__all__ = ["build_parser", "main"]
+
+EPILOG = """\
+examples:
+  sidemesh validate sidemesh.yaml          check a config (exit 1 lists every error)
+  sidemesh plugins                         installed plugins, versions and hooks
+  sidemesh schema retry                    the retry plugin's config schema
+  sidemesh explain -c sidemesh.yaml GET http://reviews/reviews/1 -H 'x-user: jason'
+                                           which route, chain and endpoints a request gets
+  sidemesh proxy -c sidemesh.yaml          run a sidecar from a file (SIGHUP reloads it)
+  sidemesh control --data ./sidemesh-data  run the control plane
+  sidemesh demo                            the whole mesh on this machine
+  sidemesh new-plugin ratelimit            start a plugin: sidemesh-ratelimit/
+
+Run 'sidemesh COMMAND --help' for a command's options.
+"""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _registry() -> Any:
+    from sidemesh.config.registry import PluginRegistry
+
+    return PluginRegistry.load()
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from sidemesh.config.validate import ConfigInvalid, load_file
+
+    registry = _registry()
+    results = []
+    for path in args.files:
+        try:
+            config = load_file(path, registry)
+        except ConfigInvalid as exc:
+            results.append({"file": path, "ok": False,
+                            "errors": [e.as_dict() for e in exc.errors]})
+            if not args.json:
+                count = len(exc.errors)
+                print(f"FAIL {path} ({count} error{'s' if count != 1 else ''})")
+                for error in exc.errors:
+                    print(f"  {error}")
+            continue
+        routes = sum(len(listener.routes) for listener in config.listeners)
+        results.append({"file": path, "ok": True, "listeners": len(config.listeners),
+                        "routes": routes})
+        if not args.json:
+            print(f"ok {path} ({len(config.listeners)} listeners, {routes} routes)")
+    if args.json:
+        _print_json(results)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = _registry()
+    policies = registry.all()
+    if args.json:
+        _print_json({
+            "plugins": [
+                {"name": p.name, "distribution": p.distribution, "version": p.version,
+                 "hooks": list(p.hooks), "schema_id": p.schema_id}
+                for p in policies
+            ],
+            "load_errors": [
+                {"name": e.name, "distribution": e.distribution, "version": e.version,
+                 "error": e.message}
+                for e in registry.load_errors
+            ],
+        })
+        return 1 if registry.load_errors else 0
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output is not cut at 80 columns: schema ids would fold mid-word.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    if policies:
+        table = Table(title="installed sidemesh plugins", title_justify="left")
+        for column in ("name", "distribution", "version", "hooks", "schema id"):
+            table.add_column(column, overflow="fold")
+        for p in policies:
+            table.add_row(p.name, p.distribution, p.version, ", ".join(p.hooks) or "-",
+                          p.schema_id or "-")
+        console.print(table)
+    else:
+        console.print("no plugins installed (try: pip install 'sidemesh[all]')")
+    for error in registry.load_errors:
+        console.print(f"[red]error[/red]: {error} ({error.distribution} {error.version})",
+                      markup=True)
+    return 1 if registry.load_errors else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from sidemesh.config.registry import composed_schema
+
+    registry = _registry()
+    if args.plugin is None:
+        _print_json(composed_schema(registry))
+        return 0
+    policy = registry.get(args.plugin)
+    if policy is None:
+        failure = registry.load_error(args.plugin)
+        reason = str(failure) if failure else (
+            f"unknown plugin {args.plugin!r} (installed: {', '.join(registry.names()) or 'none'})"
+        )
+        print(f"sidemesh schema: {reason}", file=sys.stderr)
+        return 1
+    _print_json(policy.schema)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sidemesh.config.validate import ConfigInvalid, load_file
+    from sidemesh.tools.explain import ExplainError, explain, render_text
+
+    registry = _registry()
+    try:
+        config = load_file(args.config, registry)
+    except ConfigInvalid as exc:
+        print(f"sidemesh explain: {args.config} is not a valid config:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    try:
+        result = explain(config, registry, args.method, args.url, args.header)
+    except ExplainError as exc:
+        print(f"sidemesh explain: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(result)
+    else:
+        print(render_text(result))
+    return 0 if result["matched"] else 1
+
+
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        handler = getattr(importlib.import_module(module), function)
+        return int(handler(args))
+
+    return run
+
+
+def _check_proxy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.config is None) == (args.control is None):
+        parser.error("give either -c/--config FILE or --control URL (with --service)")
+    if args.control is not None and not args.service:
+        parser.error("--control needs --service NAME")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="sidemesh", formatter_class=formatter, epilog=EPILOG,
+        description="sidemesh: a service-mesh sidecar proxy whose every feature "
+                    "(retries, circuit breaking, traffic splits, mTLS, tracing) is a plugin.")
+    parser.add_argument("--version", action="version", version=f"sidemesh {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("validate", help="validate config files; exit 1 listing every error",
+                       description="Validate sidecar configs against the core schema, the "
+                       "installed plugins' schemas and versions, and cross-references.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="sidemesh.yaml files")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("plugins", help="installed plugins: name, distribution, version, hooks",
+                       description="List installed plugins (entry-point group 'sidemesh') "
+                       "and the ones that failed to load; exit 1 if any failed.")
+    p.add_argument("--json", action="store_true", help="machine-readable list")
+    p.set_defaults(handler=cmd_plugins)
+
+    p = sub.add_parser("schema", help="print the composed JSON Schema, or one plugin's",
+                       description="Print the JSON Schema (Draft 2020-12) of sidemesh.yaml "
+                       "with every installed plugin's config schema composed in, or the "
+                       "schema of one plugin's config.")
+    p.add_argument("plugin", nargs="?", metavar="PLUGIN", help="a plugin name (see "
+                   "'sidemesh plugins')")
+    p.set_defaults(handler=cmd_schema)
+
+    p = sub.add_parser(
+        "explain", help="which listener/route/chain/endpoints a request would get, and why",
+        formatter_class=formatter,
+        description="Show, for each listener, the routes tried and why they did not match, "
+        "the chain that would run, the cluster's endpoints and any split's weights.",
+        epilog="examples:\n"
+        "  sidemesh explain -c sidemesh.yaml GET http://reviews/reviews/1\n"
+        "  sidemesh explain -c sidemesh.yaml POST /api -H 'host: ratings' -H 'x-user: jason'")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="sidemesh.yaml")
+    p.add_argument("method", metavar="METHOD", help="GET, POST, ...")
+    p.add_argument("url", metavar="URL", help="http://host/path?query, or /path with -H 'host: x'")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(handler=cmd_explain)
+
+    p = sub.add_parser(
+        "proxy", help="run a sidecar (from a file, or from the control plane)",
+        formatter_class=formatter,
+        description="Run a sidecar proxy. From a file it reloads on SIGHUP (keeping the old "
+        "config if the new one is invalid); from a control plane it follows config updates.",
+        epilog="examples:\n  sidemesh proxy -c sidemesh.yaml\n"
+        "  sidemesh proxy --control http://127.0.0.1:15010 --service reviews "
+        "--token-file reviews.token")
+    p.add_argument("-c", "--config", metavar="FILE", help="sidemesh.yaml to run")
+    p.add_argument("--control", metavar="URL", help="control plane URL instead of a file")
+    p.add_argument("--service", metavar="NAME", help="service name (with --control)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="sidecar token file (default: $SIDEMESH_TOKEN)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="with --control: where the last applied config is kept, used at "
+                   "start when the control plane is unreachable (default: "
+                   "$SIDEMESH_STATE_DIR or ~/.sidemesh)")
+    p.add_argument("--proxy-id", metavar="ID",
+                   help="with --control: this sidecar's id in GET /v1/proxies (default: "
+                   "SERVICE-HOSTNAME-PID)")
+    p.add_argument("--bind-host", metavar="HOST",
+                   help="with --control: bind every listener and the admin API on HOST "
+                   "instead of the config's host, ports unchanged, and send to localhost:PORT "
+                   "endpoints (the local app) on HOST too (several sidecars of one "
+                   "service on one machine, each on its own address, like pods)")
+    p.add_argument("--drain-timeout", type=_duration, default=parse_duration("10s"),
+                   metavar="DURATION", help="on SIGTERM, wait this long for in-flight "
+                   "requests (default 10s)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.add_argument("--access-log", default="-", metavar="TARGET",
+                   help="where the JSON access log goes: - (stdout, default), a file "
+                   "path (appended to), or off")
+    p.set_defaults(handler=_lazy("sidemesh.process.runtime", "main_proxy"), check=_check_proxy,
+                   parser=p)
+
+    p = sub.add_parser("control", help="run the control plane (config store, CA, tokens)",
+                       description="Run the control plane: control API, config store and "
+                       "certificate authority. Without --admin-token-file it creates "
+                       "DIR/admin.token on first start.")
+    p.add_argument("--data", default="./sidemesh-data", metavar="DIR",
+                   help="state directory (default ./sidemesh-data)")
+    p.add_argument("--listen", default="127.0.0.1:15010", metavar="ADDR",
+                   help="host:port to serve on (default 127.0.0.1:15010)")
+    p.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
+    p.set_defaults(handler=_lazy("sidemesh.control", "main"))
+
+    p = sub.add_parser("token", help="issue a sidecar token bound to one service",
+                       description="Issue a token a sidecar uses to fetch its service's "
+                       "config and certificates; printed on stdout.")
+    p.add_argument("--data", default="./sidemesh-data", metavar="DIR",
+                   help="the control plane's state directory (default ./sidemesh-data)")
+    p.add_argument("--service", required=True, metavar="NAME", help="the service")
+    p.set_defaults(handler=_lazy("sidemesh.control", "main_token"))
+
+    p = sub.add_parser("new-plugin", help="create a new plugin distribution sidemesh-NAME",
+                       description="Write sidemesh-NAME/: pyproject with the entry point, "
+                       "a policy, its config schema, README, CHANGELOG and passing tests.")
+    p.add_argument("name", metavar="NAME", help="the plugin's name, e.g. ratelimit")
+    p.add_argument("--dir", default=".", metavar="DIR",
+                   help="where sidemesh-NAME/ is created (default: the current directory)")
+    p.set_defaults(handler=_lazy("sidemesh.tools.scaffold", "main"))
+
+    p = sub.add_parser("demo", help="run the whole mesh on this machine and show what it did",
+                       description="Start a control plane, two service versions with "
+                       "sidecars and mTLS, send traffic, inject failures, and report.")
+    p.add_argument("--keep-running", action="store_true",
+                   help="keep everything running after the report (Ctrl-C stops)")
+    p.set_defaults(handler=_lazy("sidemesh.tools.demo", "main"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args.parser, args)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `sidemesh schema | head`: the reader left; not an error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if os.environ.get("SIDEMESH_DEBUG"):
+            raise
+        print(f"sidemesh {args.command}: error: {type(exc).__name__}: {exc} "
+              "(set SIDEMESH_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,297 @@
+"""``sidemesh demo``: the whole mesh on this machine (SPEC section 7).
+
+A control plane, productpage calling reviews (two v1 pods and one v2 pod), a sidecar in
+front of each app taking its config from the control plane, mTLS between them with
+certificates from the control plane's CA, tracing to an in-demo Zipkin receiver. It
+pushes a traffic policy, sends traffic, breaks one reviews pod, heals it, and reports
+what the sidecars themselves measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.markup import escape
+
+from sidemesh.tools.demo_app import PRODUCTPAGE_PATH, ZipkinReceiver
+from sidemesh.tools.demo_config import Instance, Layout, productpage_config, reviews_config
+from sidemesh.tools.demo_evidence import Evidence, collect
+from sidemesh.tools.demo_procs import DemoError, Supervisor, Terminated, raise_on_sigterm
+from sidemesh.tools.demo_report import render
+from sidemesh.tools.demo_traffic import ClusterWatcher, Phase, drive
+
+__all__ = ["REQUIRED_PLUGINS", "main"]
+
+REQUIRED_PLUGINS = ("retry", "circuit", "split", "mtls", "tracing")
+#: How long one reviews pod answers 503: past its first ejection (CIRCUIT's 3s).
+FAULT_SECONDS = 4.0
+
+
+def _preflight() -> None:
+    from sidemesh.config.registry import PluginRegistry
+
+    registry = PluginRegistry.load()
+    broken = {e.name: e.message for e in registry.load_errors}
+    missing = [name for name in REQUIRED_PLUGINS if registry.get(name) is None]
+    if missing:
+        details = "; ".join(f"{n}: {broken[n]}" for n in missing if n in broken)
+        raise DemoError(
+            f"the demo needs the plugins {', '.join(REQUIRED_PLUGINS)}; missing: "
+            f"{', '.join(missing)}" + (f" (failed to load: {details})" if details else "")
+            + ". Install them: pip install 'sidemesh[all]' (or pip install -e plugins/NAME "
+            "in a checkout).")
+
+
+class Mesh:
+    """The running demo mesh: processes, addresses and the control API."""
+
+    def __init__(self, console: Console, workdir: Path, zipkin: ZipkinReceiver) -> None:
+        self.console = console
+        self.workdir = workdir
+        self.zipkin = zipkin
+        self.sup = Supervisor(workdir)
+        self.layout = Layout()
+        self.data = workdir / "control"
+        self.admin_token = ""
+        self.t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[dim]{time.monotonic() - self.t0:5.1f}s[/dim]  {text}")
+
+    # control plane ------------------------------------------------------------------
+    def start_control(self) -> None:
+        layout = self.layout
+        child = self.sup.start("control", ["-m", "sidemesh", "control", "--data", str(self.data),
+                                           "--listen", f"127.0.0.1:{layout.control_port}"])
+        self.sup.wait_http(child, f"{layout.control_url}/v1/schemas", ok=range(200, 500))
+        token_file = self.data / "admin.token"
+        if not token_file.exists():
+            raise DemoError(f"the control plane did not create {token_file}:\n{child.output()}")
+        self.admin_token = token_file.read_text().strip()
+        self.say(f"control plane up on {layout.control_url} (CA, config store)")
+
+    def put_config(self, service: str, doc: dict[str, Any]) -> int:
+        url = f"{self.layout.control_url}/v1/services/{service}/config"
+        try:
+            response = httpx.put(url, json=doc, timeout=10.0,
+                                 headers={"authorization": f"Bearer {self.admin_token}"})
+        except httpx.HTTPError as exc:
+            raise DemoError(f"PUT {url}: {exc}") from None
+        if response.status_code != 200:
+            raise DemoError(f"the control plane refused {service}'s config: PUT {url} -> "
+                            f"{response.status_code} {response.text[:1500]}")
+        try:
+            return int(response.json()["version"])
+        except (ValueError, KeyError, TypeError):
+            raise DemoError(f"PUT {url}: unexpected answer {response.text[:300]}") from None
+
+    def issue_tokens(self, names: list[tuple[str, str]]) -> dict[str, Path]:
+        """One token per sidecar (``sidemesh token``), issued concurrently."""
+
+        def issue(item: tuple[str, str]) -> tuple[str, Path]:
+            name, service = item
+            token = self.sup.run(f"sidemesh token --service {service}",
+                                 ["-m", "sidemesh", "token", "--data", str(self.data),
+                                  "--service", service])
+            path = self.workdir / "tokens" / f"{name}.token"
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+            return name, path
+
+        with ThreadPoolExecutor(4) as pool:
+            return dict(pool.map(issue, names))
+
+    def proxies(self) -> list[dict[str, Any]]:
+        try:
+            response = httpx.get(f"{self.layout.control_url}/v1/proxies", timeout=5.0,
+                                 headers={"authorization": f"Bearer {self.admin_token}"})
+            body = response.json()
+        except (httpx.HTTPError, ValueError):
+            return []
+        found = body.get("proxies", body) if isinstance(body, dict) else body
+        return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
+
+    # workloads ----------------------------------------------------------------------
+    def start_workloads(self) -> None:
+        layout = self.layout
+        zipkin = self.zipkin.url
+        self.put_config("reviews", reviews_config(layout, zipkin))
+        version = self.put_config("productpage", productpage_config(layout, zipkin, False))
+        self.say(f"configs stored: reviews, productpage v{version} (mTLS, tracing)")
+        tokens = self.issue_tokens([("productpage", "productpage")]
+                                   + [(i.name, "reviews") for i in layout.instances])
+        self.say(f"{len(tokens)} sidecar tokens issued (sidemesh token)")
+        apps = []
+        for inst in layout.instances:
+            apps.append((self.sup.start(f"app-{inst.name}", [
+                "-m", "sidemesh.tools.demo_app", "reviews", "--version", inst.version,
+                "--name", inst.name, "--host", inst.host, "--port", str(layout.reviews_app)]),
+                f"{layout.app_url(inst)}/reviews/1"))
+        apps.append((self.sup.start("app-productpage", [
+            "-m", "sidemesh.tools.demo_app", "productpage", "--port", str(layout.pp_app),
+            "--reviews", f"http://127.0.0.1:{layout.pp_outbound}"]),
+            f"http://127.0.0.1:{layout.pp_app}/healthz"))
+        sidecars = [(self.sidecar("productpage", "productpage", tokens["productpage"], None),
+                     f"{layout.pp_admin_url}/ready")]
+        for inst in layout.instances:
+            sidecars.append((self.sidecar(inst.name, "reviews", tokens[inst.name], inst),
+                             f"{layout.admin_url(inst)}/ready"))
+        for child, url in apps:
+            self.sup.wait_http(child, url, ok=range(200, 500))
+        self.say("apps up: productpage, " + ", ".join(
+            f"{i.name} ({i.host})" for i in layout.instances))
+        for child, url in sidecars:
+            self.sup.wait_http(child, url, timeout=30.0)
+        self.say("4 sidecars ready, configs from the control plane applied")
+
+    def sidecar(self, name: str, service: str, token: Path, inst: Instance | None) -> Any:
+        args = ["-m", "sidemesh", "proxy", "--control", self.layout.control_url,
+                "--service", service, "--token-file", str(token), "--proxy-id", name,
+                "--state-dir", str(self.workdir / "state" / name), "--drain-timeout", "2s",
+                "--access-log", str(self.access_log(name))]
+        if inst is not None:
+            args += ["--bind-host", inst.host]
+        return self.sup.start(f"sidecar-{name}", args)
+
+    def access_log(self, name: str) -> Path:
+        return self.sup.logs / f"access-{name}.jsonl"
+
+    def fault(self, inst: Instance, status: int | None) -> None:
+        url = f"{self.layout.app_url(inst)}/fault"
+        try:
+            if status is None:
+                httpx.delete(url, timeout=5.0).raise_for_status()
+            else:
+                httpx.post(url, params={"status": status}, timeout=5.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise DemoError(f"cannot reach {inst.name}'s fault switch {url}: {exc}") from None
+
+    def wait_applied(self, version: int, timeout: float = 15.0) -> None:
+        url = f"{self.layout.pp_admin_url}/config_dump"
+        deadline = time.monotonic() + timeout
+        seen: Any = None
+        while time.monotonic() < deadline:
+            self.sup.check_alive()
+            try:
+                seen = httpx.get(url, timeout=2.0).json().get("version")
+            except (httpx.HTTPError, ValueError):
+                seen = None
+            if str(seen) == str(version):
+                return
+            time.sleep(0.1)
+        raise DemoError(f"productpage's sidecar did not apply config v{version} within "
+                        f"{timeout:.0f}s (it runs {seen}):\n"
+                        f"{self.sup.children[-4].output() if len(self.sup.children) > 3 else ''}")
+
+
+def _scenario(mesh: Mesh) -> Evidence:
+    layout = mesh.layout
+    mesh.start_control()
+    mesh.start_workloads()
+    url = f"{layout.entry_url}{PRODUCTPAGE_PATH}"
+    alive = mesh.sup.check_alive
+    check = drive(mesh.console, url, Phase("mTLS smoke test"), requests=12, check=alive)
+    if check.statuses.get(200, 0) == 0:
+        raise DemoError(f"no request made it through the mesh ({check.summary()}); "
+                        f"productpage sidecar log:\n{mesh.sup.children[-4].output()}")
+    version = mesh.put_config("productpage", productpage_config(layout, mesh.zipkin.url, True))
+    mesh.say(f"pushed productpage v{version}: split 90/10 v1/v2, retries, outlier detection")
+    mesh.wait_applied(version)
+    mesh.say(f"productpage's sidecar applied v{version}")
+    broken = layout.instances[0]
+    with ClusterWatcher(layout.pp_admin_url, "reviews", mesh.t0) as watcher:
+        drive(mesh.console, url, Phase("steady traffic"), requests=300, check=alive)
+        mesh.fault(broken, 503)
+        mesh.say(f"[bold red]broke {broken.name}[/bold red] ({layout.endpoint(broken)}): "
+                 "its app now answers 503")
+        # Longer than one ejection: it comes back still broken and is ejected again,
+        # for longer (base_ejection_time x ejection count).
+        drive(mesh.console, url, Phase(f"{broken.name} failing"), limit=FAULT_SECONDS,
+              check=alive)
+        mesh.fault(broken, None)
+        mesh.say(f"[bold green]healed {broken.name}[/bold green]; waiting for the mesh to "
+                 "let it back in")
+        address = layout.endpoint(broken)
+
+        def back() -> bool:
+            mine = [e for e in watcher.events if e.address == address]
+            return bool(mine) and all(e.returned_at is not None for e in mine)
+
+        drive(mesh.console, url, Phase("waiting for its return"), until=back, limit=15.0,
+              check=alive)
+        drive(mesh.console, url, Phase("back in rotation"), requests=100, check=alive)
+        mesh.sup.check_alive()
+    return collect(mesh.layout, mesh.zipkin, watcher, mesh.access_log, mesh.proxies(),
+                   mesh.t0, version, broken)
+
+
+def _keep_running(mesh: Mesh) -> None:
+    layout = mesh.layout
+    lines = [f"control plane   {layout.control_url}  (admin token: {mesh.data}/admin.token)",
+             f"productpage     {layout.entry_url}{PRODUCTPAGE_PATH}",
+             f"zipkin spans    {mesh.zipkin.url}/api/v2/spans",
+             f"productpage sidecar admin  {layout.pp_admin_url}/clusters"]
+    lines += [f"{i.name} sidecar admin  {layout.admin_url(i)}/metrics"
+              for i in layout.instances]
+    lines.append(f"logs            {mesh.sup.logs}")
+    mesh.console.print("\n[bold]The mesh is still up[/bold] (Ctrl-C stops it):\n  "
+                       + "\n  ".join(lines), highlight=False)
+    while True:
+        mesh.sup.check_alive()
+        time.sleep(1.0)
+
+
+def main(args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
+    console = Console(highlight=False, width=None if tty else 110)
+    raise_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="sidemesh-demo-"))
+    mesh: Mesh | None = None
+    code = 0
+    try:
+        _preflight()
+        with ZipkinReceiver() as zipkin:
+            mesh = Mesh(console, workdir, zipkin)
+            try:
+                evidence = _scenario(mesh)
+                console.print(render(evidence))
+                problems = evidence.problems()
+                if problems:
+                    raise DemoError("the mesh did not do what the demo shows:\n  - "
+                                    + "\n  - ".join(problems))
+                if getattr(args, "keep_running", False):
+                    _keep_running(mesh)
+            finally:
+                mesh.sup.stop_all()
+    except DemoError as exc:
+        console.print(f"[bold red]sidemesh demo failed:[/bold red] {escape(str(exc))}")
+        code = 1
+    except KeyboardInterrupt:
+        console.print("sidemesh demo: interrupted, everything it started is stopped")
+        code = 130
+    except Terminated:
+        console.print("sidemesh demo: terminated, everything it started is stopped")
+        code = 128 + signal.SIGTERM
+    finally:
+        if code == 1 and mesh is not None:
+            # What went wrong is in the processes' logs: keep them, drop the secrets.
+            shutil.rmtree(workdir / "tokens", ignore_errors=True)
+            (workdir / "control" / "admin.token").unlink(missing_ok=True)
+            console.print(f"logs of every process kept in {mesh.sup.logs}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if code == 0:
+        console.print(f"sidemesh demo: done in {time.monotonic() - mesh.t0:.0f}s, "
+                      "every process it started is stopped" if mesh else "")
+    return code
