@@ -1,26 +1,52 @@
-"""Test helpers for sidemesh and its plugins: a real sidecar and real upstreams, each on
-its own event loop in a background thread, so plain synchronous tests (and httpx) can
-talk to them over real sockets.
+"""The public test kit for sidemesh and its plugins: a real sidecar and real upstreams,
+each on its own event loop in a background thread, so plain synchronous tests (and
+httpx) can talk to them over real sockets; and the core's objects made stand-alone, for
+unit tests of a policy's hooks.
 
     with Upstream() as up, running_sidecar(simple_config(up.address)) as sc:
         httpx.get(sc.url("main") + "/hello")
+
+``sidemesh.testing.control`` has a real control plane (``ControlServer``) and its CA.
 """
 
+from sidemesh.testing.config import (
+    CompiledConfig,
+    ConfigError,
+    ConfigInvalid,
+    build_config,
+    compile_config,
+    installed,
+    run_cli,
+    validate_config,
+)
 from sidemesh.testing.loop import BackgroundLoop, free_port, raw_exchange, wait_for
+from sidemesh.testing.objects import make_cluster, make_endpoint, make_request, policy_context
 from sidemesh.testing.process import ProxyProcess
 from sidemesh.testing.sidecar import RunningSidecar, running_sidecar, simple_config
 from sidemesh.testing.upstream import Reply, SeenRequest, Upstream
 
 __all__ = [
     "BackgroundLoop",
+    "CompiledConfig",
+    "ConfigError",
+    "ConfigInvalid",
     "ProxyProcess",
     "Reply",
     "RunningSidecar",
     "SeenRequest",
     "Upstream",
+    "build_config",
+    "compile_config",
     "free_port",
+    "installed",
+    "make_cluster",
+    "make_endpoint",
+    "make_request",
+    "policy_context",
     "raw_exchange",
+    "run_cli",
     "running_sidecar",
     "simple_config",
+    "validate_config",
     "wait_for",
 ]

@@ -1,5 +1,6 @@
 """A real control plane for tests: the Starlette app on uvicorn, on a background loop,
-with its store in a directory the test owns.
+with its store in a directory the test owns; and its certificate authority, for tests
+that need real SPIFFE certificates without a server.
 
     with ControlServer(tmp_path) as cp:
         httpx.put(cp.url + "/v1/services/web/config", json=doc, headers=cp.admin)
@@ -18,18 +19,23 @@ import uvicorn
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.control.app import create_app
 from sidemesh.control.auth import issue_token
+from sidemesh.control.ca import CA_KEY_FILE, CertificateAuthority, CertificateRequestError
 from sidemesh.control.http import ControlState
 from sidemesh.control.store import DB_FILE, SQLiteStore
-from sidemesh.testing import BackgroundLoop
+from sidemesh.testing.loop import BackgroundLoop
 
-__all__ = ["ControlServer"]
+__all__ = ["CA_KEY_FILE", "CertificateAuthority", "CertificateRequestError", "ControlServer"]
 
 
 class ControlServer:
     """``sidemesh control`` in-process on 127.0.0.1 (a free port); stopped on exit."""
 
-    def __init__(self, data_dir: Path, registry: PluginRegistry | None = None,
-                 admin_token: str = "test-admin-token") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        registry: PluginRegistry | None = None,
+        admin_token: str = "test-admin-token",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.registry = registry
         self.admin_token = admin_token
@@ -55,14 +61,18 @@ class ControlServer:
     def __enter__(self) -> ControlServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         store = SQLiteStore(self.data_dir / DB_FILE)
-        self.state = ControlState(store, self.registry or PluginRegistry.load(),
-                                  self.admin_token, self.data_dir)
+        self.state = ControlState(
+            store, self.registry or PluginRegistry.load(), self.admin_token, self.data_dir
+        )
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._sock = sock
-        self._server = uvicorn.Server(uvicorn.Config(
-            create_app(self.state), log_level="warning", lifespan="off", access_log=False))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.state), log_level="warning", lifespan="off", access_log=False
+            )
+        )
         self._bg = BackgroundLoop()
         server = self._server
 

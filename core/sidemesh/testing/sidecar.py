@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import build
+from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import Sidecar
 from sidemesh.process.sidecar import new_sidecar
 from sidemesh.testing.loop import BackgroundLoop
@@ -28,6 +29,10 @@ class RunningSidecar:
 
     def url(self, listener: str) -> str:
         return f"http://127.0.0.1:{self.port(listener)}"
+
+    def log_to(self, stream: IO[str]) -> None:
+        """Write the access log (one JSON line per request) to ``stream`` from now on."""
+        self.sidecar.access_log = AccessLog(stream)
 
     def apply(self, doc: dict[str, Any], version: str = "test") -> None:
         """Apply another config (raises ``ConfigInvalid``/``ApplyError`` like a reload)."""
