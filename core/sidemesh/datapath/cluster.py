@@ -71,6 +71,9 @@ class Endpoint:
         self.ejection_count += 1
         self.ejected_until = time.monotonic() + seconds
 
+    def forgive(self, ejections: int) -> None:
+        self.ejection_count = max(0, self.ejection_count - ejections)
+
     def describe(self) -> dict[str, Any]:
         remaining = self.ejected_until - time.monotonic() if self.ejected else 0.0
         return {

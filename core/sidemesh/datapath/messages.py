@@ -13,7 +13,12 @@ from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.stash import Stash
 from sidemesh.datapath.views import EndpointView
 
-__all__ = ["Attempt", "Headers", "Request", "Response"]
+__all__ = ["OVERFLOW_TEXT", "OVERLOADED_HEADER", "Attempt", "Headers", "Request", "Response"]
+
+#: on every answer the proxy gives because a limit was reached (Envoy: x-envoy-overloaded).
+OVERLOADED_HEADER = "x-sidemesh-overloaded"
+#: Envoy's text for a request refused by a circuit breaker.
+OVERFLOW_TEXT = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -280,6 +285,12 @@ class Response:
     @classmethod
     def text(cls, status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> Response:
         return cls(status, Headers([("content-type", "text/plain"), *headers]), text.encode())
+
+    @classmethod
+    def overflow(cls) -> Response:
+        """The answer to a request a limit refused, as Envoy gives it: ``503``, its text,
+        and ``x-sidemesh-overloaded: true``. Add flag ``UO`` with the answer."""
+        return cls.text(503, OVERFLOW_TEXT, [(OVERLOADED_HEADER, "true")])
 
 
 class Attempt:

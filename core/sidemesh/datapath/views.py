@@ -50,14 +50,20 @@ class EndpointView(Protocol):
         """The ``time.monotonic()`` end of the current ejection (0 when none)."""
 
     @property
-    def ejection_count(self) -> int: ...
+    def ejection_count(self) -> int:
+        """Ejections so far; outlier detection lengthens each ejection by it."""
 
     @property
     def stats(self) -> dict[str, int]:
         """Counters policies may add to; shown on the admin API's ``/clusters``."""
 
     def eject(self, seconds: float) -> None:
-        """Stop offering this endpoint for ``seconds`` (outlier detection)."""
+        """Stop offering this endpoint for ``seconds`` (outlier detection); counts one
+        more ejection."""
+
+    def forgive(self, ejections: int) -> None:
+        """Forget up to ``ejections`` past ejections (after quiet intervals, as Envoy
+        decrements its ejection multiplier)."""
 
 
 class ConnectionCaps(Protocol):

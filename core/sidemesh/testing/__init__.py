@@ -9,6 +9,7 @@ unit tests of a policy's hooks.
 ``sidemesh.testing.control`` has a real control plane (``ControlServer``) and its CA.
 """
 
+from sidemesh.testing import control
 from sidemesh.testing.config import (
     CompiledConfig,
     ConfigError,
@@ -37,6 +38,7 @@ __all__ = [
     "Upstream",
     "build_config",
     "compile_config",
+    "control",
     "free_port",
     "installed",
     "make_cluster",

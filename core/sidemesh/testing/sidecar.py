@@ -10,6 +10,7 @@ from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import build
 from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import Sidecar
+from sidemesh.datapath.views import ClusterView
 from sidemesh.process.sidecar import new_sidecar
 from sidemesh.testing.loop import BackgroundLoop
 
@@ -29,6 +30,12 @@ class RunningSidecar:
 
     def url(self, listener: str) -> str:
         return f"http://127.0.0.1:{self.port(listener)}"
+
+    def cluster(self, name: str) -> ClusterView:
+        """The applied config's cluster ``name``, as policies see it."""
+        snapshot = self.sidecar.snapshot
+        assert snapshot is not None
+        return snapshot.clusters[name]
 
     def log_to(self, stream: IO[str]) -> None:
         """Write the access log (one JSON line per request) to ``stream`` from now on."""

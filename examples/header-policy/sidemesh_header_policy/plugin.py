@@ -6,8 +6,7 @@ import json
 from importlib.resources import files
 from typing import Any, ClassVar
 
-from sidemesh import Policy, hookimpl
-from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh import Attempt, Policy, PolicyContext, Request, Response, hookimpl
 
 __all__ = ["HeaderPolicy", "sidemesh_policies"]
 
@@ -20,7 +19,7 @@ class HeaderPolicy(Policy):
         files(__package__).joinpath("schema.json").read_text()
     )
 
-    def __init__(self, config: dict[str, Any], context: Any) -> None:
+    def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
         super().__init__(config, context)
         # Compiled once per config: the request path only reads these.
         self.deny = tuple(config["deny_paths"])

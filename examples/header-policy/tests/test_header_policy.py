@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config
+from sidemesh import testing
 from sidemesh_header_policy import plugin
 
 CONFIG = {
@@ -17,10 +17,10 @@ CONFIG = {
 
 
 def test_headers_are_added_removed_required_and_paths_denied() -> None:
-    doc = simple_config("127.0.0.1:9", plugins=[{"name": "headers", "config": CONFIG}])
-    with Upstream(lambda r: Reply(body=b"fine")) as up:
+    doc = testing.simple_config("127.0.0.1:9", plugins=[{"name": "headers", "config": CONFIG}])
+    with testing.Upstream(lambda r: testing.Reply(body=b"fine")) as up:
         doc["clusters"][0]["endpoints"] = [{"address": up.address}]
-        with running_sidecar(doc, [plugin]) as sc, httpx.Client(timeout=5) as client:
+        with testing.running_sidecar(doc, [plugin]) as sc, httpx.Client(timeout=5) as client:
             ok = client.get(
                 sc.url("main") + "/x",
                 headers={"authorization": "Bearer t", "x-debug": "1", "x-env": "dev"},

@@ -1,7 +1,7 @@
 """The circuit plugin's Prometheus metrics, on prometheus_client's default registry (the
 one the admin ``/metrics`` endpoint serves).
 
-Overflow counters are the clusters' own (``Cluster.overflow``, also on ``/clusters``):
+Overflow counters are the clusters' own (``ClusterView.overflow``, also on ``/clusters``):
 the core's connection limit and the retry policy count there too, so a collector reads
 them rather than a second set of counters that could disagree.
 """
@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sidemesh.datapath.cluster import Cluster
+from sidemesh import ClusterView
 
 __all__ = ["EJECTIONS", "watch"]
 
@@ -29,10 +29,10 @@ EJECTIONS = Counter(
 
 #: the newest Cluster object of each cluster, keyed by its overflow dictionary (one per
 #: cluster for its whole life, across reloads); weak so retired snapshots go away.
-_CLUSTERS: weakref.WeakValueDictionary[int, Cluster] = weakref.WeakValueDictionary()
+_CLUSTERS: weakref.WeakValueDictionary[int, ClusterView] = weakref.WeakValueDictionary()
 
 
-def watch(cluster: Cluster) -> None:
+def watch(cluster: ClusterView) -> None:
     """Export ``cluster``'s overflow counters and ejected endpoints."""
     _CLUSTERS[id(cluster.overflow)] = cluster
 

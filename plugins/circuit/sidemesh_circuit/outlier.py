@@ -1,7 +1,7 @@
 """Outlier detection: consecutive 5xx / gateway failures eject an endpoint for a while.
 
 State lives in the circuit's ``context.shared`` (one per cluster, kept across routes and
-config reloads); the ejection itself is the core's (:meth:`Endpoint.eject`), so the core
+config reloads); the ejection itself is the core's (:meth:`EndpointView.eject`), so the core
 stops offering the endpoint and ``/clusters`` shows it. There is no timer: the sweep
 that decays ejection counts runs lazily on the next response after an interval passed,
 and an ejected endpoint returns by itself once its ``ejected_until`` is past.
@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sidemesh.datapath.messages import Attempt
-from sidemesh.datapath.cluster import Cluster, Endpoint
+from sidemesh import Attempt, ClusterView, EndpointView, ResponseFlag
 
 from .metrics import EJECTIONS
 
@@ -23,7 +22,14 @@ __all__ = ["OutlierDetector", "OutlierSettings"]
 #: failures before a response head that count against the endpoint, as a 503 would
 #: (Envoy with split_external_local_origin_errors off). UO (our own limit) and UH (no
 #: endpoint) say nothing about an endpoint.
-_LOCAL_FAILURES = frozenset({"UF", "UC", "UT", "UT!", "UPE"})
+_LOCAL_FAILURES = frozenset(
+    {
+        ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
+        ResponseFlag.UPSTREAM_CONNECTION_TERMINATION,
+        ResponseFlag.UPSTREAM_REQUEST_TIMEOUT,
+        ResponseFlag.UPSTREAM_PROTOCOL_ERROR,
+    }
+)
 _GATEWAY = frozenset({502, 503, 504})
 
 
@@ -60,7 +66,9 @@ class _State:
 class OutlierDetector:
     """Counts outcomes per endpoint of one cluster and ejects the outliers."""
 
-    def __init__(self, settings: OutlierSettings, cluster: Cluster, shared: dict[str, Any]):
+    def __init__(
+        self, settings: OutlierSettings, cluster: ClusterView, shared: dict[str, Any]
+    ) -> None:
         self.settings = settings
         self.cluster = cluster
         state = shared.get("outlier")
@@ -105,7 +113,7 @@ class OutlierDetector:
         ):
             self._eject(endpoint, host, "consecutive_gateway_failure", now)
 
-    def _eject(self, endpoint: Endpoint, host: _Host, reason: str, now: float) -> None:
+    def _eject(self, endpoint: EndpointView, host: _Host, reason: str, now: float) -> None:
         endpoints = self.cluster.endpoints
         ejected = sum(1 for e in endpoints if e.ejected_until > now)
         # Envoy checks the cap counting the endpoint about to go: one of three is 33%.
@@ -148,4 +156,4 @@ class OutlierDetector:
             quiet_since = max(start, endpoint.ejected_until)
             quiet = intervals if quiet_since == start else int((now - quiet_since) / interval)
             if quiet:
-                endpoint.ejection_count = max(0, endpoint.ejection_count - quiet)
+                endpoint.forgive(quiet)

@@ -6,18 +6,20 @@ import json
 from importlib import resources
 from typing import Any, ClassVar
 
-from sidemesh.api.durations import parse_duration
-from sidemesh.api.policy import Policy, PolicyContext
-from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh import (
+    Attempt,
+    Policy,
+    PolicyContext,
+    Request,
+    Response,
+    ResponseFlag,
+    parse_duration,
+)
 
 from .metrics import watch
 from .outlier import OutlierDetector, OutlierSettings
 
-__all__ = ["OVERLOADED_HEADER", "CircuitPolicy"]
-
-#: on every answer a limit caused (Envoy: x-envoy-overloaded).
-OVERLOADED_HEADER = "x-sidemesh-overloaded"
-_OVERFLOW_TEXT = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+__all__ = ["CircuitPolicy"]
 
 
 def _schema() -> dict[str, Any]:
@@ -47,7 +49,7 @@ class CircuitPolicy(Policy):
         limit = cluster.connections
         limit.max_connections = _tighter(limit.max_connections, config["max_connections"])
         limit.max_pending = _tighter(limit.max_pending, config["max_pending_requests"])
-        cluster.max_retries = _tighter(cluster.max_retries, config["max_retries"])
+        cluster.retries.max_active = _tighter(cluster.retries.max_active, config["max_retries"])
         watch(cluster)
         settings = OutlierSettings(
             consecutive_5xx=config["consecutive_5xx"],
@@ -74,9 +76,9 @@ class CircuitPolicy(Policy):
             and request.cluster == cluster.name
             and cluster.active_requests >= self._max_requests
         ):
-            cluster.overflow["max_requests"] = cluster.overflow.get("max_requests", 0) + 1
-            request.log.setdefault("response_flags", []).append("UO")
-            return Response.text(503, _OVERFLOW_TEXT, [(OVERLOADED_HEADER, "true")])
+            cluster.count_overflow("max_requests")
+            request.add_flag(ResponseFlag.UPSTREAM_OVERFLOW)
+            return Response.overflow()
         return None
 
     def on_response(self, request: Request, attempt: Attempt) -> None:

@@ -10,19 +10,17 @@ from typing import Any
 
 import httpx
 
-from sidemesh.testing import Reply, RunningSidecar, Upstream, running_sidecar, simple_config
-from sidemesh.datapath.cluster import Cluster
+from sidemesh import ClusterView, testing
 
 
 @contextmanager
-def sidecar(*addresses: str, plugins: list[dict[str, Any]]) -> Iterator[RunningSidecar]:
-    with running_sidecar(simple_config(*addresses, plugins=plugins)) as sc:
+def sidecar(*addresses: str, plugins: list[dict[str, Any]]) -> Iterator[testing.RunningSidecar]:
+    with testing.running_sidecar(testing.simple_config(*addresses, plugins=plugins)) as sc:
         yield sc
 
 
-def cluster(sc: RunningSidecar) -> Cluster:
-    assert sc.sidecar.snapshot is not None
-    return sc.sidecar.snapshot.clusters["backend"]
+def cluster(sc: testing.RunningSidecar) -> ClusterView:
+    return sc.cluster("backend")
 
 
 def concurrently(url: str, count: int) -> list[httpx.Response]:
@@ -33,7 +31,7 @@ def concurrently(url: str, count: int) -> list[httpx.Response]:
 def test_max_requests_overflow_answers_503_overloaded_at_once() -> None:
     circuit = {"name": "circuit", "config": {"max_requests": 1}}
     with (
-        Upstream(lambda _: Reply(200, delay=0.5)) as up,
+        testing.Upstream(lambda _: testing.Reply(200, delay=0.5)) as up,
         sidecar(up.address, plugins=[circuit]) as sc,
     ):
         answers = concurrently(sc.url("main") + "/", 3)
@@ -41,27 +39,27 @@ def test_max_requests_overflow_answers_503_overloaded_at_once() -> None:
         assert len(refused) == 2 and sum(r.status_code == 200 for r in answers) == 1
         assert all(r.headers["x-sidemesh-overloaded"] == "true" for r in refused)
         assert len(up.requests) == 1  # the refused ones never reached the upstream
-        assert cluster(sc).describe()["overflow"]["max_requests"] == 2
+        assert cluster(sc).overflow["max_requests"] == 2
 
 
 def test_max_connections_makes_requests_wait_for_a_connection() -> None:
     circuit = {"name": "circuit", "config": {"max_connections": 1, "max_pending_requests": 10}}
     with (
-        Upstream(lambda _: Reply(200, delay=0.1)) as up,
+        testing.Upstream(lambda _: testing.Reply(200, delay=0.1)) as up,
         sidecar(up.address, plugins=[circuit]) as sc,
     ):
         answers = concurrently(sc.url("main") + "/", 5)
         assert [r.status_code for r in answers] == [200] * 5
         assert up.connections == 1  # all five went over the one connection, in turn
-        described = cluster(sc).describe()
-        assert described["overflow"]["max_connections"] >= 1
-        assert described["pending_requests"] == 0 and described["connections"] == 1
+        backend = cluster(sc)
+        assert backend.overflow["max_connections"] >= 1
+        assert backend.connections.pending == 0 and backend.connections.open == 1
 
 
 def test_max_pending_requests_overflow_is_503_uo() -> None:
     circuit = {"name": "circuit", "config": {"max_connections": 1, "max_pending_requests": 1}}
     with (
-        Upstream(lambda _: Reply(200, delay=0.5)) as up,
+        testing.Upstream(lambda _: testing.Reply(200, delay=0.5)) as up,
         sidecar(up.address, plugins=[circuit]) as sc,
     ):
         answers = concurrently(sc.url("main") + "/", 4)
@@ -76,7 +74,11 @@ def test_max_pending_requests_overflow_is_503_uo() -> None:
 
 def test_limits_are_shared_by_routes_and_counted_once_per_connection() -> None:
     circuit = {"name": "circuit", "config": {"max_connections": 2}}
-    with Upstream() as a, Upstream() as b, sidecar(a.address, b.address, plugins=[circuit]) as sc:
+    with (
+        testing.Upstream() as a,
+        testing.Upstream() as b,
+        sidecar(a.address, b.address, plugins=[circuit]) as sc,
+    ):
         for _ in range(20):
             assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200
         assert cluster(sc).connections.open == 2
@@ -88,7 +90,10 @@ def test_max_retries_caps_retries_whatever_the_budget() -> None:
         {"name": "retry", "config": {"retry_on": ["5xx"], "budget": {"min_concurrency": 100}}},
         {"name": "circuit", "config": {"max_retries": 0}},
     ]
-    with Upstream(lambda _: Reply(503)) as up, sidecar(up.address, plugins=chain) as sc:
+    with (
+        testing.Upstream(lambda _: testing.Reply(503)) as up,
+        sidecar(up.address, plugins=chain) as sc,
+    ):
         assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 503
         assert len(up.requests) == 1
         assert cluster(sc).overflow["max_retries"] == 1

@@ -14,44 +14,32 @@ from typing import Any
 import httpx
 import yaml
 
-from sidemesh.testing import (
-    ProxyProcess,
-    Reply,
-    RunningSidecar,
-    SeenRequest,
-    Upstream,
-    free_port,
-    running_sidecar,
-    simple_config,
-    wait_for,
-)
-from sidemesh.datapath.cluster import Endpoint
+from sidemesh import EndpointView, testing
 
 FAST = {"base_ejection_time": "200ms", "max_ejection_percent": 50}
 LONG = {"base_ejection_time": "30s", "max_ejection_percent": 50}
 
 
 @contextmanager
-def sidecar(*addresses: str, **circuit: Any) -> Iterator[RunningSidecar]:
-    doc = simple_config(*addresses, plugins=[{"name": "circuit", "config": circuit}])
-    with running_sidecar(doc) as sc:
+def sidecar(*addresses: str, **circuit: Any) -> Iterator[testing.RunningSidecar]:
+    doc = testing.simple_config(*addresses, plugins=[{"name": "circuit", "config": circuit}])
+    with testing.running_sidecar(doc) as sc:
         yield sc
 
 
-def endpoint(sc: RunningSidecar, address: str) -> Endpoint:
-    assert sc.sidecar.snapshot is not None
-    found = [e for e in sc.sidecar.snapshot.clusters["backend"].endpoints if e.address == address]
+def endpoint(sc: testing.RunningSidecar, address: str) -> EndpointView:
+    found = [e for e in sc.cluster("backend").endpoints if e.address == address]
     return found[0]
 
 
-def get(sc: RunningSidecar, count: int) -> list[int]:
+def get(sc: testing.RunningSidecar, count: int) -> list[int]:
     return [httpx.get(sc.url("main") + "/", timeout=10).status_code for _ in range(count)]
 
 
 def test_consecutive_5xx_ejects_then_the_endpoint_returns_on_its_own() -> None:
     with (
-        Upstream(lambda _: Reply(503), name="bad") as bad,
-        Upstream(name="good") as good,
+        testing.Upstream(lambda _: testing.Reply(503), name="bad") as bad,
+        testing.Upstream(name="good") as good,
         sidecar(
             bad.address,
             good.address,
@@ -66,21 +54,24 @@ def test_consecutive_5xx_ejects_then_the_endpoint_returns_on_its_own() -> None:
         seen = len(bad.requests)
         assert get(sc, 5) == [200] * 5  # never offered while ejected
         assert len(bad.requests) == seen
-        assert wait_for(lambda: not endpoint(sc, bad.address).ejected, timeout=5)
+        assert testing.wait_for(lambda: not endpoint(sc, bad.address).ejected, timeout=5)
         get(sc, 4)
         assert len(bad.requests) > seen  # back in rotation
 
 
 def test_max_ejection_percent_counts_the_endpoint_to_eject() -> None:
     # Defaults: 10 %; ejecting the only endpoint would be 100 %.
-    with Upstream(lambda _: Reply(503)) as up, sidecar(up.address, consecutive_5xx=2) as sc:
+    with (
+        testing.Upstream(lambda _: testing.Reply(503)) as up,
+        sidecar(up.address, consecutive_5xx=2) as sc,
+    ):
         get(sc, 10)
         assert not endpoint(sc, up.address).ejected
         assert endpoint(sc, up.address).stats["ejections_skipped_max_percent"] >= 1
     # 50 %: one of two may go, not the second one.
     with (
-        Upstream(lambda _: Reply(503)) as a,
-        Upstream(lambda _: Reply(503)) as b,
+        testing.Upstream(lambda _: testing.Reply(503)) as a,
+        testing.Upstream(lambda _: testing.Reply(503)) as b,
         sidecar(a.address, b.address, consecutive_5xx=2, **FAST) as sc,
     ):
         get(sc, 8)
@@ -89,8 +80,8 @@ def test_max_ejection_percent_counts_the_endpoint_to_eject() -> None:
 
 def test_ejection_time_grows_with_the_count_up_to_the_cap() -> None:
     with (
-        Upstream(lambda _: Reply(503)) as flaky,
-        Upstream() as good,
+        testing.Upstream(lambda _: testing.Reply(503)) as flaky,
+        testing.Upstream() as good,
         sidecar(
             flaky.address,
             good.address,
@@ -103,7 +94,7 @@ def test_ejection_time_grows_with_the_count_up_to_the_cap() -> None:
         host = endpoint(sc, flaky.address)
         get(sc, 4)
         assert host.ejection_count == 1 and host.ejected_until - time.monotonic() <= 0.2
-        assert wait_for(lambda: not host.ejected)
+        assert testing.wait_for(lambda: not host.ejected)
         for _ in range(20):
             get(sc, 1)
             if host.ejected:
@@ -116,26 +107,26 @@ def test_ejection_time_grows_with_the_count_up_to_the_cap() -> None:
 def test_ejection_count_decays_while_the_endpoint_is_healthy() -> None:
     failing = [True]
 
-    def handler(_: SeenRequest) -> Reply:
-        return Reply(503 if failing[0] else 200)
+    def handler(_: testing.SeenRequest) -> testing.Reply:
+        return testing.Reply(503 if failing[0] else 200)
 
     with (
-        Upstream(handler) as flaky,
-        Upstream() as good,
+        testing.Upstream(handler) as flaky,
+        testing.Upstream() as good,
         sidecar(flaky.address, good.address, consecutive_5xx=2, interval="100ms", **FAST) as sc,
     ):
         host = endpoint(sc, flaky.address)
         get(sc, 4)
         assert host.ejection_count == 1
         failing[0] = False
-        assert wait_for(lambda: not host.ejected)
-        assert wait_for(lambda: get(sc, 1) == [200] and host.ejection_count == 0, timeout=5)
+        assert testing.wait_for(lambda: not host.ejected)
+        assert testing.wait_for(lambda: get(sc, 1) == [200] and host.ejection_count == 0, timeout=5)
 
 
 def test_gateway_failures_and_connect_failures_count() -> None:
     with (
-        Upstream(lambda _: Reply(500)) as five_hundred,
-        Upstream() as good,
+        testing.Upstream(lambda _: testing.Reply(500)) as five_hundred,
+        testing.Upstream() as good,
         sidecar(
             five_hundred.address,
             good.address,
@@ -147,8 +138,8 @@ def test_gateway_failures_and_connect_failures_count() -> None:
         get(sc, 8)
         assert not endpoint(sc, five_hundred.address).ejected  # 500 is no gateway failure
     with (
-        Upstream(lambda _: Reply(502)) as gateway,
-        Upstream() as good,
+        testing.Upstream(lambda _: testing.Reply(502)) as gateway,
+        testing.Upstream() as good,
         sidecar(
             gateway.address,
             good.address,
@@ -159,8 +150,8 @@ def test_gateway_failures_and_connect_failures_count() -> None:
     ):
         get(sc, 4)
         assert endpoint(sc, gateway.address).ejected
-    dead = f"127.0.0.1:{free_port()}"
-    with Upstream() as good, sidecar(dead, good.address, consecutive_5xx=2, **LONG) as sc:
+    dead = f"127.0.0.1:{testing.free_port()}"
+    with testing.Upstream() as good, sidecar(dead, good.address, consecutive_5xx=2, **LONG) as sc:
         get(sc, 4)
         assert endpoint(sc, dead).ejected
         assert get(sc, 6) == [200] * 6
@@ -169,17 +160,17 @@ def test_gateway_failures_and_connect_failures_count() -> None:
 def test_retry_and_circuit_keep_success_above_999_per_mille() -> None:
     flaky_calls = [0]
 
-    def half_503(_: SeenRequest) -> Reply:
+    def half_503(_: testing.SeenRequest) -> testing.Reply:
         flaky_calls[0] += 1
-        return Reply(503 if random.random() < 0.5 else 200)
+        return testing.Reply(503 if random.random() < 0.5 else 200)
 
     chain = [
         {"name": "retry", "config": {"attempts": 2, "retry_on": ["5xx"]}},
         {"name": "circuit", "config": {"consecutive_5xx": 5, "max_ejection_percent": 50}},
     ]
-    with Upstream(half_503) as bad, Upstream() as a, Upstream() as b:
-        doc = simple_config(bad.address, a.address, b.address, plugins=chain)
-        with running_sidecar(doc) as sc:
+    with testing.Upstream(half_503) as bad, testing.Upstream() as a, testing.Upstream() as b:
+        doc = testing.simple_config(bad.address, a.address, b.address, plugins=chain)
+        with testing.running_sidecar(doc) as sc:
             url = sc.url("main") + "/"
 
             def batch(_: int) -> list[int]:
@@ -196,9 +187,9 @@ def test_retry_and_circuit_keep_success_above_999_per_mille() -> None:
 
 
 def test_admin_api_shows_ejection_state(tmp_path: Path) -> None:
-    listen, admin = free_port(), free_port()
-    with Upstream(lambda _: Reply(503)) as bad, Upstream() as good:
-        doc = simple_config(
+    listen, admin = testing.free_port(), testing.free_port()
+    with testing.Upstream(lambda _: testing.Reply(503)) as bad, testing.Upstream() as good:
+        doc = testing.simple_config(
             bad.address,
             good.address,
             plugins=[
@@ -212,7 +203,7 @@ def test_admin_api_shows_ejection_state(tmp_path: Path) -> None:
         doc["listeners"][0]["address"] = f"127.0.0.1:{listen}"
         config = tmp_path / "sidemesh.yaml"
         config.write_text(yaml.safe_dump(doc))
-        with ProxyProcess("proxy", "-c", str(config)) as proc:
+        with testing.ProxyProcess("proxy", "-c", str(config)) as proc:
             base = f"http://127.0.0.1:{admin}"
             proc.wait_http(base + "/ready")
             for _ in range(4):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sidemesh.api.spiffe import SvidError, parse_spiffe_id, spiffe_id_from_cert
+from sidemesh import SvidError, parse_spiffe_id, spiffe_id_from_cert
 
 __all__ = [
     "Identity",

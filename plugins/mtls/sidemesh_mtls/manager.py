@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import ssl
 import time
@@ -25,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from sidemesh import ControlPlane
+
 from .identity import (
     MIN_TLS_VERSION,
     Identity,
@@ -32,7 +33,7 @@ from .identity import (
     IdentityUnavailable,
     build_identity,
 )
-from .sources import CAIdentitySource, FileIdentitySource, FileStamp, read_token
+from .sources import CAIdentitySource, FileIdentitySource, FileStamp
 
 __all__ = ["IdentityManager", "manager_for", "release"]
 
@@ -207,13 +208,15 @@ class IdentityManager:
 _MANAGERS: dict[tuple[str, ...], IdentityManager] = {}
 
 
-def manager_for(config: Mapping[str, Any], node: Mapping[str, Any]) -> IdentityManager:
+def manager_for(
+    config: Mapping[str, Any], node: Mapping[str, Any], control: ControlPlane | None
+) -> IdentityManager:
     """The process-wide manager for a policy's config, created on first use; counts one
     more user (give it back with :func:`release`).
 
     Files (``cert_file``/``key_file``/``bundle_file``) win; otherwise the CA of the
-    control plane named by ``SIDEMESH_CONTROL_URL``, authenticated with
-    ``SIDEMESH_TOKEN`` (or the file named by ``SIDEMESH_TOKEN_FILE``).
+    control plane the sidecar runs under (``PolicyContext.control``), authenticated
+    with the sidecar's token.
 
     :raises IdentityError: when neither is configured or the files are unusable.
     """
@@ -225,17 +228,16 @@ def manager_for(config: Mapping[str, Any], node: Mapping[str, Any]) -> IdentityM
         key = ("file", trust_domain, *files)
         source = FileIdentitySource(*files)
     else:
-        url = os.environ.get("SIDEMESH_CONTROL_URL")
-        token = read_token()
-        if not url or not token:
+        if control is None:
             raise IdentityError(
                 "mtls needs certificates: set cert_file, key_file and bundle_file, or run "
-                "the sidecar with a control plane (SIDEMESH_CONTROL_URL and SIDEMESH_TOKEN)"
+                "the sidecar with a control plane (sidemesh proxy --control URL, or the "
+                "config's `control` section)"
             )
         service = str(node.get("service") or "")
         namespace = str(node.get("namespace") or "default")
-        key = ("ca", trust_domain, url, service, namespace)
-        source = CAIdentitySource(url, token, service=service, namespace=namespace)
+        key = ("ca", trust_domain, control.url, service, namespace)
+        source = CAIdentitySource(control.url, control.token, service=service, namespace=namespace)
     manager = _MANAGERS.get(key)
     if manager is None:
         manager = _MANAGERS[key] = IdentityManager(source, trust_domain)

@@ -11,11 +11,14 @@ import json
 from importlib import resources
 from typing import Any
 
-from sidemesh.datapath.connections import ConnectionSetup
-from sidemesh.api.policy import Policy, PolicyContext
-from sidemesh.datapath.messages import Request, Response
-from sidemesh.api.spiffe import (
+from sidemesh import (
+    ConnectionSetup,
+    Policy,
+    PolicyContext,
+    Request,
+    Response,
     SpiffeIdError,
+    StashKey,
     SvidError,
     compile_globs,
     parse_spiffe_id,
@@ -27,8 +30,8 @@ from .manager import manager_for, release
 
 __all__ = ["MtlsPolicy"]
 
-#: per-connection cache of the peer's identity in ``ConnectionInfo.state``.
-STATE_KEY = "mtls.peer"
+#: per-connection cache of the peer's (SPIFFE ID, problem), in ``ConnectionInfo.stash``.
+PEER = StashKey[tuple[str | None, str | None]]("mtls.peer")
 FILE_KEYS = ("cert_file", "key_file", "bundle_file")
 
 
@@ -109,7 +112,7 @@ class MtlsPolicy(Policy):
         self.expect: str | None = None
         if context.scope == "route":
             self.expect = config.get("expect") or _default_expect(context)
-        self.manager = manager_for(config, context.node)
+        self.manager = manager_for(config, context.node, context.control)
 
     # ---------------------------------------------------------------- connections
 
@@ -144,7 +147,7 @@ class MtlsPolicy(Policy):
     def _peer(self, request: Request) -> tuple[str | None, str | None]:
         """(SPIFFE ID, problem) of the downstream peer, computed once per connection."""
         conn = request.connection
-        cached: tuple[str | None, str | None] | None = conn.state.get(STATE_KEY)
+        cached = conn.stash.get(PEER, None)
         if cached is not None:
             return cached
         der = conn.peer_certificate
@@ -163,7 +166,7 @@ class MtlsPolicy(Policy):
                     else f"{spiffe_id} is outside trust domain {self.manager.trust_domain}"
                 )
                 result = (spiffe_id, problem)
-        conn.state[STATE_KEY] = result
+        conn.stash[PEER] = result
         return result
 
     def on_request(self, request: Request) -> Response | None:

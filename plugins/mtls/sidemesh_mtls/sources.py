@@ -19,7 +19,7 @@ for. The private key is generated here and never leaves the process.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ __all__ = [
     "CAIdentitySource",
     "FileIdentitySource",
     "FileStamp",
-    "read_token",
 ]
 
 CERTIFICATES_PATH = "/v1/certificates"
@@ -83,14 +82,15 @@ class CAIdentitySource:
     def __init__(
         self,
         control_url: str,
-        token: str,
+        token: Callable[[], str],
         *,
         service: str,
         namespace: str,
         timeout: float = 10.0,
     ) -> None:
         self.url = control_url.rstrip("/") + CERTIFICATES_PATH
-        self.token = token
+        # Read anew for each request: the sidecar's token file may have been rotated.
+        self._token = token
         self.service = service
         self.namespace = namespace
         self.timeout = timeout
@@ -117,12 +117,16 @@ class CAIdentitySource:
         :raises IdentityError: when the control plane refuses or answers nonsense.
         :raises httpx.HTTPError: when it cannot be reached.
         """
+        try:
+            token = self._token()
+        except ValueError as exc:  # no token file, or an empty one
+            raise IdentityError(f"cannot ask {self.url} for a certificate: {exc}") from None
         csr_pem, key_pem = self._csr()
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             response = await client.post(
                 self.url,
                 json={"csr": csr_pem.decode("ascii")},
-                headers={"authorization": f"Bearer {self.token}"},
+                headers={"authorization": f"Bearer {token}"},
             )
         payload = _json(response)
         if response.status_code != 200:
@@ -150,18 +154,3 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def read_token() -> str | None:
-    """The sidecar token from ``SIDEMESH_TOKEN``, or from the file named by
-    ``SIDEMESH_TOKEN_FILE``."""
-    token = os.environ.get("SIDEMESH_TOKEN")
-    if token:
-        return token.strip()
-    token_file = os.environ.get("SIDEMESH_TOKEN_FILE")
-    if token_file:
-        try:
-            return Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise IdentityError(f"SIDEMESH_TOKEN_FILE {token_file}: {exc.strerror}") from None
-    return None

@@ -19,12 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from sidemesh.control.ca import CA_KEY_FILE, CertificateAuthority
-from sidemesh.api.policy import PolicyContext
-from sidemesh.datapath.connections import ConnectionInfo
-from sidemesh.datapath.messages import Headers, Request
-from sidemesh.datapath.model import ClusterConfig
-from sidemesh.datapath.cluster import Cluster
+from sidemesh import ConnectionInfo, ControlPlane, Headers, Request, testing
 from sidemesh_mtls.identity import Material
 from sidemesh_mtls.policy import MtlsPolicy
 
@@ -47,14 +42,16 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 class Pki:
     """One trust domain's CA, kept in a temporary data directory."""
 
-    ca: CertificateAuthority
+    ca: testing.control.CertificateAuthority
     ca_key: ec.EllipticCurvePrivateKey
     root: Path
 
     @classmethod
     def create(cls, root: Path, trust_domain: str = TD) -> Pki:
-        ca = CertificateAuthority.open(root / "ca", trust_domain)
-        key = serialization.load_pem_private_key((root / "ca" / CA_KEY_FILE).read_bytes(), None)
+        ca = testing.control.CertificateAuthority.open(root / "ca", trust_domain)
+        key = serialization.load_pem_private_key(
+            (root / "ca" / testing.control.CA_KEY_FILE).read_bytes(), None
+        )
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return cls(ca, key, root)
 
@@ -158,31 +155,40 @@ def raw_client_context(material: Material, trust: bytes | None = None) -> ssl.SS
     return ctx
 
 
-def listener_policy(config: dict[str, Any], node: dict[str, Any] | None = None) -> MtlsPolicy:
-    context = PolicyContext(
-        plugin="mtls",
+def control(url: str, token: str = "tok-reviews") -> ControlPlane:
+    """The control plane at ``url``, as the sidecar gives it to its policies."""
+    return ControlPlane(url, lambda: token)
+
+
+def listener_policy(
+    config: dict[str, Any],
+    node: dict[str, Any] | None = None,
+    control: ControlPlane | None = None,
+) -> MtlsPolicy:
+    context = testing.policy_context(
+        "mtls",
         listener="inbound",
         route="local",
         scope="listener",
-        cluster=None,
-        clusters={},
         node=node or NODE,
+        control=control,
     )
     return MtlsPolicy(config, context)
 
 
 def route_policy(
-    config: dict[str, Any], cluster: str = "reviews", node: dict[str, Any] | None = None
+    config: dict[str, Any],
+    cluster: str = "reviews",
+    node: dict[str, Any] | None = None,
+    control: ControlPlane | None = None,
 ) -> MtlsPolicy:
-    target = Cluster(ClusterConfig(name=cluster, endpoints=()))
-    context = PolicyContext(
-        plugin="mtls",
+    context = testing.policy_context(
+        "mtls",
         listener="outbound",
         route=cluster,
-        scope="route",
-        cluster=target,
-        clusters={cluster: target},
+        cluster=testing.make_cluster(cluster),
         node=node or {**NODE, "service": "productpage"},
+        control=control,
     )
     return MtlsPolicy(config, context)
 

@@ -1,5 +1,5 @@
 """Certificates from a control plane's CA: a real HTTP server in front of the real
-CertificateAuthority, speaking the contract in the plugin's README."""
+testing.control.CertificateAuthority, speaking the contract in the plugin's README."""
 
 from __future__ import annotations
 
@@ -13,14 +13,23 @@ from typing import Any
 
 import pytest
 import uvicorn
-from sidemesh_mtls_testkit import NODE, TD, Pki, call, listener_policy, route_policy, serve, sid
+from sidemesh_mtls_testkit import (
+    NODE,
+    TD,
+    Pki,
+    call,
+    control,
+    listener_policy,
+    route_policy,
+    serve,
+    sid,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sidemesh.control.ca import CertificateAuthority, CertificateRequestError
-from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh import ConnectionSetup, testing
 from sidemesh_mtls.identity import IdentityError, IdentityUnavailable, build_identity
 from sidemesh_mtls.manager import IdentityManager
 from sidemesh_mtls.sources import CAIdentitySource
@@ -35,7 +44,7 @@ class ControlPlane:
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
 
-def certificates_app(ca: CertificateAuthority, plane: ControlPlane) -> Starlette:
+def certificates_app(ca: testing.control.CertificateAuthority, plane: ControlPlane) -> Starlette:
     async def certificates(request: Request) -> JSONResponse:
         auth = request.headers.get("authorization", "")
         service = TOKENS.get(auth.removeprefix("Bearer "))
@@ -47,7 +56,7 @@ def certificates_app(ca: CertificateAuthority, plane: ControlPlane) -> Starlette
             answer = ca.certificate_response(
                 body["csr"].encode(), namespace="default", service=service, ttl=plane.ttl
             )
-        except CertificateRequestError as exc:
+        except testing.control.CertificateRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse(answer)
 
@@ -55,7 +64,9 @@ def certificates_app(ca: CertificateAuthority, plane: ControlPlane) -> Starlette
 
 
 @asynccontextmanager
-async def control_plane(ca: CertificateAuthority, ttl: float = 3600) -> AsyncIterator[ControlPlane]:
+async def control_plane(
+    ca: testing.control.CertificateAuthority, ttl: float = 3600
+) -> AsyncIterator[ControlPlane]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     plane = ControlPlane(f"http://127.0.0.1:{sock.getsockname()[1]}", ttl)
@@ -81,7 +92,7 @@ def test_fetch_gets_the_identity_bound_to_the_token(pki: Pki) -> None:
     async def main() -> None:
         async with control_plane(pki.ca) as plane:
             source = CAIdentitySource(
-                plane.url, "tok-reviews", service="reviews", namespace="default"
+                plane.url, lambda: "tok-reviews", service="reviews", namespace="default"
             )
             identity = build_identity(await source.fetch(), TD)
             assert identity.spiffe_id == sid("reviews")
@@ -89,7 +100,9 @@ def test_fetch_gets_the_identity_bound_to_the_token(pki: Pki) -> None:
             assert list(plane.bodies[0]) == ["csr"]
             assert "PRIVATE KEY" not in json.dumps(plane.bodies[0])
 
-            bad = CAIdentitySource(plane.url, "stolen", service="reviews", namespace="default")
+            bad = CAIdentitySource(
+                plane.url, lambda: "stolen", service="reviews", namespace="default"
+            )
             with pytest.raises(IdentityError, match="401 invalid token"):
                 await bad.fetch()
 
@@ -97,15 +110,13 @@ def test_fetch_gets_the_identity_bound_to_the_token(pki: Pki) -> None:
 
 
 def test_policy_takes_its_identity_from_the_control_plane(
-    pki: Pki, monkeypatch: pytest.MonkeyPatch
+    pki: Pki,
 ) -> None:
     client = build_identity(pki.issue("productpage"))
 
     async def main() -> dict[str, Any]:
         async with control_plane(pki.ca) as plane:
-            monkeypatch.setenv("SIDEMESH_CONTROL_URL", plane.url)
-            monkeypatch.setenv("SIDEMESH_TOKEN", "tok-reviews")
-            policy = listener_policy({"mode": "strict", "allow": None})
+            policy = listener_policy({"mode": "strict", "allow": None}, control=control(plane.url))
             try:
                 async with asyncio.timeout(10):
                     identity = await policy.manager.wait_ready()
@@ -123,17 +134,15 @@ def test_policy_takes_its_identity_from_the_control_plane(
 
 
 def test_rotation_from_the_ca_drops_no_connection(
-    pki: Pki, monkeypatch: pytest.MonkeyPatch
+    pki: Pki,
 ) -> None:
     async def main() -> tuple[list[dict[str, Any]], int, int]:
         # 3 s certificates: renewed every ~1.5 s on both sides.
         async with control_plane(pki.ca, ttl=3) as plane:
-            monkeypatch.setenv("SIDEMESH_CONTROL_URL", plane.url)
-            monkeypatch.setenv("SIDEMESH_TOKEN", "tok-reviews")
-            inbound = listener_policy({"allow": [sid("productpage")]})
+            inbound = listener_policy({"allow": [sid("productpage")]}, control=control(plane.url))
             outbound = IdentityManager(
                 CAIdentitySource(
-                    plane.url, "tok-productpage", service="productpage", namespace="default"
+                    plane.url, lambda: "tok-productpage", service="productpage", namespace="default"
                 ),
                 TD,
             )
@@ -168,17 +177,13 @@ def test_rotation_from_the_ca_drops_no_connection(
     assert len({r["server_serial"] for r in results}) >= 3
 
 
-def test_unreachable_control_plane_is_a_clear_connection_failure(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_unreachable_control_plane_is_a_clear_connection_failure() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening
-        monkeypatch.setenv("SIDEMESH_CONTROL_URL", url)
-        monkeypatch.setenv("SIDEMESH_TOKEN", "tok-reviews")
 
         async def main() -> None:
-            policy = route_policy({}, node={**NODE, "service": "unreachable"})
+            policy = route_policy({}, node={**NODE, "service": "unreachable"}, control=control(url))
             try:
                 with pytest.raises(TimeoutError):
                     async with asyncio.timeout(1.5):

@@ -10,9 +10,7 @@ import jsonschema
 import pytest
 from sidemesh_mtls_testkit import NODE, Pki, listener_policy, route_policy, sid
 
-from sidemesh.api.policy import PolicyContext
-from sidemesh.datapath.model import ClusterConfig
-from sidemesh.datapath.cluster import Cluster
+from sidemesh import PolicyContext, testing
 from sidemesh_mtls import manager as manager_module
 from sidemesh_mtls.identity import IdentityError
 from sidemesh_mtls.plugin import sidemesh_policies
@@ -48,8 +46,8 @@ def test_plugin_is_discoverable() -> None:
 
 
 def _context(scope: str, cluster: str | None = None) -> PolicyContext:
-    target = Cluster(ClusterConfig(name=cluster, endpoints=())) if cluster else None
-    return PolicyContext("mtls", "l", "r", scope, target, {}, NODE)  # type: ignore[arg-type]
+    target = testing.make_cluster(cluster) if cluster else None
+    return testing.policy_context("mtls", cluster=target, scope=scope, node=NODE)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -92,9 +90,6 @@ def test_defaults_istio_like(pki: Pki) -> None:
     assert inbound.manager not in manager_module._MANAGERS.values()
 
 
-def test_no_certificates_at_all_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SIDEMESH_CONTROL_URL", raising=False)
-    monkeypatch.delenv("SIDEMESH_TOKEN", raising=False)
-    monkeypatch.delenv("SIDEMESH_TOKEN_FILE", raising=False)
-    with pytest.raises(IdentityError, match="SIDEMESH_CONTROL_URL and SIDEMESH_TOKEN"):
+def test_no_certificates_at_all_is_a_clear_error() -> None:
+    with pytest.raises(IdentityError, match="or run the sidecar with a control plane"):
         listener_policy(defaults())

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from sidemesh_mtls_testkit import Pki, sid
 
-from sidemesh.testing import Reply, RunningSidecar, Upstream, running_sidecar
+from sidemesh import testing
 
 
 def inbound_config(service: str, app: str, files: dict[str, str], **mtls: Any) -> dict[str, Any]:
@@ -52,19 +52,21 @@ def outbound_config(
 
 
 @contextmanager
-def mesh(pki: Pki, **inbound_mtls: Any) -> Iterator[tuple[Upstream, RunningSidecar, str]]:
+def mesh(
+    pki: Pki, **inbound_mtls: Any
+) -> Iterator[tuple[testing.Upstream, testing.RunningSidecar, str]]:
     """The app behind the reviews sidecar; yields the inbound address too."""
     files = pki.write(pki.issue("reviews"), "reviews")
-    with Upstream(lambda r: Reply(body=b"reviews app")) as app:
+    with testing.Upstream(lambda r: testing.Reply(body=b"reviews app")) as app:
         config = inbound_config("reviews", app.address, files, **inbound_mtls)
-        with running_sidecar(config) as reviews:
+        with testing.running_sidecar(config) as reviews:
             yield app, reviews, f"127.0.0.1:{reviews.port('inbound')}"
 
 
 def test_mtls_between_two_sidecars(pki: Pki) -> None:
     with mesh(pki, allow=[sid("productpage")]) as (app, _, inbound):
         files = pki.write(pki.issue("productpage"), "productpage")
-        with running_sidecar(outbound_config("productpage", inbound, files)) as productpage:
+        with testing.running_sidecar(outbound_config("productpage", inbound, files)) as productpage:
             response = httpx.get(productpage.url("outbound") + "/reviews/1", timeout=10)
         assert response.status_code == 200, response.text
         assert response.text == "reviews app"
@@ -74,7 +76,7 @@ def test_mtls_between_two_sidecars(pki: Pki) -> None:
 def test_caller_not_in_allow_gets_403_naming_it(pki: Pki) -> None:
     with mesh(pki, allow=[sid("productpage")]) as (app, _, inbound):
         files = pki.write(pki.issue("ratings"), "ratings")
-        with running_sidecar(outbound_config("ratings", inbound, files)) as ratings:
+        with testing.running_sidecar(outbound_config("ratings", inbound, files)) as ratings:
             response = httpx.get(ratings.url("outbound") + "/", timeout=10)
         assert response.status_code == 403
         assert response.json()["identity"] == sid("ratings")
@@ -85,7 +87,7 @@ def test_upstream_with_unexpected_identity_fails_the_attempt(pki: Pki) -> None:
     with mesh(pki) as (app, _, inbound):
         files = pki.write(pki.issue("productpage"), "productpage")
         config = outbound_config("productpage", inbound, files, expect=sid("details"))
-        with running_sidecar(config) as productpage:
+        with testing.running_sidecar(config) as productpage:
             response = httpx.get(productpage.url("outbound") + "/", timeout=10)
         assert response.status_code == 503
         assert "connection failure" in response.text  # flag UF
@@ -107,5 +109,5 @@ def test_plaintext_client_is_refused_in_strict_and_served_in_permissive(pki: Pki
         response = httpx.get(f"http://{inbound}/", timeout=10)
         assert response.status_code == 200
         files = pki.write(pki.issue("productpage"), "productpage")
-        with running_sidecar(outbound_config("productpage", inbound, files)) as productpage:
+        with testing.running_sidecar(outbound_config("productpage", inbound, files)) as productpage:
             assert httpx.get(productpage.url("outbound") + "/", timeout=10).status_code == 200

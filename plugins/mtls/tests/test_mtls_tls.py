@@ -20,8 +20,7 @@ from sidemesh_mtls_testkit import (
     sid,
 )
 
-from sidemesh.datapath.connections import ConnectionSetup
-from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh import ConnectionInfo, ConnectionSetup
 from sidemesh_mtls.identity import IdentityError, Material, build_identity
 from sidemesh_mtls.policy import MtlsPolicy
 

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Iterable
 
-from sidemesh.datapath.messages import Attempt
+from sidemesh import Attempt, ResponseFlag
 
 __all__ = ["IDEMPOTENT", "RetryOn", "backoff", "retry_after"]
 
@@ -16,10 +16,18 @@ __all__ = ["IDEMPOTENT", "RetryOn", "backoff", "retry_after"]
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 #: failures before a response head: connection refused or timed out (UF), reset or closed
-#: (UC), per-try timeout (UT), unparsable response (UPE). UO (overflow), UH (no healthy
-#: upstream) and UT! (route deadline) are never retried.
-_CONNECT = frozenset({"UF"})
-_RESET = frozenset({"UF", "UC", "UT", "UPE"})
+#: (UC), timeout (UT), unparsable response (UPE). UO (overflow) and UH (no healthy
+#: upstream) are never retried; nor is a timeout of the route itself (the policy asks
+#: ``Request.time_left``).
+_CONNECT = frozenset({ResponseFlag.UPSTREAM_CONNECTION_FAILURE})
+_RESET = frozenset(
+    {
+        ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
+        ResponseFlag.UPSTREAM_CONNECTION_TERMINATION,
+        ResponseFlag.UPSTREAM_REQUEST_TIMEOUT,
+        ResponseFlag.UPSTREAM_PROTOCOL_ERROR,
+    }
+)
 _GATEWAY_CODES = frozenset({502, 503, 504})
 
 
@@ -30,7 +38,7 @@ class RetryOn:
 
     def __init__(self, retry_on: Iterable[str], status_codes: Iterable[int]) -> None:
         conditions = set(retry_on)
-        flags: set[str] = set()
+        flags: set[ResponseFlag] = set()
         codes: set[int] = set()
         if conditions & {"5xx", "gateway-error", "reset"}:
             flags |= _RESET

@@ -9,10 +9,18 @@ from typing import Any, ClassVar
 
 from prometheus_client import Counter
 
-from sidemesh.api.durations import parse_duration
-from sidemesh.api.policy import Policy, PolicyContext
-from sidemesh.datapath.messages import Attempt, Request, Response
-from sidemesh.datapath.cluster import Cluster, Endpoint
+from sidemesh import (
+    Attempt,
+    ClusterView,
+    EndpointView,
+    Policy,
+    PolicyContext,
+    Request,
+    Response,
+    ResponseFlag,
+    StashKey,
+    parse_duration,
+)
 
 from .conditions import IDEMPOTENT, RetryOn, backoff, retry_after
 from .metrics import RETRY_ATTEMPTS, RETRY_OVERFLOW, RETRY_SUCCESS
@@ -30,18 +38,21 @@ def _schema() -> dict[str, Any]:
 
 
 class _State:
-    """Per request: the cluster whose retries_active counts this request's retry, while
-    one is in flight (from the decision to the end of the retried attempt)."""
+    """Per request: the cluster whose retry count holds this request's retry, while one
+    is in flight (from the decision to the end of the retried attempt)."""
 
     __slots__ = ("counted",)
 
     def __init__(self) -> None:
-        self.counted: Cluster | None = None
+        self.counted: ClusterView | None = None
 
     def release(self) -> None:
         if self.counted is not None:
-            self.counted.retries_active -= 1
+            self.counted.retries.end()
             self.counted = None
+
+
+_STATE = StashKey[_State]("retry")
 
 
 class RetryPolicy(Policy):
@@ -86,12 +97,12 @@ class RetryPolicy(Policy):
             request.per_try_timeout = self._per_try
         if self._retries and (self._any_method or request.method in IDEMPOTENT):
             request.retry_buffer_limit = max(request.retry_buffer_limit, self._buffer)
-            request.state["retry"] = _State()
+            request.stash[_STATE] = _State()
         return None
 
     def select_upstream(
-        self, request: Request, endpoints: Sequence[Endpoint]
-    ) -> Sequence[Endpoint]:
+        self, request: Request, endpoints: Sequence[EndpointView]
+    ) -> Sequence[EndpointView]:
         request.headers.set(ATTEMPT_COUNT_HEADER, str(request.attempts))
         if request.attempts > 1:
             # Another host when there is one (Envoy's previous_hosts retry predicate).
@@ -101,10 +112,12 @@ class RetryPolicy(Policy):
         return endpoints
 
     def on_response(self, request: Request, attempt: Attempt) -> None:
-        state: _State | None = request.state.get("retry")
+        state = request.stash.get(_STATE, None)
         if state is None:
             return
         state.release()
+        if request.time_left() == 0.0:
+            return  # the route's timeout ended the request: nothing may follow
         if not self._retry_on(attempt):
             if attempt.number > 1:
                 self._inc(RETRY_SUCCESS, request.cluster)
@@ -113,14 +126,16 @@ class RetryPolicy(Policy):
         if cluster is None:
             return
         if attempt.number > self._retries:
-            self._refuse(request, cluster, "attempts", "URX")
+            self._refuse(request, cluster, "attempts", ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
             return
-        active = cluster.retries_active
+        retries = cluster.retries
+        active = retries.active
+        overflow = ResponseFlag.UPSTREAM_OVERFLOW
         if active >= max(self._ratio * cluster.active_requests, self._min_concurrency):
-            self._refuse(request, cluster, "budget", "UO", "retry_budget")
+            self._refuse(request, cluster, "budget", overflow, "retry_budget")
             return
-        if cluster.max_retries is not None and active >= cluster.max_retries:
-            self._refuse(request, cluster, "max_retries", "UO", "max_retries")
+        if retries.max_active is not None and active >= retries.max_active:
+            self._refuse(request, cluster, "max_retries", overflow, "max_retries")
             return
         delay = backoff(attempt.number, self._base, self._cap)
         if attempt.status in (503, 429):
@@ -131,13 +146,15 @@ class RetryPolicy(Policy):
                     request.log["retry"] = f"Retry-After {asked:g}s exceeds max_retry_after"
                     return
                 delay = asked
-        cluster.retries_active += 1
+        retries.begin()
         state.counted = cluster
         self._inc(RETRY_ATTEMPTS, request.cluster)
         attempt.retry(delay)
 
-    def on_complete(self, request: Request, response: Response | None, flag: str | None) -> None:
-        state: _State | None = request.state.get("retry")
+    def on_complete(
+        self, request: Request, response: Response | None, flag: ResponseFlag | None
+    ) -> None:
+        state = request.stash.get(_STATE, None)
         if state is not None:
             # The core may refuse a retry we asked for (deadline, body not replayable).
             state.release()
@@ -146,15 +163,15 @@ class RetryPolicy(Policy):
     def _refuse(
         self,
         request: Request,
-        cluster: Cluster,
+        cluster: ClusterView,
         reason: str,
-        flag: str,
+        flag: ResponseFlag,
         overflow: str | None = None,
     ) -> None:
-        request.log.setdefault("response_flags", []).append(flag)
+        request.add_flag(flag)
         request.log["retry"] = f"not retried: {reason}"
         if overflow is not None:
-            cluster.overflow[overflow] = cluster.overflow.get(overflow, 0) + 1
+            cluster.count_overflow(overflow)
         self._inc(RETRY_OVERFLOW, request.cluster, reason)
 
     def _inc(self, family: Counter, *labels: str) -> None:

@@ -13,24 +13,14 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 
-from sidemesh.datapath.accesslog import AccessLog
-from sidemesh.testing import (
-    Reply,
-    RunningSidecar,
-    SeenRequest,
-    Upstream,
-    free_port,
-    running_sidecar,
-    simple_config,
-    wait_for,
-)
+from sidemesh import testing
 
 
-def script(*replies: Reply) -> Callable[[SeenRequest], Reply]:
+def script(*replies: testing.Reply) -> Callable[[testing.SeenRequest], testing.Reply]:
     """Answer with ``replies`` in turn, then repeat the last one."""
     calls = [0]
 
-    def handler(_: SeenRequest) -> Reply:
+    def handler(_: testing.SeenRequest) -> testing.Reply:
         reply = replies[min(calls[0], len(replies) - 1)]
         calls[0] += 1
         return reply
@@ -41,18 +31,18 @@ def script(*replies: Reply) -> Callable[[SeenRequest], Reply]:
 @contextmanager
 def sidecar(
     *addresses: str, retry: dict[str, Any] | None = None, timeout: str = "15s", **extra: Any
-) -> Iterator[tuple[RunningSidecar, io.StringIO]]:
+) -> Iterator[tuple[testing.RunningSidecar, io.StringIO]]:
     plugins: list[dict[str, Any]] = [{"name": "retry", "config": retry or {}}]
     plugins += extra.get("more", [])
-    doc = simple_config(*addresses, plugins=plugins, timeout=timeout)
-    with running_sidecar(doc) as sc:
+    doc = testing.simple_config(*addresses, plugins=plugins, timeout=timeout)
+    with testing.running_sidecar(doc) as sc:
         log = io.StringIO()
-        sc.sidecar.access_log = AccessLog(log)
+        sc.log_to(log)
         yield sc, log
 
 
 def access_lines(log: io.StringIO, count: int) -> list[dict[str, Any]]:
-    assert wait_for(lambda: log.getvalue().count("\n") >= count)
+    assert testing.wait_for(lambda: log.getvalue().count("\n") >= count)
     return [json.loads(line) for line in log.getvalue().splitlines()]
 
 
@@ -60,13 +50,15 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def attempt_counts(up: Upstream) -> list[str]:
+def attempt_counts(up: testing.Upstream) -> list[str]:
     return [r.headers.get("x-sidemesh-attempt-count", "") for r in up.requests]
 
 
 def test_defaults_retry_503_and_send_the_attempt_count() -> None:
     with (
-        Upstream(script(Reply(503), Reply(503), Reply(200, b"third"))) as up,
+        testing.Upstream(
+            script(testing.Reply(503), testing.Reply(503), testing.Reply(200, b"third"))
+        ) as up,
         sidecar(up.address) as (sc, log),
     ):
         r = httpx.get(sc.url("main") + "/x", timeout=10)
@@ -76,10 +68,10 @@ def test_defaults_retry_503_and_send_the_attempt_count() -> None:
 
 
 def test_defaults_do_not_retry_500_and_stop_after_two_retries() -> None:
-    with Upstream(lambda _: Reply(500)) as up, sidecar(up.address) as (sc, _):
+    with testing.Upstream(lambda _: testing.Reply(500)) as up, sidecar(up.address) as (sc, _):
         assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 500
         assert len(up.requests) == 1
-    with Upstream(lambda _: Reply(503)) as up, sidecar(up.address) as (sc, log):
+    with testing.Upstream(lambda _: testing.Reply(503)) as up, sidecar(up.address) as (sc, log):
         before = metric("sidemesh_retry_overflow_total", cluster="backend", reason="attempts")
         assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 503
         assert len(up.requests) == 3  # the first try and attempts=2 retries
@@ -99,7 +91,7 @@ def test_retry_on_5xx_gateway_error_and_retriable_4xx() -> None:
     ]
     for retry_on, status, retried in cases:
         with (
-            Upstream(script(Reply(status), Reply(200))) as up,
+            testing.Upstream(script(testing.Reply(status), testing.Reply(200))) as up,
             sidecar(up.address, retry={"retry_on": retry_on}) as (sc, _),
         ):
             r = httpx.get(sc.url("main") + "/", timeout=10)
@@ -110,7 +102,7 @@ def test_retry_on_5xx_gateway_error_and_retriable_4xx() -> None:
 def test_retriable_status_codes_list() -> None:
     config = {"retry_on": ["retriable-status-codes"], "retriable_status_codes": [429]}
     with (
-        Upstream(script(Reply(429), Reply(200))) as up,
+        testing.Upstream(script(testing.Reply(429), testing.Reply(200))) as up,
         sidecar(up.address, retry=config) as (
             sc,
             _,
@@ -122,15 +114,20 @@ def test_retriable_status_codes_list() -> None:
 
 def test_reset_is_retried_by_default() -> None:
     with (
-        Upstream(script(Reply(reset=True), Reply(200, b"after reset"))) as up,
+        testing.Upstream(
+            script(testing.Reply(reset=True), testing.Reply(200, b"after reset"))
+        ) as up,
         sidecar(up.address) as (sc, _),
     ):
         assert httpx.get(sc.url("main") + "/", timeout=10).text == "after reset"
 
 
 def test_connect_failure_retries_on_another_host() -> None:
-    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: connection refused
-    with Upstream(lambda _: Reply(200, b"alive")) as up, sidecar(dead, up.address) as (sc, log):
+    dead = f"127.0.0.1:{testing.free_port()}"  # nothing listens there: connection refused
+    with (
+        testing.Upstream(lambda _: testing.Reply(200, b"alive")) as up,
+        sidecar(dead, up.address) as (sc, log),
+    ):
         for _ in range(6):
             assert httpx.get(sc.url("main") + "/", timeout=10).text == "alive"
         lines = access_lines(log, 6)
@@ -142,8 +139,8 @@ def test_connect_failure_retries_on_another_host() -> None:
 
 def test_retries_avoid_hosts_already_tried() -> None:
     with (
-        Upstream(lambda _: Reply(503), name="bad") as bad,
-        Upstream(name="good") as good,
+        testing.Upstream(lambda _: testing.Reply(503), name="bad") as bad,
+        testing.Upstream(name="good") as good,
         sidecar(bad.address, good.address, retry={"attempts": 1}) as (sc, _),
     ):
         for _ in range(10):
@@ -155,7 +152,9 @@ def test_retries_avoid_hosts_already_tried() -> None:
 
 
 def test_per_try_timeout_covers_the_first_try_too() -> None:
-    with Upstream(script(Reply(200, b"slow", delay=3), Reply(200, b"fast"))) as up:
+    with testing.Upstream(
+        script(testing.Reply(200, b"slow", delay=3), testing.Reply(200, b"fast"))
+    ) as up:
         config = {"per_try_timeout": "200ms"}
         with sidecar(up.address, retry=config) as (sc, log):
             started = time.monotonic()
@@ -167,7 +166,7 @@ def test_per_try_timeout_covers_the_first_try_too() -> None:
 
 def test_route_timeout_covers_all_attempts_and_ends_with_504() -> None:
     with (
-        Upstream(lambda _: Reply(200, delay=3)) as up,
+        testing.Upstream(lambda _: testing.Reply(200, delay=3)) as up,
         sidecar(up.address, retry={"retry_on": ["5xx"]}, timeout="400ms") as (sc, log),
     ):
         r = httpx.get(sc.url("main") + "/", timeout=10)
@@ -177,17 +176,23 @@ def test_route_timeout_covers_all_attempts_and_ends_with_504() -> None:
 
 
 def test_non_idempotent_methods_are_not_retried_unless_asked() -> None:
-    with Upstream(script(Reply(503), Reply(200))) as up, sidecar(up.address) as (sc, _):
+    with (
+        testing.Upstream(script(testing.Reply(503), testing.Reply(200))) as up,
+        sidecar(up.address) as (sc, _),
+    ):
         assert httpx.post(sc.url("main") + "/", content=b"pay", timeout=10).status_code == 503
         assert len(up.requests) == 1
     with (
-        Upstream(script(Reply(503), Reply(200))) as up,
+        testing.Upstream(script(testing.Reply(503), testing.Reply(200))) as up,
         sidecar(up.address, retry={"retry_non_idempotent": True}) as (sc, _),
     ):
         r = httpx.post(sc.url("main") + "/", content=b"pay", timeout=10)
         assert r.status_code == 200
         assert [req.body for req in up.requests] == [b"pay", b"pay"]  # body replayed
-    with Upstream(script(Reply(503), Reply(200))) as up, sidecar(up.address) as (sc, _):
+    with (
+        testing.Upstream(script(testing.Reply(503), testing.Reply(200))) as up,
+        sidecar(up.address) as (sc, _),
+    ):
         assert httpx.put(sc.url("main") + "/", content=b"doc", timeout=10).status_code == 200
         assert [req.body for req in up.requests] == [b"doc", b"doc"]
 
@@ -195,7 +200,7 @@ def test_non_idempotent_methods_are_not_retried_unless_asked() -> None:
 def test_body_over_buffer_limit_is_streamed_and_not_retried() -> None:
     big = b"x" * 64 * 1024
     with (
-        Upstream(script(Reply(503), Reply(200))) as up,
+        testing.Upstream(script(testing.Reply(503), testing.Reply(200))) as up,
         sidecar(up.address, retry={"buffer_limit": 1024}) as (sc, _),
     ):
         assert httpx.put(sc.url("main") + "/", content=big, timeout=10).status_code == 503
@@ -204,14 +209,18 @@ def test_body_over_buffer_limit_is_streamed_and_not_retried() -> None:
 
 def test_retry_after_is_honoured_up_to_the_cap() -> None:
     with (
-        Upstream(script(Reply(503, headers={"retry-after": "1"}), Reply(200))) as up,
+        testing.Upstream(
+            script(testing.Reply(503, headers={"retry-after": "1"}), testing.Reply(200))
+        ) as up,
         sidecar(up.address) as (sc, _),
     ):
         started = time.monotonic()
         assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200
         assert time.monotonic() - started >= 0.95  # waited as asked
     with (
-        Upstream(script(Reply(503, headers={"retry-after": "30"}), Reply(200))) as up,
+        testing.Upstream(
+            script(testing.Reply(503, headers={"retry-after": "30"}), testing.Reply(200))
+        ) as up,
         sidecar(up.address, retry={"max_retry_after": "2s"}) as (sc, _),
     ):
         r = httpx.get(sc.url("main") + "/", timeout=10)
@@ -219,7 +228,9 @@ def test_retry_after_is_honoured_up_to_the_cap() -> None:
         assert len(up.requests) == 1
     # Within the cap but past the route's deadline: not waited for either.
     with (
-        Upstream(script(Reply(503, headers={"retry-after": "3"}), Reply(200))) as up,
+        testing.Upstream(
+            script(testing.Reply(503, headers={"retry-after": "3"}), testing.Reply(200))
+        ) as up,
         sidecar(up.address, timeout="1s") as (sc, _),
     ):
         started = time.monotonic()
@@ -233,7 +244,7 @@ def _concurrently(url: str, count: int) -> list[int]:
 
 
 def test_retry_budget_bounds_concurrent_retries() -> None:
-    with Upstream(lambda _: Reply(503, delay=0.3)) as up:
+    with testing.Upstream(lambda _: testing.Reply(503, delay=0.3)) as up:
         config = {"budget": {"ratio": 0.0, "min_concurrency": 1}}
         with sidecar(up.address, retry=config) as (sc, log):
             before = metric("sidemesh_retry_overflow_total", cluster="backend", reason="budget")
@@ -245,14 +256,14 @@ def test_retry_budget_bounds_concurrent_retries() -> None:
             assert len(up.requests) < 8 * 3
             lines = access_lines(log, 8)
             assert sum("UO" in line["response_flags"] for line in lines) == overflowed
-            cluster = sc.sidecar.snapshot.clusters["backend"]  # type: ignore[union-attr]
+            cluster = sc.cluster("backend")
             assert cluster.overflow["retry_budget"] == overflowed
-            assert cluster.retries_active == 0  # every retry in flight was given back
+            assert cluster.retries.active == 0  # every retry in flight was given back
 
 
 def test_defaults_prevent_a_retry_storm() -> None:
     with (
-        Upstream(lambda _: Reply(503, delay=0.2)) as up,
+        testing.Upstream(lambda _: testing.Reply(503, delay=0.2)) as up,
         sidecar(up.address) as (sc, _),
     ):
         assert _concurrently(sc.url("main") + "/", 30) == [503] * 30
@@ -261,7 +272,10 @@ def test_defaults_prevent_a_retry_storm() -> None:
 
 
 def test_retry_metrics() -> None:
-    with Upstream(script(Reply(503), Reply(200))) as up, sidecar(up.address) as (sc, _):
+    with (
+        testing.Upstream(script(testing.Reply(503), testing.Reply(200))) as up,
+        sidecar(up.address) as (sc, _),
+    ):
         attempts = metric("sidemesh_retry_attempts_total", cluster="backend")
         success = metric("sidemesh_retry_success_total", cluster="backend")
         assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 200

@@ -4,14 +4,11 @@ Envoy tag names platform engineers already search by (``upstream_cluster``,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh import Attempt, EndpointView, Request, Response, ResponseFlag
 
 from .spans import SpanRecord, endpoint_json
-
-if TYPE_CHECKING:
-    from sidemesh.datapath.cluster import Endpoint
 
 __all__ = ["client_tags", "finish_client", "finish_server", "server_tags", "split_host_port"]
 
@@ -64,7 +61,7 @@ def server_tags(
 
 
 def client_tags(
-    request: Request, endpoint: Endpoint | None, request_id: str, number: int
+    request: Request, endpoint: EndpointView | None, request_id: str, number: int
 ) -> dict[str, str | int]:
     path = request.path.partition("?")[0]
     tags: dict[str, str | int] = {
@@ -85,7 +82,9 @@ def client_tags(
     return tags
 
 
-def _status(span: SpanRecord, status: int | None, flag: str | None, error: str | None) -> None:
+def _status(
+    span: SpanRecord, status: int | None, flag: ResponseFlag | None, error: str | None
+) -> None:
     if status is not None:
         span.tags["http.response.status_code"] = status
     if flag:
@@ -110,7 +109,7 @@ def finish_client(span: SpanRecord, attempt: Attempt) -> None:
 
 
 def finish_server(span: SpanRecord, request: Request, response: Response | None,
-                  flag: str | None) -> None:
+                  flag: ResponseFlag | None) -> None:
     if request.cluster:
         span.tags["upstream_cluster"] = request.cluster
     if request.tried:

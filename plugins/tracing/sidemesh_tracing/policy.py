@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from opentelemetry.trace import Span, SpanKind, TracerProvider
 
-from sidemesh.api.policy import Policy, PolicyContext
-from sidemesh.datapath.messages import Attempt, Request, Response
+from sidemesh import (
+    Attempt,
+    EndpointView,
+    Policy,
+    PolicyContext,
+    Request,
+    Response,
+    ResponseFlag,
+    StashKey,
+    parse_duration,
+)
 
 from .attributes import client_tags, finish_client, finish_server, server_tags
 from .exporter import ExporterSettings, ZipkinExporter, acquire_exporter, release_exporter
@@ -21,22 +29,7 @@ from .otel import end_otel_span, otel_tracer, start_otel_span
 from .propagation import Incoming, Propagation, extract, inject, new_span_id, ratio_sampled
 from .spans import SpanRecord, now_us
 
-if TYPE_CHECKING:
-    from sidemesh.datapath.cluster import Endpoint
-
-__all__ = ["RequestTrace", "TracingPolicy", "parse_duration"]
-
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-STATE_KEY = "tracing"
-
-
-def parse_duration(text: str) -> float:
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (expected e.g. 250ms, 1s, 1m)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
+__all__ = ["TRACE", "RequestTrace", "TracingPolicy"]
 
 def _load_schema() -> dict[str, Any]:
     text = resources.files(__package__).joinpath("schema.json").read_text("utf-8")
@@ -46,7 +39,7 @@ def _load_schema() -> dict[str, Any]:
 
 @dataclass(slots=True)
 class RequestTrace:
-    """Per-request tracing state, kept in ``request.state["tracing"]``.
+    """Per-request tracing state, kept in the request's stash under :data:`TRACE`.
 
     ``injected_id`` is the span id currently written in the request's headers;
     ``injected_used`` says an attempt already claimed it, so the next one needs a new id.
@@ -63,6 +56,10 @@ class RequestTrace:
     client: SpanRecord | None = None
     otel_client: Span | None = None
     done: bool = False
+
+
+#: where a request's :class:`RequestTrace` is kept between hooks.
+TRACE = StashKey[RequestTrace]("tracing")
 
 
 class TracingPolicy(Policy):
@@ -141,7 +138,7 @@ class TracingPolicy(Policy):
             )
         # Written upstream by select_upstream, which runs before every attempt.
         first_id = new_span_id()
-        request.state[STATE_KEY] = RequestTrace(
+        request.stash[TRACE] = RequestTrace(
             incoming, sampled, server_id, request_id, server, otel_server, first_id
         )
         request.log["trace_id"] = incoming.trace_id
@@ -149,19 +146,19 @@ class TracingPolicy(Policy):
         return None
 
     def select_upstream(
-        self, request: Request, endpoints: Sequence[Endpoint]
-    ) -> Sequence[Endpoint]:
+        self, request: Request, endpoints: Sequence[EndpointView]
+    ) -> Sequence[EndpointView]:
         # The per-attempt traceparent is written here, not in on_response: response hooks
         # run in reverse chain order, so a policy after us (retry) may ask for another
         # attempt after our on_response already ran, and we could not know it. This hook
         # runs before *every* attempt, so each one gets its own client span id.
-        state: RequestTrace | None = request.state.get(STATE_KEY)
+        state = request.stash.get(TRACE, None)
         if state is not None and state.client is None and state.otel_client is None:
             self._open_attempt(request, state)
         return endpoints
 
     def on_response(self, request: Request, attempt: Attempt) -> None:
-        state: RequestTrace | None = request.state.get(STATE_KEY)
+        state = request.stash.get(TRACE, None)
         if state is None:
             return
         if state.client is None and state.otel_client is None:
@@ -178,8 +175,10 @@ class TracingPolicy(Policy):
         finish_client(span, attempt)
         self._emit(span, otel_span)
 
-    def on_complete(self, request: Request, response: Response | None, flag: str | None) -> None:
-        state: RequestTrace | None = request.state.get(STATE_KEY)
+    def on_complete(
+        self, request: Request, response: Response | None, flag: ResponseFlag | None
+    ) -> None:
+        state = request.stash.get(TRACE, None)
         if state is None or state.done:
             return
         state.done = True

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sidemesh.datapath.messages import Headers
+from sidemesh import Headers
 
 from .b3 import format_b3_single, parse_b3_multi, parse_b3_single
 from .w3c import (

@@ -7,10 +7,9 @@ import json
 from typing import Any
 
 import httpx
-import pytest
 
-# The in-process sidecar harness needs the whole data path; skip until it imports.
-testing = pytest.importorskip("sidemesh.testing")
+from sidemesh import testing
+
 Reply, Upstream, running_sidecar = testing.Reply, testing.Upstream, testing.running_sidecar
 simple_config, wait_for = testing.simple_config, testing.wait_for
 
@@ -19,9 +18,13 @@ CALLER_SPAN = "b7ad6b7169203331"
 
 
 def _tracing(collector: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "tracing",
-            "config": {"zipkin": {"endpoint": f"http://{collector}", "flush_interval": "50ms"},
-                       **extra}}
+    return {
+        "name": "tracing",
+        "config": {
+            "zipkin": {"endpoint": f"http://{collector}", "flush_interval": "50ms"},
+            **extra,
+        },
+    }
 
 
 def test_one_trace_across_two_sidecars() -> None:
@@ -32,15 +35,20 @@ def test_one_trace_across_two_sidecars() -> None:
         doc_b = simple_config(service.address, listener_plugins=[_tracing(collector.address)])
         doc_b["node"]["service"] = "sidecar-b"
         with running_sidecar(doc_b) as b:
-            doc_a = simple_config(f"127.0.0.1:{b.port('main')}",
-                                  listener_plugins=[_tracing(collector.address,
-                                                             propagation=["w3c", "b3"])])
+            doc_a = simple_config(
+                f"127.0.0.1:{b.port('main')}",
+                listener_plugins=[_tracing(collector.address, propagation=["w3c", "b3"])],
+            )
             doc_a["node"]["service"] = "sidecar-a"
             with running_sidecar(doc_a) as a:
-                reply = httpx.get(a.url("main") + "/hello", timeout=10, headers={
-                    "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
-                    "tracestate": "rojo=00f067aa0ba902b7, ,congo=t61rcWkgMzE",
-                })
+                reply = httpx.get(
+                    a.url("main") + "/hello",
+                    timeout=10,
+                    headers={
+                        "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                        "tracestate": "rojo=00f067aa0ba902b7, ,congo=t61rcWkgMzE",
+                    },
+                )
                 assert reply.status_code == 200
 
                 def spans() -> list[dict[str, Any]]:

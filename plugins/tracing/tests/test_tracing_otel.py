@@ -13,11 +13,15 @@ in_memory = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_e
 
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
-from sidemesh.api.policy import PolicyContext  # noqa: E402
-from sidemesh.datapath.messages import Attempt, Headers, Request, Response  # noqa: E402
-from sidemesh.datapath.connections import ConnectionInfo
-from sidemesh.datapath.model import EndpointConfig  # noqa: E402
-from sidemesh.datapath.cluster import Endpoint  # noqa: E402
+from sidemesh import (  # noqa: E402
+    Attempt,
+    ConnectionInfo,
+    Headers,
+    PolicyContext,
+    Request,
+    Response,
+    testing,
+)
 from sidemesh_tracing.policy import TracingPolicy  # noqa: E402
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -25,8 +29,15 @@ CALLER = "00f067aa0ba902b7"
 
 
 def _policy(provider: Any) -> TracingPolicy:
-    context = PolicyContext(plugin="tracing", listener="outbound", route="r", scope="route",
-                            cluster=None, clusters={}, node={"service": "productpage"})
+    context = PolicyContext(
+        plugin="tracing",
+        listener="outbound",
+        route="r",
+        scope="route",
+        cluster=None,
+        clusters={},
+        node={"service": "productpage"},
+    )
     policy = TracingPolicy({}, context)
     policy.tracer_provider = provider
     return policy
@@ -37,13 +48,18 @@ def test_sdk_spans_share_the_propagated_ids() -> None:
     provider = sdk_trace.TracerProvider()
     provider.add_span_processor(export.SimpleSpanProcessor(memory))
     policy = _policy(provider)
-    request = Request("GET", "/x", "svc:80", Headers([("traceparent", f"00-{TRACE}-{CALLER}-01")]),
-                      ConnectionInfo("127.0.0.1:1234"))
+    request = Request(
+        "GET",
+        "/x",
+        "svc:80",
+        Headers([("traceparent", f"00-{TRACE}-{CALLER}-01")]),
+        ConnectionInfo("127.0.0.1:1234"),
+    )
     request.route, request.cluster = "r", "svc"
     policy.on_request(request)
     sent = []
     for number, status in ((1, 503), (2, 200)):
-        ep = Endpoint("svc", EndpointConfig("127.0.0.1:8080", "127.0.0.1", 8080))
+        ep = testing.make_endpoint("127.0.0.1:8080", cluster="svc")
         policy.select_upstream(request, [ep])
         sent.append((request.headers.get("traceparent") or "").split("-")[2])
         policy.on_response(request, Attempt(number, ep, Response(status), duration=0.001))
@@ -56,8 +72,7 @@ def test_sdk_spans_share_the_propagated_ids() -> None:
     assert server.parent is not None and f"{server.parent.span_id:016x}" == CALLER
     assert request.log["span_id"] == f"{server.context.span_id:016x}"
     assert [f"{c.context.span_id:016x}" for c in clients] == sent
-    assert all(c.parent is not None and c.parent.span_id == server.context.span_id
-               for c in clients)
+    assert all(c.parent is not None and c.parent.span_id == server.context.span_id for c in clients)
     assert clients[0].status.status_code is StatusCode.ERROR
     assert clients[0].attributes is not None
     assert clients[0].attributes["http.response.status_code"] == 503

@@ -1,5 +1,5 @@
-"""The tracing policy driven the way the core drives it (Request/Attempt objects from
-sidemesh.datapath.messages), exporting to a real local Zipkin-like HTTP receiver."""
+"""The tracing policy driven the way the core drives it (the public Request/Attempt
+objects), exporting to a real local Zipkin-like HTTP receiver."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ import jsonschema
 import pytest
 from prometheus_client import REGISTRY
 
-from sidemesh.api.policy import PolicyContext
-from sidemesh.datapath.messages import Attempt, Headers, Request, Response
-from sidemesh.datapath.connections import ConnectionInfo
-from sidemesh.datapath.model import EndpointConfig
-from sidemesh.datapath.cluster import Endpoint
+from sidemesh import (
+    Attempt,
+    ConnectionInfo,
+    EndpointView,
+    Headers,
+    PolicyContext,
+    Request,
+    Response,
+    testing,
+)
 from sidemesh_tracing.policy import TracingPolicy
 
 CONFORMANCE = Path(__file__).resolve().parents[3] / ".." / "shared" / "conformance"
@@ -109,8 +114,8 @@ def make_request(headers: list[tuple[str, str]]) -> Request:
     return request
 
 
-def endpoint(port: int) -> Endpoint:
-    return Endpoint("reviews", EndpointConfig(f"127.0.0.1:{port}", "127.0.0.1", port))
+def endpoint(port: int) -> EndpointView:
+    return testing.make_endpoint(f"127.0.0.1:{port}", cluster="reviews")
 
 
 def run_request(policy: TracingPolicy, request: Request, statuses: list[int | None]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidemesh.datapath.messages import Headers
+from sidemesh import Headers
 from sidemesh_tracing.b3 import parse_b3_multi, parse_b3_single
 from sidemesh_tracing.propagation import extract, inject, new_trace_id, ratio_sampled
 
@@ -35,17 +35,23 @@ def test_b3_sampling_only() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [f"{TRACE.upper()}-{SPAN}-1", f"{TRACE}-{SPAN}-x", f"{'0' * 32}-{SPAN}-1",
-     f"{TRACE}-{'0' * 16}-1", f"{TRACE}-{SPAN}-1-zz", "abc-def", f"{TRACE}-{SPAN}-1-{SPAN}-x",
-     "x"],
+    [
+        f"{TRACE.upper()}-{SPAN}-1",
+        f"{TRACE}-{SPAN}-x",
+        f"{'0' * 32}-{SPAN}-1",
+        f"{TRACE}-{'0' * 16}-1",
+        f"{TRACE}-{SPAN}-1-zz",
+        "abc-def",
+        f"{TRACE}-{SPAN}-1-{SPAN}-x",
+        "x",
+    ],
 )
 def test_b3_single_invalid(value: str) -> None:
     assert parse_b3_single([value]) is None
 
 
 def test_b3_multi() -> None:
-    ctx = parse_b3_multi({"x-b3-traceid": [TRACE], "x-b3-spanid": [SPAN],
-                          "x-b3-sampled": ["1"]})
+    ctx = parse_b3_multi({"x-b3-traceid": [TRACE], "x-b3-spanid": [SPAN], "x-b3-sampled": ["1"]})
     assert ctx is not None and (ctx.trace_id, ctx.span_id, ctx.sampled) == (TRACE, SPAN, True)
     ctx = parse_b3_multi({"x-b3-traceid": [TRACE], "x-b3-spanid": [SPAN], "x-b3-flags": ["1"]})
     assert ctx is not None and ctx.debug and ctx.sampled
@@ -56,11 +62,13 @@ def test_b3_multi() -> None:
 
 
 def test_w3c_preferred_over_b3() -> None:
-    headers = Headers([
-        ("b3", f"{TRACE}-{SPAN}-1"),
-        ("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"),
-        ("tracestate", "foo=1"),
-    ])
+    headers = Headers(
+        [
+            ("b3", f"{TRACE}-{SPAN}-1"),
+            ("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"),
+            ("tracestate", "foo=1"),
+        ]
+    )
     incoming = extract(headers)
     assert incoming.source == "w3c" and incoming.trace_id == W3C_TRACE
     assert incoming.parent_id == "1234567890123456" and incoming.tracestate == [("foo", "1")]
@@ -69,35 +77,44 @@ def test_w3c_preferred_over_b3() -> None:
 def test_b3_single_then_multi_when_no_w3c() -> None:
     incoming = extract(Headers([("b3", f"{TRACE}-{SPAN}-0")]))
     assert (incoming.source, incoming.trace_id, incoming.sampled) == ("b3", TRACE, False)
-    incoming = extract(Headers([("X-B3-TraceId", TRACE), ("X-B3-SpanId", SPAN),
-                                ("X-B3-Sampled", "1")]))
+    incoming = extract(
+        Headers([("X-B3-TraceId", TRACE), ("X-B3-SpanId", SPAN), ("X-B3-Sampled", "1")])
+    )
     assert (incoming.source, incoming.parent_id, incoming.sampled) == ("b3multi", SPAN, True)
 
 
 def test_invalid_traceparent_drops_tracestate_and_restarts() -> None:
-    incoming = extract(Headers([("traceparent", f"00-{W3C_TRACE}-{'0' * 16}-01"),
-                                ("tracestate", "foo=1")]))
+    incoming = extract(
+        Headers([("traceparent", f"00-{W3C_TRACE}-{'0' * 16}-01"), ("tracestate", "foo=1")])
+    )
     assert incoming.parent_id is None and incoming.tracestate == []
     assert incoming.trace_id != W3C_TRACE and len(incoming.trace_id) == 32
 
 
 def test_invalid_tracestate_is_dropped_but_trace_continues() -> None:
-    incoming = extract(Headers([("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"),
-                                ("tracestate", "foo=1,foo=2")]))
+    incoming = extract(
+        Headers(
+            [("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"), ("tracestate", "foo=1,foo=2")]
+        )
+    )
     assert incoming.trace_id == W3C_TRACE and incoming.tracestate == []
 
 
 def test_inject_formats_and_strips_stale_headers() -> None:
-    incoming = extract(Headers([("traceparent", f"00-{W3C_TRACE}-1234567890123456-03"),
-                                ("tracestate", "a=1, ,b=2")]))
+    incoming = extract(
+        Headers(
+            [("traceparent", f"00-{W3C_TRACE}-1234567890123456-03"), ("tracestate", "a=1, ,b=2")]
+        )
+    )
     headers = Headers([("traceparent", "stale"), ("b3", "stale"), ("x-b3-spanid", "stale")])
     inject(headers, incoming, "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", True, ("w3c",))
     assert headers.get_all("traceparent") == [f"00-{W3C_TRACE}-aaaaaaaaaaaaaaaa-03"]
     assert headers.get("tracestate") == "a=1,b=2"
     assert "b3" not in headers and "x-b3-spanid" not in headers
 
-    inject(headers, incoming, "cccccccccccccccc", "bbbbbbbbbbbbbbbb", False,
-           ("w3c", "b3", "b3multi"))
+    inject(
+        headers, incoming, "cccccccccccccccc", "bbbbbbbbbbbbbbbb", False, ("w3c", "b3", "b3multi")
+    )
     # Not sampled: flag bit cleared, random bit (0x02) kept.
     assert headers.get("traceparent") == f"00-{W3C_TRACE}-cccccccccccccccc-02"
     assert headers.get("b3") == f"{W3C_TRACE}-cccccccccccccccc-0-bbbbbbbbbbbbbbbb"

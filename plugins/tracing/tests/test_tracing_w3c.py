@@ -21,7 +21,11 @@ def test_valid_traceparent() -> None:
     parsed = parse_traceparent([VALID])
     assert parsed is not None
     assert (parsed.trace_id, parsed.parent_id, parsed.flags, parsed.sampled) == (
-        TRACE, SPAN, 1, True)
+        TRACE,
+        SPAN,
+        1,
+        True,
+    )
 
 
 def test_not_sampled_and_random_flag_kept() -> None:
@@ -94,14 +98,20 @@ def test_tracestate_members_in_order() -> None:
 
 
 def test_multiple_header_lines_are_combined() -> None:
-    assert parse_tracestate(["foo=1", "bar=2,baz=3"]) == [("foo", "1"), ("bar", "2"),
-                                                          ("baz", "3")]
+    assert parse_tracestate(["foo=1", "bar=2,baz=3"]) == [("foo", "1"), ("bar", "2"), ("baz", "3")]
 
 
 @pytest.mark.parametrize(
     "value",
-    ["foo=1 \t , \t bar=2", "foo=1\t \t,\t \tbar=2", " foo=1,bar=2", "\tfoo=1,bar=2",
-     "foo=1,bar=2 ", "foo=1,bar=2\t", "\t foo=1,bar=2 \t"],
+    [
+        "foo=1 \t , \t bar=2",
+        "foo=1\t \t,\t \tbar=2",
+        " foo=1,bar=2",
+        "\tfoo=1,bar=2",
+        "foo=1,bar=2 ",
+        "foo=1,bar=2\t",
+        "\t foo=1,bar=2 \t",
+    ],
 )
 def test_optional_whitespace_around_members(value: str) -> None:
     assert parse_tracestate([value]) == [("foo", "1"), ("bar", "2")]
@@ -133,10 +143,24 @@ def test_duplicated_keys_across_lines_drop_the_whole_header() -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        "foo =1", "FOO=1", "foo.bar=1", "1foo=1", "=1", "foo", "foo=1,bar",
-        "foo@=1,bar=2", "@foo=1,bar=2", "foo@@bar=1,bar=2", "foo@bar@baz=1,bar=2",
-        "foo@1bar=1", "Foo@bar=1",
-        "foo=bar=baz", "foo=,bar=3", "foo=1\t", "foo=\x7f", "foo=a,b=\x01",
+        "foo =1",
+        "FOO=1",
+        "foo.bar=1",
+        "1foo=1",
+        "=1",
+        "foo",
+        "foo=1,bar",
+        "foo@=1,bar=2",
+        "@foo=1,bar=2",
+        "foo@@bar=1,bar=2",
+        "foo@bar@baz=1,bar=2",
+        "foo@1bar=1",
+        "Foo@bar=1",
+        "foo=bar=baz",
+        "foo=,bar=3",
+        "foo=1\t",
+        "foo=\x7f",
+        "foo=a,b=\x01",
     ],
 )
 def test_invalid_members_drop_the_whole_header(value: str) -> None:
