@@ -1,25 +1,27 @@
-"""`sidemesh plugins`, `sidemesh schema`, help texts and the long-running commands'
-argument parsing."""
+"""`sidemesh plugins`, `sidemesh schema`, help texts, the long-running commands'
+argument parsing, and commands other distributions add (group `sidemesh.commands`)."""
 
 from __future__ import annotations
 
 import importlib
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from sidemesh.tools.cli import build_parser, main
+from sidemesh.tools.cli import COMMANDS_GROUP, build_parser, main
 
 TESTS = Path(__file__).resolve().parent
 
 
-def add_dist(site: Path, dist: str, ep: str, module: str, source: str) -> None:
+def add_dist(site: Path, dist: str, ep: str, module: str, source: str,
+             group: str = "sidemesh", attr: str = "") -> None:
     (site / f"{module}.py").write_text(source)
     info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[sidemesh]\n{ep} = {module}\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{ep} = {module}{attr}\n")
 
 
 @pytest.fixture
@@ -72,8 +74,7 @@ def test_help_has_examples_for_newcomers(capsys: pytest.CaptureFixture[str]) -> 
         main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for command in ("validate", "plugins", "schema", "explain", "proxy", "control", "token",
-                    "demo"):
+    for command in ("validate", "plugins", "schema", "explain", "proxy", "control", "token"):
         assert command in out
     assert "examples:" in out and "sidemesh explain -c sidemesh.yaml GET" in out
 
@@ -90,7 +91,6 @@ def test_proxy_arguments() -> None:
         "./sidemesh-data", "127.0.0.1:15010", None)
     token = parser.parse_args(["token", "--service", "reviews"])
     assert (token.data, token.service) == ("./sidemesh-data", "reviews")
-    assert parser.parse_args(["demo", "--keep-running"]).keep_running is True
 
 
 @pytest.mark.parametrize(("argv", "text"), [
@@ -108,3 +108,56 @@ def test_bad_arguments_exit_2_with_a_message(
         main(argv)
     assert done.value.code == 2
     assert text in capsys.readouterr().err
+
+
+HELLO_COMMAND = """
+def register(subparsers):
+    p = subparsers.add_parser("hello", help="greet the mesh")
+    p.add_argument("--name", default="mesh")
+    p.set_defaults(handler=lambda args: print(f"hello {args.name}") or 0)
+"""
+
+
+@pytest.fixture
+def command_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    add_dist(tmp_path, "sidemesh-cmd-hello", "hello", "sidemesh_cmd_hello", HELLO_COMMAND,
+             group=COMMANDS_GROUP, attr=":register")
+    add_dist(tmp_path, "sidemesh-cmd-gone", "gone", "sidemesh_cmd_gone",
+             "raise ImportError('needs sidemesh 9')\n", group=COMMANDS_GROUP, attr=":register")
+    add_dist(tmp_path, "sidemesh-cmd-clash", "clash", "sidemesh_cmd_clash",
+             "def register(subparsers):\n    subparsers.add_parser('validate')\n",
+             group=COMMANDS_GROUP, attr=":register")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    return tmp_path
+
+
+def test_a_contributed_command_shows_up_and_runs(
+    command_site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    captured = capsys.readouterr()
+    assert "hello" in captured.out and "greet the mesh" in captured.out
+    assert main(["hello", "--name", "reviews"]) == 0
+    assert capsys.readouterr().out == "hello reviews\n"
+
+
+def test_a_broken_command_is_reported_and_the_rest_still_works(
+    command_site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["hello"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "hello mesh\n"
+    assert ("command 'gone' (sidemesh-cmd-gone 1.2.3) failed to register: "
+            "ImportError: needs sidemesh 9") in captured.err
+    # A name the core has keeps the core's command.
+    assert "command 'clash' (sidemesh-cmd-clash 1.2.3) failed to register" in captured.err
+    assert build_parser().parse_args(["validate", "a.yaml"]).files == ["a.yaml"]
+
+
+def test_the_demo_is_a_contributed_command() -> None:
+    if not entry_points(group=COMMANDS_GROUP, name="demo"):
+        pytest.skip("sidemesh-demo is not installed")
+    args = build_parser().parse_args(["demo", "--keep-running"])
+    assert args.keep_running is True and callable(args.handler)

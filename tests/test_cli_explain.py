@@ -1,5 +1,6 @@
 """`sidemesh explain`: the route a request gets, the reasons others did not match, the
-chain, the endpoints and a split's weights."""
+chain, the endpoints, and what each policy of the chain says it would do (its
+``explain`` hook; the core knows no plugin by name)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import importlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
+from sidemesh import Explanation, Policy, PolicyContext, Request, hookimpl
+from sidemesh.config.registry import PluginRegistry
+from sidemesh.tools import cli
 from sidemesh.tools.cli import main
 
 TESTS = Path(__file__).resolve().parent
@@ -82,7 +87,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_text_shows_reasons_chain_endpoints_and_split(
+def test_text_shows_reasons_chain_and_endpoints(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run(capsys, "explain", "-c", str(config), "GET",
@@ -95,9 +100,8 @@ def test_text_shows_reasons_chain_endpoints_and_split(
     assert "1. faketracing 1.2.3 [listener]: sampling=0.1" in out
     assert '2. fakeretry 1.2.3 (requires >=1) [route]: attempts=3' in out
     assert "127.0.0.1:9083  {version=v3}" in out
-    assert "sticky on header:end-user" in out
-    assert "90.00%  reviews/v1 (weight 90): 127.0.0.1:9081" in out
-    assert "10.00%  reviews/v2 (weight 10): 127.0.0.1:9082" in out
+    # The fakes have no explain hook: their entries say nothing more.
+    assert "explain failed" not in out
     assert "listener inbound (127.0.0.1:15006):" in out
     assert "route local: path '/reviews/1' != '/health'" in out
 
@@ -111,10 +115,9 @@ def test_path_with_host_header_and_json(config: Path, capsys: pytest.CaptureFixt
     assert [t["route"] for t in outbound["tried"]] == ["ratings", "reviews-jason"]
     match = outbound["match"]
     assert match["route"] == "reviews-jason"
-    (split,) = match["splits"]
-    assert [(d["subset"], d["percent"]) for d in split["destinations"]] == [
-        ("v2", 50.0), ("v3", 50.0)]
-    assert [c["name"] for c in match["chain"]] == ["faketracing", "fakesplit"]
+    assert [(c["name"], c["explanation"]) for c in match["chain"]] == [
+        ("faketracing", None), ("fakesplit", None)]
+    assert match["subsets"]["v2"] == {"version": "v2"}
     assert result["listeners"][1]["match"] is None
 
 
@@ -151,3 +154,105 @@ def test_invalid_config_lists_errors(
     code, _, err = run(capsys, "explain", "-c", str(config), "GET", "http://ratings/")
     assert code == 1
     assert "is not a valid config" in err and "'nope', which is not defined" in err
+
+
+class Canary(Policy):
+    """A third-party policy that tells what it would do, from the request and context
+    the core hands its ``explain`` hook."""
+
+    name = "canary"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object", "additionalProperties": False,
+        "properties": {"header": {"type": "string", "default": "x-canary"}},
+    }
+
+    @classmethod
+    def explain(cls, config: dict[str, Any], request: Request, context: PolicyContext
+                ) -> Explanation | None:
+        value = request.headers.get(config["header"])
+        cluster = context.cluster.name if context.cluster else None
+        return Explanation(
+            f"canary on {config['header']}: {'yes' if value else 'no'}",
+            [f"{request.method} {request.host} {request.path} -> route {context.route} "
+             f"({context.scope}) of cluster {cluster}",
+             f"clusters: {', '.join(sorted(context.clusters))}"],
+            {"canary": bool(value), "cluster": request.cluster,
+             "endpoints": [e.address for e in context.clusters["reviews"].endpoints]},
+        )
+
+
+class Broken(Policy):
+    name = "broken"
+
+    @classmethod
+    def explain(cls, config: dict[str, Any], request: Request, context: PolicyContext
+                ) -> Explanation | None:
+        raise RuntimeError("no idea")
+
+
+class Quiet(Policy):
+    name = "quiet"
+
+
+class LocalPolicies:
+    @hookimpl
+    def sidemesh_policies(self) -> list[type[Policy]]:
+        return [Canary, Broken, Quiet]
+
+
+HOOKED = CONFIG.replace(
+    "plugins: [{name: faketracing, config: {sampling: 0.1}}]",
+    "plugins: [{name: canary}, {name: broken}, {name: quiet}]",
+)
+
+
+@pytest.fixture
+def hooked(config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The config with listener-level local policies, registered in this process."""
+    monkeypatch.setattr(cli, "_registry",
+                        lambda: PluginRegistry.load(extra_plugins=[LocalPolicies()]))
+    config.write_text(HOOKED)
+    return config
+
+
+def test_a_third_party_policy_explains_itself(
+    hooked: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "explain", "-c", str(hooked), "GET",
+                       "http://reviews/reviews/1?x=1", "-H", "x-canary: 1")
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index("    1. canary 0+local [listener]: header=\"x-canary\"")
+    assert lines[at + 1:at + 4] == [
+        "       canary on x-canary: yes",
+        "         GET reviews /reviews/1?x=1 -> route reviews (listener) of cluster reviews",
+        "         clusters: ratings, reviews",
+    ]
+
+
+def test_a_failing_explain_costs_only_its_entry(
+    hooked: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "explain", "-c", str(hooked), "GET", "http://reviews/reviews/1")
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index("    2. broken 0+local [listener]: (defaults)")
+    assert lines[at + 1:at + 3] == ["       explain failed: RuntimeError: no idea",
+                                    "    3. quiet 0+local [listener]: (defaults)"]
+    assert "canary on x-canary: no" in out
+    assert "127.0.0.1:9083  {version=v3}" in out
+
+
+def test_json_has_each_explanation_and_its_data(
+    hooked: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "explain", "--json", "-c", str(hooked), "GET",
+                       "http://reviews/reviews/1", "-H", "x-canary: 1")
+    assert code == 0
+    chain = {c["name"]: c["explanation"] for c in json.loads(out)["listeners"][0]["match"]["chain"]}
+    assert chain["canary"]["data"] == {
+        "canary": True, "cluster": "reviews",
+        "endpoints": ["127.0.0.1:9081", "127.0.0.1:9082", "127.0.0.1:9083"]}
+    assert chain["canary"]["summary"] == "canary on x-canary: yes"
+    assert chain["broken"] == {"error": "RuntimeError: no idea"}
+    assert chain["quiet"] is None

@@ -149,7 +149,7 @@ def test_every_error_is_reported_at_once(doc: dict[str, Any], registry: PluginRe
          "must not be empty"),
         (lambda d: d["listeners"][0]["routes"][0]["match"]["headers"].update(
             {"x-a": {"regex": "("}}), "listeners[0].routes[0].match.headers['x-a'].regex",
-         "regex", "invalid regular expression"),
+         "regex", "not a valid RE2 regular expression"),
         (lambda d: d["listeners"][0]["routes"][0]["match"]["headers"].update(
             {"x-a": {"exact": "1", "prefix": "2"}}),
          "listeners[0].routes[0].match.headers['x-a']", "maxProperties", "exactly one"),

@@ -1,8 +1,8 @@
 """The small services of ``sidemesh demo``: ``reviews`` and ``productpage`` (Istio's
 bookinfo, shrunk), and a Zipkin-compatible span receiver.
 
-    python -m sidemesh.tools.demo_app reviews --version v1 --name reviews-v1-a --port 9081
-    python -m sidemesh.tools.demo_app productpage --port 9080 --reviews http://127.0.0.1:15001
+    python -m sidemesh_demo.app reviews --version v1 --name reviews-v1-a --port 9081
+    python -m sidemesh_demo.app productpage --port 9080 --reviews http://127.0.0.1:15001
 
 ``reviews`` answers JSON with its version. ``POST /fault?status=503`` makes it answer
 that status until ``DELETE /fault`` (the demo's way to break one endpoint on purpose).
@@ -188,7 +188,7 @@ class ZipkinReceiver:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidemesh.tools.demo_app",
+    parser = argparse.ArgumentParser(prog="python -m sidemesh_demo.app",
                                      description="The demo's small services.")
     parser.add_argument("service", choices=["reviews", "productpage"])
     parser.add_argument("--version", default="v1", help="reviews: the version it reports")

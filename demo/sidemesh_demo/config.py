@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidemesh.testing import free_port
+from sidemesh import testing
 
 __all__ = ["CIRCUIT", "RETRY", "SPLIT", "TRUST_DOMAIN", "Instance", "Layout",
            "productpage_config", "reviews_config", "spiffe_id"]
@@ -58,14 +58,14 @@ def _pod_hosts(count: int) -> list[str]:
 
 @dataclass
 class Layout:
-    control_port: int = field(default_factory=free_port)
-    pp_app: int = field(default_factory=free_port)
-    pp_inbound: int = field(default_factory=free_port)
-    pp_outbound: int = field(default_factory=free_port)
-    pp_admin: int = field(default_factory=free_port)
-    reviews_app: int = field(default_factory=free_port)
-    reviews_inbound: int = field(default_factory=free_port)
-    reviews_admin: int = field(default_factory=free_port)
+    control_port: int = field(default_factory=testing.free_port)
+    pp_app: int = field(default_factory=testing.free_port)
+    pp_inbound: int = field(default_factory=testing.free_port)
+    pp_outbound: int = field(default_factory=testing.free_port)
+    pp_admin: int = field(default_factory=testing.free_port)
+    reviews_app: int = field(default_factory=testing.free_port)
+    reviews_inbound: int = field(default_factory=testing.free_port)
+    reviews_admin: int = field(default_factory=testing.free_port)
     instances: list[Instance] = field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -19,9 +19,9 @@ import httpx
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidemesh.tools.demo_app import ZipkinReceiver
-from sidemesh.tools.demo_config import SPLIT, Instance, Layout
-from sidemesh.tools.demo_traffic import ClusterWatcher, EjectionEvent
+from .app import ZipkinReceiver
+from .config import SPLIT, Instance, Layout
+from .traffic import ClusterWatcher, EjectionEvent
 
 __all__ = ["Evidence", "InstanceView", "collect", "percentile", "samples"]
 

@@ -10,8 +10,10 @@ what the sidecars themselves measured.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,12 +25,12 @@ import httpx
 from rich.console import Console
 from rich.markup import escape
 
-from sidemesh.tools.demo_app import PRODUCTPAGE_PATH, ZipkinReceiver
-from sidemesh.tools.demo_config import Instance, Layout, productpage_config, reviews_config
-from sidemesh.tools.demo_evidence import Evidence, collect
-from sidemesh.tools.demo_procs import DemoError, Supervisor, Terminated, raise_on_sigterm
-from sidemesh.tools.demo_report import render
-from sidemesh.tools.demo_traffic import ClusterWatcher, Phase, drive
+from .app import PRODUCTPAGE_PATH, ZipkinReceiver
+from .config import Instance, Layout, productpage_config, reviews_config
+from .evidence import Evidence, collect
+from .procs import DemoError, Supervisor, Terminated, raise_on_sigterm
+from .report import render
+from .traffic import ClusterWatcher, Phase, drive
 
 __all__ = ["REQUIRED_PLUGINS", "main"]
 
@@ -38,11 +40,22 @@ FAULT_SECONDS = 4.0
 
 
 def _preflight() -> None:
-    from sidemesh.config.registry import PluginRegistry
-
-    registry = PluginRegistry.load()
-    broken = {e.name: e.message for e in registry.load_errors}
-    missing = [name for name in REQUIRED_PLUGINS if registry.get(name) is None]
+    """The plugins the demo's configs use, asked of ``sidemesh plugins`` as a user would:
+    the demo knows the core by its command line only."""
+    command = [sys.executable, "-m", "sidemesh", "plugins", "--json"]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise DemoError("sidemesh plugins --json: no answer after 60s") from None
+    # Its exit 1 only says some plugin failed to load, maybe one the demo does not use.
+    try:
+        listing = json.loads(done.stdout)
+        found = {p["name"] for p in listing["plugins"]}
+        broken = {e["name"]: e["error"] for e in listing["load_errors"]}
+    except (ValueError, KeyError, TypeError):
+        raise DemoError("sidemesh plugins --json failed: "
+                        + (done.stderr or done.stdout).decode(errors="replace")[-800:]) from None
+    missing = [name for name in REQUIRED_PLUGINS if name not in found]
     if missing:
         details = "; ".join(f"{n}: {broken[n]}" for n in missing if n in broken)
         raise DemoError(
@@ -135,11 +148,11 @@ class Mesh:
         apps = []
         for inst in layout.instances:
             apps.append((self.sup.start(f"app-{inst.name}", [
-                "-m", "sidemesh.tools.demo_app", "reviews", "--version", inst.version,
+                "-m", "sidemesh_demo.app", "reviews", "--version", inst.version,
                 "--name", inst.name, "--host", inst.host, "--port", str(layout.reviews_app)]),
                 f"{layout.app_url(inst)}/reviews/1"))
         apps.append((self.sup.start("app-productpage", [
-            "-m", "sidemesh.tools.demo_app", "productpage", "--port", str(layout.pp_app),
+            "-m", "sidemesh_demo.app", "productpage", "--port", str(layout.pp_app),
             "--reviews", f"http://127.0.0.1:{layout.pp_outbound}"]),
             f"http://127.0.0.1:{layout.pp_app}/healthz"))
         sidecars = [(self.sidecar("productpage", "productpage", tokens["productpage"], None),

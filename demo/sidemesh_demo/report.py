@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from sidemesh.tools.demo_config import CIRCUIT, spiffe_id
-from sidemesh.tools.demo_evidence import Evidence, percentile
+from .config import CIRCUIT, spiffe_id
+from .evidence import Evidence, percentile
 
 __all__ = ["render", "render_trace"]
 

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.timeout(200)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _processes() -> dict[int, tuple[int, int, str]]:
@@ -107,8 +107,8 @@ def test_demo_runs_the_mesh_reports_and_cleans_up() -> None:
     workdir = re.search(r"(/\S*sidemesh-demo-\w+)", output)
     assert workdir is None or not Path(workdir.group(1)).exists()
     started = set(watcher.seen.values())
-    for kind in ("sidemesh control", "sidemesh proxy", "sidemesh.tools.demo_app reviews",
-                 "sidemesh.tools.demo_app productpage"):
+    for kind in ("sidemesh control", "sidemesh proxy", "sidemesh_demo.app reviews",
+                 "sidemesh_demo.app productpage"):
         assert any(kind in cmd for cmd in started), (kind, started)
     assert not _survivors(watcher.seen), output
 

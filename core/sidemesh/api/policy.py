@@ -73,6 +73,10 @@ class PolicyContext:
         detection counters, connection limits).
     :param control: the control plane the sidecar runs under, or ``None`` when it runs
         from a file (where a plugin fetches certificates from, for instance).
+    :param replaces: for a route entry that replaces the listener's entry of the same
+        plugin, that entry's config (defaults filled in); ``None`` otherwise. A policy
+        that authorises requests keeps the listener's rules with it, so a route can
+        narrow them but never drop them.
     """
 
     plugin: str
@@ -84,6 +88,7 @@ class PolicyContext:
     node: dict[str, Any]
     shared: dict[str, Any] = field(default_factory=dict)
     control: ControlPlane | None = None
+    replaces: dict[str, Any] | None = None
 
 
 class Policy:
@@ -99,6 +104,10 @@ class Policy:
     name: ClassVar[str] = ""
     #: JSON Schema (Draft 2020-12) of this policy's ``config``.
     schema: ClassVar[dict[str, Any]] = {"type": "object", "additionalProperties": False}
+    #: Set by a policy that authorises requests (``mtls``): a route may narrow a
+    #: listener-level entry of it (the route's instance gets ``context.replaces``), but
+    #: ``validate`` refuses a route entry that disables it.
+    authorizes: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], context: PolicyContext) -> None:
         """Create the instance for one chain entry.
@@ -141,10 +150,12 @@ class Policy:
         matched and before an upstream is chosen. Sync or async.
 
         :param request: the request; headers, path and ``cluster`` may be changed, and
-            ``request.state`` keeps per-request state between hooks.
-        :returns: ``None`` to continue, or a :class:`~sidemesh.datapath.messages.Response` to
-            answer the client directly (the chain stops, no upstream is contacted, no
-            response hook runs; :meth:`on_complete` still does).
+            ``request.stash`` keeps per-request state between hooks.
+        :returns: ``None`` to continue, or a :class:`Response` to answer the client
+            directly (the chain stops, no upstream is contacted, no response hook runs;
+            :meth:`on_complete` still does). The request is logged with flag ``PA``
+            (:attr:`ResponseFlag.POLICY_ANSWERED`) after any flag the policy added with
+            :meth:`Request.add_flag`.
         """
         return None
 

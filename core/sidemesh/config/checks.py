@@ -20,6 +20,7 @@ from sidemesh.api.durations import DURATION_PATTERN, parse_duration
 from sidemesh.config.build import split_address
 from sidemesh.config.errors import ConfigError, format_path, schema_error
 from sidemesh.config.registry import PluginRegistry, PolicyType
+from sidemesh.datapath.regex import RegexError, compile_regex
 
 __all__ = ["ChainSite", "SchemaValidator", "chain_sites", "plugin_errors", "semantic_errors"]
 
@@ -94,9 +95,9 @@ def _regex_error(path: Path, pattern: Any) -> list[ConfigError]:
     if not isinstance(pattern, str):
         return []
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        return [_err(path, f"invalid regular expression {pattern!r}: {exc}", "regex")]
+        compile_regex(pattern)
+    except RegexError as exc:
+        return [_err(path, f"regular expression {pattern!r}: {exc}", "regex")]
     return []
 
 
@@ -211,26 +212,33 @@ def semantic_errors(doc: dict[str, Any]) -> list[ConfigError]:
 
 @dataclass(frozen=True)
 class ChainSite:
-    """Where a chain entry is written: its path, listener, route and scope."""
+    """Where a chain entry is written: its path, listener, route and scope, and for a
+    route entry, the enabled listener entry of the same plugin it replaces."""
 
     path: Path
     entry: dict[str, Any]
     listener: str
     route: str | None
     route_cluster: str | None
+    replaces: dict[str, Any] | None = None
 
 
 def chain_sites(doc: dict[str, Any]) -> Iterator[ChainSite]:
     for i, listener in _items(doc, "listeners"):
         name = str(listener.get("name", ""))
+        inherited: dict[str, dict[str, Any]] = {}
         for k, entry in _items(listener, "plugins"):
+            if isinstance(entry.get("name"), str) and entry.get("enabled") is not False:
+                inherited.setdefault(entry["name"], entry)
             yield ChainSite(("listeners", i, "plugins", k), entry, name, None, None)
         for j, route in _items(listener, "routes"):
             cluster = route.get("cluster")
             for k, entry in _items(route, "plugins"):
+                replaced = inherited.get(entry["name"]) if isinstance(entry.get("name"), str) \
+                    else None
                 yield ChainSite(("listeners", i, "routes", j, "plugins", k), entry, name,
                                 str(route.get("name", "")),
-                                cluster if isinstance(cluster, str) else None)
+                                cluster if isinstance(cluster, str) else None, replaced)
 
 
 def _unknown(name: str, registry: PluginRegistry) -> str:
@@ -273,6 +281,13 @@ def plugin_errors(
                                           _unknown(name, registry), name, rule="plugin"))
             continue
         found: list[ConfigError] = []
+        if site.replaces is not None and site.entry.get("enabled") is False \
+                and policy.cls.authorizes:
+            found.append(ConfigError(
+                format_path((*site.path, "enabled")),
+                f"a route cannot disable the listener's {name!r}: it authorises every "
+                "request on the listener; narrow it on the route instead",
+                name, policy.version, "authorization"))
         spec = site.entry.get("version")
         if isinstance(spec, str):
             try:

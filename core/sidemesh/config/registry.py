@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -52,6 +53,7 @@ DATA_PATH_HOOKS = tuple(
 #: Distribution name shown for plugins registered in-process (tests, embedding).
 LOCAL_DISTRIBUTION = "(local)"
 LOCAL_VERSION = "0+local"
+_CORE_SCHEMA_FILE = "sidemesh.schema.json"
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,26 @@ class PluginLoadError:
         return f"plugin {self.name!r} failed to load: {self.message}"
 
 
+def _core_schema_text() -> str:
+    # The checkout's schemas/ holds the one copy. A wheel has it inside the package
+    # (force-included at build time); an editable install runs core/sidemesh, which has
+    # none, so the checkout's is next.
+    packaged = resources.files("sidemesh").joinpath("schemas").joinpath(_CORE_SCHEMA_FILE)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parents[3] / "schemas" / _CORE_SCHEMA_FILE
+    if checkout.is_file():
+        return checkout.read_text(encoding="utf-8")
+    raise FileNotFoundError(
+        f"the core config schema is missing: neither sidemesh/schemas/{_CORE_SCHEMA_FILE} "
+        f"in the installed package nor {checkout}; reinstall sidemesh"
+    )
+
+
 def core_schema() -> dict[str, Any]:
-    """The core config schema shipped inside the package (a fresh copy each call)."""
-    text = resources.files("sidemesh").joinpath("schemas/sidemesh.schema.json").read_text()
-    schema: dict[str, Any] = json.loads(text)
+    """The core config schema (a fresh copy each call): ``schemas/sidemesh.schema.json``
+    of the checkout, shipped in the wheel as ``sidemesh/schemas/sidemesh.schema.json``."""
+    schema: dict[str, Any] = json.loads(_core_schema_text())
     return schema
 
 

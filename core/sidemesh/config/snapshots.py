@@ -28,8 +28,10 @@ def _instantiate(
     node: dict[str, Any],
     shared: dict[tuple[str, str], dict[str, Any]],
     control: ControlPlane | None,
+    listener_entries: tuple[ChainEntry, ...] = (),
 ) -> Chain:
     policies = []
+    listener_configs = {e.name: e.config for e in listener_entries}
     for entry in entries:
         policy_type = registry.get(entry.name)
         if policy_type is None:
@@ -45,6 +47,11 @@ def _instantiate(
             node=node,
             shared=state,
             control=control,
+            replaces=(
+                dict(listener_configs[entry.name])
+                if entry.scope == "route" and entry.name in listener_configs
+                else None
+            ),
         )
         policies.append(policy_type.cls(dict(entry.config), context))
     return compile_chain(policies)
@@ -84,6 +91,7 @@ def build_snapshot(
                 node=node,
                 shared=shared,
                 control=control,
+                listener_entries=listener.chain,
             )
             routes.append(CompiledRoute(route, route.name, route.cluster, route.timeout, chain))
         listener_chain = _instantiate(

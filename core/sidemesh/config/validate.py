@@ -84,6 +84,11 @@ def _context_builder(doc: dict[str, Any], core_ok: bool) -> CheckEntry:
             cluster=clusters.get(site.route_cluster) if site.route_cluster else None,
             clusters=clusters,
             node=node,
+            replaces=(
+                fill_defaults(site.replaces.get("config", {}), policy.schema)
+                if site.replaces is not None and isinstance(site.replaces.get("config", {}), dict)
+                else None
+            ),
         )
         where = format_path((*site.path, "config"))
         try:

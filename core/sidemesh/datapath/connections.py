@@ -22,7 +22,7 @@ class ConnectionInfo:
     :ivar tls: whether the connection is TLS.
     :ivar peer_certificate: the client's DER certificate, when it presented one.
     :ivar stash: per-connection state for policies (cache a parsed identity here), keyed
-        by :class:`~sidemesh.datapath.stash.StashKey`.
+        by :class:`~sidemesh.StashKey`.
     """
 
     __slots__ = ("client_address", "peer_certificate", "stash", "tls")

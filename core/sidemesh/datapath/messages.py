@@ -128,7 +128,7 @@ class Request:
     ``method``, ``path`` (the request target in origin form, query included), ``host``
     and ``headers`` may be changed by request hooks; ``cluster`` may be changed to send
     the request elsewhere (a split to another cluster). ``stash`` keeps typed
-    per-request state between a policy's hooks (see :class:`~sidemesh.datapath.stash.StashKey`).
+    per-request state between a policy's hooks (see :class:`~sidemesh.StashKey`).
     ``log`` holds extra access-log fields; :meth:`add_flag` adds a response flag.
     """
 
@@ -299,7 +299,7 @@ class Attempt:
     :ivar number: 1 for the first try.
     :ivar endpoint: the endpoint tried (``None`` when none could be chosen).
     :ivar response: the response head, or ``None`` when the attempt failed.
-    :ivar flag: the :class:`~sidemesh.datapath.flags.ResponseFlag` of a failure (``UF``
+    :ivar flag: the :class:`~sidemesh.ResponseFlag` of a failure (``UF``
         connect failure, ``UT`` timeout, ``UC`` connection reset/closed, ``UH`` no healthy
         upstream, ``UO`` overflow, ``UPE`` invalid response); ``None`` when it did not fail.
     :ivar error: a human-readable reason for a failure.

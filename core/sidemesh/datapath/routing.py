@@ -5,16 +5,16 @@ whose every condition holds wins. Hosts match like Envoy ``domains`` (case-insen
 ``*``, ``*.suffix``/``*-suffix`` and ``prefix.*``/``prefix-*`` wildcards that never
 match an empty part; the request's ``:port`` is ignored unless the configured host has
 one). Paths are matched without the query string. Header matches see all values of a
-repeated header joined with ``,``.
+repeated header joined with ``,``. Regexes have RE2 semantics (:mod:`.regex`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from sidemesh.datapath.messages import Headers
 from sidemesh.datapath.model import RouteConfig, RouteMatch
+from sidemesh.datapath.regex import compile_regex
 
 __all__ = ["CompiledMatch", "RouteTable", "strip_port"]
 
@@ -60,12 +60,12 @@ class CompiledMatch:
             self._host_kind, self._host = _EXACT, host
         self._path_prefix = match.prefix
         self._path_exact = match.path
-        self._path_regex = re.compile(match.regex) if match.regex is not None else None
+        self._path_regex = compile_regex(match.regex) if match.regex is not None else None
         self._headers = tuple(
             (
                 h.name.lower(),
                 h.kind,
-                re.compile(h.value) if h.kind == "regex" and isinstance(h.value, str) else None,
+                compile_regex(h.value) if h.kind == "regex" and isinstance(h.value, str) else None,
                 h.value,
             )
             for h in match.headers

@@ -1,7 +1,12 @@
 """The ``sidemesh`` command.
 
-Long-running commands (``proxy``, ``control``, ``demo``) are imported only when run, so
+Long-running commands (``proxy``, ``control``) are imported only when run, so
 ``sidemesh validate`` in a CI job stays quick and needs nothing but the config code.
+
+Other distributions add commands through the entry-point group ``sidemesh.commands``:
+each entry point names a ``register(subparsers)`` function that adds its parser (the
+argparse sub-parsers of ``sidemesh``) and sets ``handler``, a function of the parsed
+arguments returning the exit status, as the core's commands below do.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from typing import Any
 
 from sidemesh import __version__
 from sidemesh.api.durations import parse_duration
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS_GROUP", "build_parser", "main"]
+
+COMMANDS_GROUP = "sidemesh.commands"
 
 EPILOG = """\
 examples:
@@ -28,7 +36,6 @@ examples:
                                            which route, chain and endpoints a request gets
   sidemesh proxy -c sidemesh.yaml          run a sidecar from a file (SIGHUP reloads it)
   sidemesh control --data ./sidemesh-data  run the control plane
-  sidemesh demo                            the whole mesh on this machine
   sidemesh new-plugin ratelimit            start a plugin: sidemesh-ratelimit/
 
 Run 'sidemesh COMMAND --help' for a command's options.
@@ -285,13 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where sidemesh-NAME/ is created (default: the current directory)")
     p.set_defaults(handler=_lazy("sidemesh.tools.scaffold", "main"))
 
-    p = sub.add_parser("demo", help="run the whole mesh on this machine and show what it did",
-                       description="Start a control plane, two service versions with "
-                       "sidecars and mTLS, send traffic, inject failures, and report.")
-    p.add_argument("--keep-running", action="store_true",
-                   help="keep everything running after the report (Ctrl-C stops)")
-    p.set_defaults(handler=_lazy("sidemesh.tools.demo", "main"))
+    _add_contributed_commands(sub)
     return parser
+
+
+def _add_contributed_commands(sub: Any) -> None:
+    """The commands of the ``sidemesh.commands`` group, after the core's (argparse refuses
+    a name taken already). One that fails is reported and the others still come: an
+    incompatible distribution must not take every command down with it."""
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
+            print(f"sidemesh: command {ep.name!r} ({dist}) failed to register: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,8 +39,8 @@ def _normalize(distribution: str) -> str:
 
 
 def _find_root() -> Path:
-    # core/sidemesh/docgen.py -> the checkout's root, when run from one.
-    return Path(__file__).resolve().parents[2]
+    # core/sidemesh/tools/docgen.py -> the checkout's root, when run from one.
+    return Path(__file__).resolve().parents[3]
 
 
 def _source_schemas(directory: Path, entry_points: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -195,7 +195,7 @@ def render_config_reference(core: dict[str, Any], plugins: Sequence[PluginSchema
         "# Configuration reference",
         "",
         GENERATED_NOTE.format(
-            source="core/sidemesh/schemas/sidemesh.schema.json and plugins/*/sidemesh_*/schema.json"
+            source="schemas/sidemesh.schema.json and plugins/*/sidemesh_*/schema.json"
         ),
         "",
         "Every key of `sidemesh.yaml` and of each built-in plugin's `config`, as the JSON "

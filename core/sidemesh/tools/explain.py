@@ -1,23 +1,27 @@
 """``sidemesh explain``: what a config would do with one request, and why.
 
 For every listener: each route tried in order with the reason it did not match, the
-route that matched, the chain that would run (with installed plugin versions), the
-cluster's candidate endpoints, and the weights of any split in the chain.
+route that matched, the chain that would run (with installed plugin versions), what
+each policy of it says it would do (its :meth:`~sidemesh.api.policy.Policy.explain`
+hook), and the cluster's candidate endpoints.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from sidemesh.api.durations import format_duration
+from sidemesh.api.policy import Explanation, Policy, PolicyContext
 from sidemesh.config.registry import PluginRegistry
-from sidemesh.datapath.messages import Headers
+from sidemesh.datapath.cluster import Cluster
+from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.messages import Headers, Request
 from sidemesh.datapath.model import ChainEntry, ClusterConfig, RouteConfig, SidecarConfig
 from sidemesh.datapath.routing import CompiledMatch, strip_port
+from sidemesh.datapath.views import ClusterView
 
 __all__ = ["ExplainError", "explain", "parse_target", "render_text"]
 
@@ -82,59 +86,68 @@ def _why_not(match: CompiledMatch, method: str, host: str, path: str,
     return None
 
 
-def _endpoints(cluster: ClusterConfig, labels: dict[str, str] | None = None
-               ) -> list[dict[str, Any]]:
-    return [
-        {"address": e.address, "labels": dict(e.labels)}
-        for e in cluster.endpoints
-        if labels is None or all(e.labels.get(k) == v for k, v in labels.items())
-    ]
+def _endpoints(cluster: ClusterConfig) -> list[dict[str, Any]]:
+    return [{"address": e.address, "labels": dict(e.labels)} for e in cluster.endpoints]
 
 
-def _sticky(entry: ChainEntry, registry: PluginRegistry, headers: Headers | None
-            ) -> dict[str, Any] | None:
-    """Where this request's sticky key lands, asked of sidemesh-split itself (its
-    ``choose`` is the data path's own choice); ``None`` for other split plugins."""
-    policy = registry.get(entry.name)
-    if headers is None or policy is None or policy.distribution != "sidemesh-split":
+class _Target:
+    """The request being explained and the world the chain's policies would live in,
+    made once; each policy is given a request of its own so none sees another's edits."""
+
+    def __init__(self, config: SidecarConfig, method: str, host: str, path: str,
+                 headers: Headers) -> None:
+        self.method = method
+        self.host = host
+        self.path = path
+        self.headers = headers
+        # Fresh clusters (no traffic, nothing ejected): what a newly applied config has.
+        self.clusters: dict[str, ClusterView] = {c.name: Cluster(c) for c in config.clusters}
+        self.node = {
+            "service": config.node.service,
+            "namespace": config.node.namespace,
+            "trust_domain": config.node.trust_domain,
+            "spiffe_id": config.node.spiffe_id,
+        }
+
+    def request(self, listener: str, route: RouteConfig) -> Request:
+        # No client is connected: an unspecified address stands for it.
+        request = Request(self.method, self.path, self.host, Headers(self.headers.items()),
+                          ConnectionInfo("0.0.0.0:0"), listener)
+        request.route = route.name
+        request.cluster = route.cluster
+        return request
+
+    def context(self, entry: ChainEntry, listener: str, route: RouteConfig) -> PolicyContext:
+        return PolicyContext(plugin=entry.name, listener=listener, route=route.name,
+                             scope=entry.scope, cluster=self.clusters[route.cluster],
+                             clusters=self.clusters, node=dict(self.node))
+
+
+def _explanation(policy_cls: type[Policy], entry: ChainEntry, request: Request,
+                 context: PolicyContext) -> dict[str, Any] | None:
+    """What the policy says of ``request``; a policy whose hook fails (or answers
+    something else than an :class:`Explanation`) costs only its own entry."""
+    try:
+        said: object = policy_cls.explain(dict(entry.config), request, context)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__}
+    if said is None:
         return None
-    # Imported by name: the core does not depend on the plugin, only asks it.
-    sidemesh_split = importlib.import_module("sidemesh_split")
-    key = sidemesh_split.sticky_key(entry.config.get("hash_on"), headers)
-    if key is None:
-        return {"key": None, "destination": None}
-    return {"key": key, "destination": sidemesh_split.choose(entry.config, key)}
+    if not isinstance(said, Explanation):
+        return {"error": f"returned {type(said).__name__}, not an Explanation or None"}
+    return {"summary": said.summary, "details": [str(line) for line in said.details],
+            "data": said.data}
 
 
-def _split(entry: ChainEntry, route: RouteConfig, config: SidecarConfig,
-           sticky: dict[str, Any] | None = None) -> dict[str, Any]:
-    destinations = [d for d in entry.config.get("destinations", []) if isinstance(d, dict)]
-    total = sum(d.get("weight", 0) for d in destinations)
-    shown = []
-    for d in destinations:
-        cluster_name = d.get("cluster", route.cluster)
-        item: dict[str, Any] = {"cluster": cluster_name, "subset": d.get("subset"),
-                                "weight": d.get("weight", 0),
-                                "percent": round(100 * d.get("weight", 0) / total, 2)
-                                if total else 0.0}
-        try:
-            cluster = config.cluster(cluster_name)
-        except KeyError:
-            item["endpoints"] = []
-        else:
-            subset = next((s for s in cluster.subsets if s.name == d.get("subset")), None)
-            item["endpoints"] = _endpoints(cluster, subset.labels if subset else None)
-        shown.append(item)
-    return {"plugin": entry.name, "destinations": shown, "hash_on": entry.config.get("hash_on"),
-            "mirror": entry.config.get("mirror"), "sticky": sticky}
-
-
-def _route_detail(route: RouteConfig, config: SidecarConfig,
-                  registry: PluginRegistry, headers: Headers | None = None) -> dict[str, Any]:
+def _route_detail(route: RouteConfig, listener: str, config: SidecarConfig,
+                  registry: PluginRegistry, target: _Target) -> dict[str, Any]:
     chain = []
-    splits = []
     for entry in route.chain:
         policy = registry.get(entry.name)
+        explanation = None
+        if policy is not None:
+            explanation = _explanation(policy.cls, entry, target.request(listener, route),
+                                       target.context(entry, listener, route))
         chain.append({
             "name": entry.name,
             "scope": entry.scope,
@@ -142,10 +155,8 @@ def _route_detail(route: RouteConfig, config: SidecarConfig,
             "distribution": policy.distribution if policy else None,
             "constraint": entry.version,
             "config": entry.config,
+            "explanation": explanation,
         })
-        if isinstance(entry.config.get("destinations"), list):
-            sticky = _sticky(entry, registry, headers) if entry.config.get("hash_on") else None
-            splits.append(_split(entry, route, config, sticky))
     cluster = config.cluster(route.cluster)
     return {
         "route": route.name,
@@ -155,7 +166,6 @@ def _route_detail(route: RouteConfig, config: SidecarConfig,
         "chain": chain,
         "endpoints": _endpoints(cluster),
         "subsets": {s.name: s.labels for s in cluster.subsets},
-        "splits": splits,
     }
 
 
@@ -167,7 +177,8 @@ def explain(config: SidecarConfig, registry: PluginRegistry, method: str, url: s
     """
     host, path, headers = parse_target(url, header_lines)
     method = method.upper()
-    bare_path = path.split("?", 1)[0]
+    bare_path = path.partition("?")[0]
+    target = _Target(config, method, host, path, headers)
     listeners = []
     for listener in config.listeners:
         tried = []
@@ -176,7 +187,7 @@ def explain(config: SidecarConfig, registry: PluginRegistry, method: str, url: s
             why = _why_not(CompiledMatch(route.match), method, host, bare_path, headers)
             tried.append({"route": route.name, "matched": why is None, "why": why or "matched"})
             if why is None:
-                detail = _route_detail(route, config, registry, headers)
+                detail = _route_detail(route, listener.name, config, registry, target)
                 break
         listeners.append({"listener": listener.name, "address": listener.address,
                           "tried": tried, "match": detail})
@@ -191,6 +202,15 @@ def _config_text(config: dict[str, Any]) -> str:
     if not config:
         return "(defaults)"
     return ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in config.items())
+
+
+def _explanation_text(explanation: Mapping[str, Any] | None) -> list[str]:
+    if explanation is None:
+        return []
+    if "error" in explanation:
+        return [f"       explain failed: {explanation['error']}"]
+    return [f"       {explanation['summary']}",
+            *(f"         {line}" for line in explanation["details"])]
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -216,31 +236,13 @@ def render_text(result: dict[str, Any]) -> str:
             constraint = f" (requires {entry['constraint']})" if entry["constraint"] else ""
             lines.append(f"    {n}. {entry['name']} {version}{constraint} "
                          f"[{entry['scope']}]: {_config_text(entry['config'])}")
+            lines += _explanation_text(entry["explanation"])
         if not detail["chain"]:
             lines.append("    (empty)")
         lines.append("  endpoints:")
         for endpoint in detail["endpoints"]:
             labels = ", ".join(f"{k}={v}" for k, v in endpoint["labels"].items())
             lines.append(f"    {endpoint['address']}" + (f"  {{{labels}}}" if labels else ""))
-        for split in detail["splits"]:
-            sticky = f", sticky on {split['hash_on']}" if split["hash_on"] else ""
-            lines.append(f"  {split['plugin']} sends traffic{sticky}:")
-            for d in split["destinations"]:
-                target = f"{d['cluster']}/{d['subset']}" if d["subset"] else d["cluster"]
-                addresses = ", ".join(e["address"] for e in d["endpoints"]) or "NO ENDPOINTS"
-                lines.append(f"    {d['percent']:6.2f}%  {target} (weight {d['weight']}): "
-                             f"{addresses}")
-            sticky = split.get("sticky")
-            if sticky is not None and sticky["key"] is None:
-                lines.append(f"    no {split['hash_on']} in this request: random weighted choice")
-            elif sticky is not None:
-                d = split["destinations"][sticky["destination"]]
-                where = f"subset {d['subset']}" if d["subset"] else f"cluster {d['cluster']}"
-                if d["subset"] and d["cluster"] != detail["cluster"]:
-                    where += f" of cluster {d['cluster']}"
-                lines.append(f"    sticky key {sticky['key']!r} -> {where}")
-            if split["mirror"]:
-                lines.append(f"    mirror: {split['mirror']}")
     if not result["matched"]:
         lines.append("")
         lines.append("no listener has a route for this request")

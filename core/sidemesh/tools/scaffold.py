@@ -1,6 +1,6 @@
 """``sidemesh new-plugin NAME``: a new plugin distribution, ready to test and publish.
 
-The files come from ``templates/plugin/`` inside this package (so an installed sidemesh
+The files come from ``templates/plugin/`` next to this module (so an installed sidemesh
 can scaffold without a checkout). Placeholders are ``{{key}}`` replaced literally: the
 templates are Python, TOML and JSON full of ``{}`` and ``$``, which any real templating
 syntax would have to escape.
@@ -20,9 +20,11 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from packaging.version import Version
+
 from sidemesh import __version__
 
-__all__ = ["Scaffold", "ScaffoldError", "main", "scaffold", "validate_name"]
+__all__ = ["Scaffold", "ScaffoldError", "api_requirement", "main", "scaffold", "validate_name"]
 
 #: Lower-case words joined by single ``-`` or ``_``: a valid policy name, distribution
 #: suffix and (with ``-`` as ``_``) a Python identifier.
@@ -62,7 +64,7 @@ class Scaffold:
             "package": self.package,
             "class": self.cls,
             "date": datetime.date.today().isoformat(),
-            "core_version": _minor(__version__),
+            "core_requirement": api_requirement(__version__),
         }
 
     def target_path(self, relative: str) -> str:
@@ -74,9 +76,12 @@ class Scaffold:
         return relative
 
 
-def _minor(version: str) -> str:
-    parts = version.split(".")
-    return ".".join(parts[:2])
+def api_requirement(version: str) -> str:
+    """The requirement a plugin built against sidemesh ``version`` declares: its minor
+    series, ``sidemesh>=0.2,<0.3`` for 0.2.x (a minor version may break the public API
+    while the major version is 0)."""
+    major, minor = (*Version(version).release, 0)[:2]
+    return f"sidemesh>={major}.{minor},<{major}.{minor + 1}"
 
 
 def validate_name(name: str) -> None:
@@ -106,7 +111,7 @@ def _installed_plugin(name: str) -> str | None:
 
 
 def _templates() -> Iterator[tuple[str, Traversable]]:
-    root = resources.files("sidemesh").joinpath("templates/plugin")
+    root = resources.files("sidemesh.tools").joinpath("templates/plugin")
 
     def walk(node: Traversable, prefix: str) -> Iterator[tuple[str, Traversable]]:
         for child in sorted(node.iterdir(), key=lambda c: c.name):

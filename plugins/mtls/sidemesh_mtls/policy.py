@@ -8,6 +8,7 @@ trust domain, ``allow`` on the listener side, ``expect`` on the route side).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -65,11 +66,20 @@ def _denied(reason: str, identity: str | None, allow: list[str]) -> Response:
     )
 
 
+@dataclass(frozen=True)
+class _Rule:
+    patterns: list[str]
+    compiled: Any
+    #: written in the config (not the trust-domain-wide default).
+    explicit: bool
+
+
 class MtlsPolicy(Policy):
     """Mutual TLS with SPIFFE identities (see the plugin README for the keys)."""
 
     name = "mtls"
     schema = _schema()
+    authorizes = True
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
@@ -102,13 +112,21 @@ class MtlsPolicy(Policy):
         errors = self.check_config(config, context)
         if errors:
             raise ValueError("mtls: " + "; ".join(errors))
-        self.mode: str = config.get("mode") or "strict"
         self.trust_domain = _trust_domain(context)
-        allow = config.get("allow")
-        self.allow: list[str] = (
-            list(allow) if allow is not None else [f"spiffe://{self.trust_domain}/*"]
+        # Who authorises requests: a listener-level entry, and a route entry that
+        # replaces one (it may narrow the listener's `allow`, never widen or drop it).
+        listener = config if context.scope == "listener" else context.replaces
+        self._authorizing = listener is not None
+        self.mode: str = (listener or config).get("mode") or "strict"
+        self._rules = [self._rule(listener)] if listener is not None else []
+        if context.scope == "route" and listener is not None and config.get("allow") is not None:
+            self._rules.append(self._rule(config))
+        # An explicit `allow` is a principals rule: a plaintext peer, which has no
+        # principal, never matches one (Istio), even in permissive mode.
+        self._plaintext_ok = self.mode == "permissive" and not any(
+            rule.explicit for rule in self._rules
         )
-        self._allow = compile_globs(self.allow)
+        self.allow = self._rules[0].patterns if self._rules else []
         self.expect: str | None = None
         if context.scope == "route":
             self.expect = config.get("expect") or _default_expect(context)
@@ -169,22 +187,31 @@ class MtlsPolicy(Policy):
         conn.stash[PEER] = result
         return result
 
+    def _rule(self, config: dict[str, Any]) -> _Rule:
+        allow = config.get("allow")
+        patterns = list(allow) if allow is not None else [f"spiffe://{self.trust_domain}/*"]
+        return _Rule(patterns, compile_globs(patterns), allow is not None)
+
     def on_request(self, request: Request) -> Response | None:
-        if self.context.scope != "listener":
+        if not self._authorizing:
             return None
         spiffe_id, problem = self._peer(request)
         if problem is not None:
             return _denied(problem, spiffe_id, self.allow)
         if spiffe_id is None:
-            if self.mode == "permissive":
+            if self._plaintext_ok:
                 return None
-            return _denied(
-                "mTLS is required (mode strict): the client sent no certificate", None, self.allow
+            reason = (
+                "mTLS is required (mode strict): the client sent no certificate"
+                if self.mode == "strict"
+                else "a plaintext client has no identity to match `allow`"
             )
+            return _denied(reason, None, self.allow)
         request.peer_identity = spiffe_id
         request.log["peer"] = spiffe_id
-        if self._allow.fullmatch(spiffe_id) is None:
-            return _denied(f"{spiffe_id} matches no `allow` pattern", spiffe_id, self.allow)
+        for rule in self._rules:
+            if rule.compiled.fullmatch(spiffe_id) is None:
+                return _denied(f"{spiffe_id} matches no `allow` pattern", spiffe_id, rule.patterns)
         return None
 
     async def close(self) -> None:

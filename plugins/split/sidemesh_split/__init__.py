@@ -2,7 +2,8 @@
 header or cookie, and shadow (mirror) traffic.
 
 ``choose(config, key)`` answers where a sticky key lands without running a sidecar (it
-is the data path's own choice; ``sidemesh explain`` uses it).
+is the data path's own choice); ``sidemesh explain`` shows it through the policy's
+``explain`` hook.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sidemesh.api.policy import PolicyContext
+from sidemesh import PolicyContext
 
 __all__ = ["config_errors"]
 

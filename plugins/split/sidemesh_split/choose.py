@@ -17,7 +17,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sidemesh.datapath.messages import Headers
+from sidemesh import Headers
 
 __all__ = ["Weights", "choose", "key_point", "sticky_key"]
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sidemesh.api.policy import Policy
-from sidemesh.api.hookspecs import hookimpl
+from sidemesh import Policy, hookimpl
 
 from .policy import SplitPolicy
 

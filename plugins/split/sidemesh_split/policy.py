@@ -8,18 +8,26 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, ClassVar
 
-from sidemesh.api.policy import Policy, PolicyContext
-from sidemesh.datapath.messages import Request, Response
-from sidemesh.datapath.cluster import Cluster, Endpoint
+from sidemesh import (
+    ClusterView,
+    EndpointView,
+    Explanation,
+    Policy,
+    PolicyContext,
+    Request,
+    Response,
+    StashKey,
+)
 
 from .checks import config_errors
 from .choose import Weights, sticky_key
+from .explain import explanation
 from .metrics import MIRRORED, REQUESTS
 
-__all__ = ["SplitPolicy", "Target"]
+__all__ = ["CHOSEN", "SplitPolicy", "Target"]
 
-#: ``request.state`` key holding the chosen destination's index.
-STATE_KEY = "split"
+#: The index of the destination chosen for a request, kept for all its attempts.
+CHOSEN = StashKey[int]("split.destination")
 
 
 def _load_schema() -> dict[str, Any]:
@@ -44,14 +52,14 @@ class Target:
     def __init__(self, spec: Mapping[str, Any], context: PolicyContext, where: str) -> None:
         route_cluster = context.cluster
         name = spec.get("cluster") or (route_cluster.name if route_cluster else None)
-        cluster: Cluster | None = context.clusters.get(name) if name else None
+        cluster: ClusterView | None = context.clusters.get(name) if name else None
         if cluster is None:
             raise ValueError(f"split {where}: cluster {name!r} is not defined")
         self.cluster = cluster.name
         self.subset: str | None = spec.get("subset")
         self.switch = route_cluster is None or cluster.name != route_cluster.name
-        self.members: list[Endpoint] | None = None
-        self.member_set: frozenset[Endpoint] = frozenset()
+        self.members: Sequence[EndpointView] | None = None
+        self.member_set: frozenset[EndpointView] = frozenset()
         if self.subset is not None:
             members = cluster.subsets.get(self.subset)
             if not members:
@@ -98,9 +106,16 @@ class SplitPolicy(Policy):
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
         return config_errors(config, context)
 
+    @classmethod
+    def explain(
+        cls, config: dict[str, Any], request: Request, context: PolicyContext
+    ) -> Explanation | None:
+        """The weights, this request's sticky pick and the mirror, for ``sidemesh explain``."""
+        return explanation(config, request, context)
+
     def on_request(self, request: Request) -> Response | None:
         index = self.weights.pick(sticky_key(self._hash_on, request.headers))
-        request.state[STATE_KEY] = index
+        request.stash[CHOSEN] = index
         target = self.targets[index]
         if target.switch:
             request.cluster = target.cluster
@@ -115,9 +130,9 @@ class SplitPolicy(Policy):
         return None
 
     def select_upstream(
-        self, request: Request, endpoints: Sequence[Endpoint]
-    ) -> Sequence[Endpoint]:
-        index = request.state.get(STATE_KEY)
+        self, request: Request, endpoints: Sequence[EndpointView]
+    ) -> Sequence[EndpointView]:
+        index = request.stash.get(CHOSEN, None)
         if index is None:
             return endpoints
         target = self.targets[index]

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from sidemesh.datapath.messages import Headers
+from sidemesh import Headers
 from sidemesh_split import Weights, choose, key_point, sticky_key
 
 NINETY_TEN = {"destinations": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}

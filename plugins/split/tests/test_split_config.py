@@ -7,18 +7,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import httpx
 import pytest
 
-from sidemesh.config.validate import ConfigError, build, validate
-from sidemesh.config.registry import PluginRegistry
-from sidemesh.testing import running_sidecar
+import sidemesh_split
+from sidemesh import testing
 
 ENTRY = "listeners[0].routes[0].plugins[0].config"
-
-
-@pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    return PluginRegistry.load()
 
 
 def bookinfo(split: dict[str, Any], listener_split: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -58,13 +53,13 @@ def bookinfo(split: dict[str, Any], listener_split: dict[str, Any] | None = None
     }
 
 
-def errors_of(registry: PluginRegistry, split: dict[str, Any]) -> list[ConfigError]:
-    return validate(bookinfo(split), registry)
+def errors_of(split: dict[str, Any]) -> list[testing.ConfigError]:
+    return testing.validate_config(bookinfo(split))
 
 
-def test_a_valid_split_builds_with_defaults_filled(registry: PluginRegistry) -> None:
-    config = build(bookinfo({"destinations": [{"subset": "v1"}, {"subset": "v2", "weight": 0}]}),
-                   registry)
+def test_a_valid_split_builds_with_defaults_filled() -> None:
+    config = testing.build_config(
+        bookinfo({"destinations": [{"subset": "v1"}, {"subset": "v2", "weight": 0}]}))
     (entry,) = config.listeners[0].routes[0].chain
     assert entry.config == {
         "destinations": [{"subset": "v1", "weight": 1}, {"subset": "v2", "weight": 0}],
@@ -73,19 +68,19 @@ def test_a_valid_split_builds_with_defaults_filled(registry: PluginRegistry) -> 
     }
 
 
-def test_unknown_subset_names_the_destination_index(registry: PluginRegistry) -> None:
-    errors = errors_of(registry, {"destinations": [{"subset": "v1", "weight": 90},
+def test_unknown_subset_names_the_destination_index() -> None:
+    errors = errors_of({"destinations": [{"subset": "v1", "weight": 90},
                                                    {"subset": "v3", "weight": 10}]})
     assert [(e.path, e.message, e.plugin) for e in errors] == [(
         ENTRY,
         "destinations[1].subset 'v3' is not a subset of cluster 'reviews' (subsets: v1, v2)",
         "split",
     )]
-    assert errors[0].plugin_version == "0.1.0"
+    assert errors[0].plugin_version == sidemesh_split.__version__
 
 
-def test_unknown_cluster_and_subset_of_another_cluster(registry: PluginRegistry) -> None:
-    errors = errors_of(registry, {"destinations": [{"cluster": "details", "weight": 50},
+def test_unknown_cluster_and_subset_of_another_cluster() -> None:
+    errors = errors_of({"destinations": [{"cluster": "details", "weight": 50},
                                                    {"cluster": "ratings", "subset": "v1"}]})
     assert [e.message for e in errors] == [
         "destinations[0].cluster 'details' is not a defined cluster (clusters: ratings, reviews)",
@@ -94,34 +89,34 @@ def test_unknown_cluster_and_subset_of_another_cluster(registry: PluginRegistry)
     assert {e.path for e in errors} == {ENTRY}
 
 
-def test_weights_that_sum_to_zero(registry: PluginRegistry) -> None:
-    errors = errors_of(registry, {"destinations": [{"subset": "v1", "weight": 0},
+def test_weights_that_sum_to_zero() -> None:
+    errors = errors_of({"destinations": [{"subset": "v1", "weight": 0},
                                                    {"subset": "v2", "weight": 0}]})
     assert [e.message for e in errors] == [
         "destinations: the weights sum to 0; give at least one destination a weight above 0"
     ]
 
 
-def test_subset_without_a_matching_endpoint(registry: PluginRegistry) -> None:
+def test_subset_without_a_matching_endpoint() -> None:
     doc = bookinfo({"destinations": [{"subset": "v3"}]})
     doc["clusters"][0]["subsets"].append({"name": "v3", "labels": {"version": "v3"}})
-    messages = {(e.path, e.message) for e in validate(doc, registry)}
+    messages = {(e.path, e.message) for e in testing.validate_config(doc)}
     assert (ENTRY, "destinations[0].subset 'v3' of cluster 'reviews' selects no endpoint") \
         in messages
     # The core reports the cluster's own problem at the cluster, too.
     assert any(path == "clusters[0].subsets[2]" for path, _ in messages)
 
 
-def test_mirror_references_are_checked(registry: PluginRegistry) -> None:
-    errors = errors_of(registry, {"destinations": [{"subset": "v1"}],
+def test_mirror_references_are_checked() -> None:
+    errors = errors_of({"destinations": [{"subset": "v1"}],
                                   "mirror": {"subset": "v9", "percent": 10}})
     assert [e.message for e in errors] == [
         "mirror.subset 'v9' is not a subset of cluster 'reviews' (subsets: v1, v2)"
     ]
 
 
-def test_a_destination_must_name_a_subset_or_a_cluster(registry: PluginRegistry) -> None:
-    errors = errors_of(registry, {"destinations": [{"subset": "v1"}, {"weight": 10}],
+def test_a_destination_must_name_a_subset_or_a_cluster() -> None:
+    errors = errors_of({"destinations": [{"subset": "v1"}, {"weight": 10}],
                                   "mirror": {"percent": 5}})
     assert [(e.path, e.message) for e in errors] == [
         (ENTRY, "destinations[1] names neither a subset nor a cluster; give subset, cluster "
@@ -146,29 +141,28 @@ def test_a_destination_must_name_a_subset_or_a_cluster(registry: PluginRegistry)
          ".mirror.percent", "maximum"),
     ],
 )
-def test_schema_errors_have_paths(registry: PluginRegistry, split: dict[str, Any], path: str,
-                                  rule: str) -> None:
-    errors = errors_of(registry, split)
+def test_schema_errors_have_paths(split: dict[str, Any], path: str, rule: str) -> None:
+    errors = errors_of(split)
     assert [(e.path, e.rule, e.plugin) for e in errors] == [(ENTRY + path, rule, "split")], errors
 
 
-def test_a_listener_level_split_is_checked_against_each_route_when_applied(
-    registry: PluginRegistry,
-) -> None:
+def test_a_listener_level_split_is_checked_against_each_route_when_applied() -> None:
     """Validation cannot know which routes a listener entry serves; applying it makes
     one instance per route, and a route whose cluster lacks the subset rejects the
-    config as a whole (the running one stays)."""
-    doc = bookinfo({"destinations": [{"subset": "v1"}]}, listener_split={
-        "destinations": [{"subset": "v2"}]})
-    doc["listeners"][0]["routes"][0]["plugins"] = []
-    assert validate(doc, registry) == []
-    bad = copy.deepcopy(doc)
-    bad["listeners"][0]["routes"].insert(0, {
-        "name": "ratings", "match": {"prefix": "/ratings"}, "cluster": "ratings"})
-    assert validate(bad, registry) == []
-    with running_sidecar(doc) as sidecar:
-        with pytest.raises(Exception, match=r"destinations\[0\]\.subset 'v2' selects no "
-                                            r"endpoint of cluster 'ratings'"):
-            sidecar.apply(bad)
-        assert sidecar.sidecar.snapshot is not None
-        assert sidecar.sidecar.snapshot.version == "test"
+    config as a whole (the running one stays: /ratings still goes to reviews' v2)."""
+    with testing.Upstream(lambda _: testing.Reply(body=b"v2")) as v2:
+        doc = bookinfo({"destinations": [{"subset": "v1"}]}, listener_split={
+            "destinations": [{"subset": "v2"}]})
+        doc["clusters"][0]["endpoints"][1]["address"] = v2.address
+        doc["listeners"][0]["routes"][0]["plugins"] = []
+        assert testing.validate_config(doc) == []
+        bad = copy.deepcopy(doc)
+        bad["listeners"][0]["routes"].insert(0, {
+            "name": "ratings", "match": {"prefix": "/ratings"}, "cluster": "ratings"})
+        assert testing.validate_config(bad) == []
+        with testing.running_sidecar(doc) as sidecar:
+            with pytest.raises(Exception, match=r"destinations\[0\]\.subset 'v2' selects no "
+                                                r"endpoint of cluster 'ratings'"):
+                sidecar.apply(bad)
+            answer = httpx.get(sidecar.url("outbound") + "/ratings", timeout=5)
+        assert (answer.status_code, answer.text) == (200, "v2")

@@ -12,11 +12,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from sidemesh import Policy, hookimpl
-from sidemesh.datapath.messages import Attempt, Request, Response
-from sidemesh.config.registry import PluginRegistry
-from sidemesh.testing import Reply, Upstream, running_sidecar
-from sidemesh.datapath.cluster import Endpoint
+from sidemesh import Attempt, EndpointView, Policy, Request, Response, hookimpl, testing
 from sidemesh_split import choose
 
 
@@ -31,8 +27,8 @@ class AvoidingRetry(Policy):
         request.retry_buffer_limit = 1 << 20
         return None
 
-    def select_upstream(self, request: Request, endpoints: Sequence[Endpoint]
-                        ) -> Sequence[Endpoint]:
+    def select_upstream(self, request: Request, endpoints: Sequence[EndpointView]
+                        ) -> Sequence[EndpointView]:
         rest = [e for e in endpoints if e not in request.tried]
         return rest or endpoints
 
@@ -50,12 +46,12 @@ class TestPolicies:
 EXTRA = [TestPolicies()]
 
 
-def named(name: str, status: int = 200) -> Upstream:
-    return Upstream(lambda _: Reply(status=status, body=name.encode()), name=name)
+def named(name: str, status: int = 200) -> testing.Upstream:
+    return testing.Upstream(lambda _: testing.Reply(status=status, body=name.encode()), name=name)
 
 
 @pytest.fixture
-def servers() -> Iterator[dict[str, Upstream]]:
+def servers() -> Iterator[dict[str, testing.Upstream]]:
     """v1 has a failing host (v1-bad, 503) and a good one; v2 and ratings are good."""
     made = {"v1-bad": named("v1-bad", 503), "v1-good": named("v1-good"), "v2": named("v2"),
             "ratings": named("ratings")}
@@ -68,7 +64,7 @@ def servers() -> Iterator[dict[str, Upstream]]:
             server.__exit__(None, None, None)
 
 
-def doc(servers: dict[str, Upstream], plugins: list[dict[str, Any]],
+def doc(servers: dict[str, testing.Upstream], plugins: list[dict[str, Any]],
         v1: Sequence[str] = ("v1-bad", "v1-good")) -> dict[str, Any]:
     endpoints = [{"address": servers[n].address, "labels": {"version": "v1"}} for n in v1]
     endpoints.append({"address": servers["v2"].address, "labels": {"version": "v2"}})
@@ -92,7 +88,7 @@ def split(*destinations: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"name": "split", "config": {"destinations": list(destinations), **extra}}
 
 
-def attempts_by_request(servers: dict[str, Upstream]) -> dict[str, list[str]]:
+def attempts_by_request(servers: dict[str, testing.Upstream]) -> dict[str, list[str]]:
     seen: dict[str, list[str]] = defaultdict(list)
     for name, server in servers.items():
         for request in server.requests:
@@ -100,10 +96,10 @@ def attempts_by_request(servers: dict[str, Upstream]) -> dict[str, list[str]]:
     return seen
 
 
-def test_every_retry_stays_in_the_chosen_subset(servers: dict[str, Upstream]) -> None:
+def test_every_retry_stays_in_the_chosen_subset(servers: dict[str, testing.Upstream]) -> None:
     config = doc(servers, [{"name": "again"}, split({"subset": "v1", "weight": 50},
                                                     {"subset": "v2", "weight": 50})])
-    with running_sidecar(config, EXTRA) as sc, httpx.Client(base_url=sc.url("outbound"),
+    with testing.running_sidecar(config, EXTRA) as sc, httpx.Client(base_url=sc.url("outbound"),
                                                             timeout=5) as client:
         answers = Counter(client.get("/r").text for _ in range(200))
     # v1-bad's 503 is always retried onto v1-good, never onto v2: every request is
@@ -117,29 +113,29 @@ def test_every_retry_stays_in_the_chosen_subset(servers: dict[str, Upstream]) ->
 
 
 def test_a_subset_whose_hosts_all_fail_never_spills_into_another(
-    servers: dict[str, Upstream],
+    servers: dict[str, testing.Upstream],
 ) -> None:
     """The retry avoids the tried host and offers only v2; the split still insists on
     v1 (Envoy's subset load balancer does not fall back to other subsets)."""
     config = doc(servers, [{"name": "again"}, split({"subset": "v1", "weight": 1},
                                                     {"subset": "v2", "weight": 0})],
                  v1=("v1-bad",))
-    with running_sidecar(config, EXTRA) as sc:
+    with testing.running_sidecar(config, EXTRA) as sc:
         response = httpx.get(sc.url("outbound") + "/r", timeout=5)
     assert response.status_code == 503
     assert [r.method for r in servers["v1-bad"].requests] == ["GET"] * 3
     assert servers["v2"].requests == []
 
 
-def test_with_the_retry_plugin_on_the_same_route(servers: dict[str, Upstream]) -> None:
-    if PluginRegistry.load().get("retry") is None:
+def test_with_the_retry_plugin_on_the_same_route(servers: dict[str, testing.Upstream]) -> None:
+    if not testing.installed("retry"):
         pytest.skip("sidemesh-retry is not installed")
     config = doc(servers, [
         {"name": "retry", "config": {"attempts": 3, "retry_on": ["gateway-error"],
                                      "base_interval": "1ms", "max_interval": "2ms"}},
         split({"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50}),
     ])
-    with running_sidecar(config) as sc, httpx.Client(base_url=sc.url("outbound"),
+    with testing.running_sidecar(config) as sc, httpx.Client(base_url=sc.url("outbound"),
                                                       timeout=5) as client:
         answers = Counter(client.get("/r").text for _ in range(100))
     assert set(answers) == {"v1-good", "v2"}
@@ -147,11 +143,10 @@ def test_with_the_retry_plugin_on_the_same_route(servers: dict[str, Upstream]) -
         assert len({name.split("-")[0] for name in attempts}) == 1, attempts
 
 
-def test_with_retry_and_circuit_on_the_same_route(servers: dict[str, Upstream]) -> None:
+def test_with_retry_and_circuit_on_the_same_route(servers: dict[str, testing.Upstream]) -> None:
     """SPEC's chain (retry, circuit, split): the failing v1 host is retried within v1,
     then ejected; the split keeps working on what is left of each subset."""
-    registry = PluginRegistry.load()
-    if registry.get("retry") is None or registry.get("circuit") is None:
+    if not (testing.installed("retry") and testing.installed("circuit")):
         pytest.skip("sidemesh-retry or sidemesh-circuit is not installed")
     config = doc(servers, [
         {"name": "retry", "config": {"attempts": 3, "retry_on": ["gateway-error"],
@@ -160,11 +155,10 @@ def test_with_retry_and_circuit_on_the_same_route(servers: dict[str, Upstream]) 
                                        "max_ejection_percent": 50}},
         split({"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50}),
     ])
-    with running_sidecar(config) as sc, httpx.Client(base_url=sc.url("outbound"),
+    with testing.running_sidecar(config) as sc, httpx.Client(base_url=sc.url("outbound"),
                                                       timeout=5) as client:
         answers = Counter(client.get("/r").text for _ in range(200))
-        assert sc.sidecar.snapshot is not None
-        bad = next(e for e in sc.sidecar.snapshot.clusters["reviews"].endpoints
+        bad = next(e for e in sc.cluster("reviews").endpoints
                    if e.address == servers["v1-bad"].address)
         assert bad.ejected
     assert set(answers) == {"v1-good", "v2"}
@@ -175,14 +169,14 @@ def test_with_retry_and_circuit_on_the_same_route(servers: dict[str, Upstream]) 
 
 
 def test_sticky_keys_land_where_choose_says_on_every_sidecar(
-    servers: dict[str, Upstream],
+    servers: dict[str, testing.Upstream],
 ) -> None:
     entry = split({"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50},
                   hash_on="header:end-user")
     config = doc(servers, [entry], v1=("v1-good",))
     users = [f"user-{n}" for n in range(60)]
     landed: list[dict[str, str]] = []
-    with running_sidecar(config) as first, running_sidecar(config) as second:
+    with testing.running_sidecar(config) as first, testing.running_sidecar(config) as second:
         for sc in (first, second, first):
             with httpx.Client(base_url=sc.url("outbound"), timeout=5) as client:
                 landed.append({u: client.get("/r", headers={"end-user": u}).text
@@ -194,11 +188,11 @@ def test_sticky_keys_land_where_choose_says_on_every_sidecar(
 
 
 def test_a_cookie_makes_the_split_sticky_and_no_key_is_random(
-    servers: dict[str, Upstream],
+    servers: dict[str, testing.Upstream],
 ) -> None:
     entry = split({"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50},
                   hash_on="cookie:user")
-    with running_sidecar(doc(servers, [entry], v1=("v1-good",))) as sc, \
+    with testing.running_sidecar(doc(servers, [entry], v1=("v1-good",))) as sc, \
             httpx.Client(base_url=sc.url("outbound"), timeout=5) as client:
         for user in ("jason", "alice", "bob"):
             answers = {client.get("/r", headers={"cookie": f"a=1; user={user}"}).text
@@ -208,8 +202,10 @@ def test_a_cookie_makes_the_split_sticky_and_no_key_is_random(
     assert set(anonymous) == {"v1-good", "v2"}
 
 
-def test_another_cluster_and_a_subset_of_another_cluster(servers: dict[str, Upstream]) -> None:
-    with running_sidecar(doc(servers, [split({"cluster": "ratings", "weight": 50},
+def test_another_cluster_and_a_subset_of_another_cluster(
+    servers: dict[str, testing.Upstream],
+) -> None:
+    with testing.running_sidecar(doc(servers, [split({"cluster": "ratings", "weight": 50},
                                              {"subset": "v2", "weight": 50})])) as sc, \
             httpx.Client(base_url=sc.url("outbound"), timeout=5) as client:
         answers = Counter(client.get("/r").text for _ in range(200))
@@ -218,18 +214,18 @@ def test_another_cluster_and_a_subset_of_another_cluster(servers: dict[str, Upst
 
     config = doc(servers, [split({"cluster": "reviews", "subset": "v2"})])
     config["listeners"][0]["routes"][0]["cluster"] = "ratings"
-    with running_sidecar(config) as sc:
+    with testing.running_sidecar(config) as sc:
         assert httpx.get(sc.url("outbound") + "/r", timeout=5).text == "v2"
 
 
 def test_new_weights_apply_at_once_on_a_kept_alive_connection(
-    servers: dict[str, Upstream],
+    servers: dict[str, testing.Upstream],
 ) -> None:
     def weights(v1: int, v2: int) -> dict[str, Any]:
         return doc(servers, [split({"subset": "v1", "weight": v1},
                                    {"subset": "v2", "weight": v2})], v1=("v1-good",))
 
-    with running_sidecar(weights(100, 0)) as sc, \
+    with testing.running_sidecar(weights(100, 0)) as sc, \
             httpx.Client(base_url=sc.url("outbound"), timeout=5,
                          limits=httpx.Limits(max_connections=1)) as client:
 
@@ -260,13 +256,13 @@ def metric(route: str, destination: str, name: str = "sidemesh_split_requests_to
 
 
 def test_requests_are_counted_per_destination_once_per_request(
-    servers: dict[str, Upstream],
+    servers: dict[str, testing.Upstream],
 ) -> None:
     before = {d: metric("reviews", d) for d in ("reviews/v1", "reviews/v2", "ratings")}
     config = doc(servers, [{"name": "again"}, split({"subset": "v1", "weight": 2},
                                                     {"subset": "v2", "weight": 1},
                                                     {"cluster": "ratings", "weight": 1})])
-    with running_sidecar(config, EXTRA) as sc, httpx.Client(base_url=sc.url("outbound"),
+    with testing.running_sidecar(config, EXTRA) as sc, httpx.Client(base_url=sc.url("outbound"),
                                                             timeout=5) as client:
         answers = Counter(client.get("/r").text for _ in range(120))
     counted = {d: metric("reviews", d) - before[d] for d in before}
