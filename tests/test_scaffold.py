@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from sidemesh import __version__
 from sidemesh.tools.cli import main
+from sidemesh.tools.scaffold import api_requirement
 
 NAME = "stamp-header"
 DIST = "sidemesh-stamp-header"
@@ -54,10 +56,28 @@ def test_the_distribution_has_every_file_a_plugin_needs(
     }  # fmt: skip
     pyproject = (source / "pyproject.toml").read_text()
     assert f'name = "{DIST}"' in pyproject
+    assert f'dependencies = ["{api_requirement(__version__)}"]' in pyproject
     assert '[project.entry-points.sidemesh]\nstamp-header = "sidemesh_stamp_header.plugin"' in (
         pyproject
     )
     assert "{{" not in "".join((source / f).read_text() for f in files)
+
+
+def test_the_generated_code_uses_only_the_public_api(
+    installed: tuple[Path, dict[str, str]],
+) -> None:
+    # What the pin covers: `import sidemesh` and `from sidemesh import testing`, nothing
+    # behind them (a new plugin copies these files, so they set the example).
+    source, _ = installed
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        assert "from sidemesh." not in text and "import sidemesh." not in text, path
+
+
+def test_the_plugin_pins_the_minor_series_of_the_public_api() -> None:
+    assert api_requirement("0.2.0") == "sidemesh>=0.2,<0.3"
+    assert api_requirement("0.10.3") == "sidemesh>=0.10,<0.11"
+    assert api_requirement("0.3.0rc1") == "sidemesh>=0.3,<0.4"
 
 
 def test_the_schema_documents_and_bounds_every_property(
