@@ -44,4 +44,5 @@ def compile_chain(policies: Sequence[Policy]) -> Chain:
         setup=[p.connection_setup for p in setup],
         pool_key=pool_key,
         close=[p.close for p in policies],
+        waiting=[p.waiting_for for p in policies if _overrides(p, "waiting_for")],
     )

@@ -207,6 +207,15 @@ class Policy:
             ``UH``, ``DC``...), or ``None``.
         """
 
+    def waiting_for(self) -> str | None:
+        """Readiness hook: what this policy still waits for before it can serve (an
+        mTLS policy: its first certificate), or ``None`` when it is ready. Sync; called
+        on each ``/ready``. The admin API's ``/ready`` answers ``503`` with the reason
+        until every policy of the applied config is ready, as Istio's agent is not ready
+        before its certificate is served.
+        """
+        return None
+
     async def close(self) -> None:
         """Called when the config this instance belongs to has been replaced and its
         last request has finished. Async. Release background tasks here."""

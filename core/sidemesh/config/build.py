@@ -14,11 +14,13 @@ from sidemesh.api.durations import parse_duration
 from sidemesh.datapath.model import (
     ChainEntry,
     ClusterConfig,
+    ConnectionLimits,
     ControlConfig,
     EndpointConfig,
     HeaderMatch,
     ListenerConfig,
     NodeConfig,
+    PathNormalization,
     RouteConfig,
     RouteMatch,
     SidecarConfig,
@@ -86,6 +88,11 @@ def split_address(address: str, default_host: str = "") -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or default_host, int(port)
+
+
+def _optional_seconds(duration: str) -> float | None:
+    seconds = parse_duration(duration)
+    return seconds if seconds > 0 else None
 
 
 def node_dict(node: NodeConfig) -> dict[str, Any]:
@@ -207,6 +214,13 @@ def build_sidecar(doc: Mapping[str, Any], raw: dict[str, Any]) -> SidecarConfig:
                 routes=tuple(routes),
                 chain=tuple(
                     _entry(e, "listener") for e in listener["plugins"] if e["enabled"]
+                ),
+                paths=PathNormalization(**listener["path_normalization"]),
+                limits=ConnectionLimits(
+                    request_headers_timeout=_optional_seconds(listener["request_headers_timeout"]),
+                    idle_timeout=_optional_seconds(listener["idle_timeout"]),
+                    max_connections=listener["max_connections"],
+                    max_requests_per_connection=listener["max_requests_per_connection"],
                 ),
             )
         )

@@ -48,7 +48,9 @@ ENTRY_POINT_GROUP = "sidemesh"
 DATA_PATH_HOOKS = tuple(
     name
     for name, member in vars(Policy).items()
-    if callable(member) and not name.startswith("_") and name not in ("check_config", "close")
+    if callable(member)
+    and not name.startswith("_")
+    and name not in ("check_config", "close", "waiting_for")
 )
 #: Distribution name shown for plugins registered in-process (tests, embedding).
 LOCAL_DISTRIBUTION = "(local)"
@@ -211,7 +213,9 @@ class PluginRegistry:
             except Exception as exc:
                 errors.append(
                     PluginLoadError(
-                        impl.plugin_name, dist or LOCAL_DISTRIBUTION, version or LOCAL_VERSION,
+                        impl.plugin_name,
+                        dist or LOCAL_DISTRIBUTION,
+                        version or LOCAL_VERSION,
                         _describe(exc),
                     )
                 )
@@ -229,7 +233,9 @@ class PluginRegistry:
             first = candidates[0]
             errors.append(
                 PluginLoadError(
-                    name, first.distribution, first.version,
+                    name,
+                    first.distribution,
+                    first.version,
                     f"policy name {name!r} is provided by more than one plugin ({providers}); "
                     "uninstall one of them",
                 )

@@ -33,6 +33,7 @@ class Chain:
         setup: list[Callable[[ConnectionSetup], None]],
         pool_key: str | None,
         close: list[Callable[[], Awaitable[None]]],
+        waiting: list[Callable[[], str | None]],
     ) -> None:
         #: the policy instances, in chain order (for ``explain`` and introspection).
         self.policies = list(policies)
@@ -45,6 +46,15 @@ class Chain:
         #: setup policies have equal configs share pooled connections.
         self.pool_key = pool_key
         self._close = close
+        self._waiting = waiting
+
+    def waiting_for(self) -> str | None:
+        """What a policy of this chain still waits for before it can serve, if any."""
+        for waiting in self._waiting:
+            reason = waiting()
+            if reason is not None:
+                return reason
+        return None
 
     def connection_setup(self, setup: ConnectionSetup) -> ConnectionSetup:
         for hook in self._setup:

@@ -12,11 +12,13 @@ from typing import Any, Literal
 __all__ = [
     "ChainEntry",
     "ClusterConfig",
+    "ConnectionLimits",
     "ControlConfig",
     "EndpointConfig",
     "HeaderMatch",
     "ListenerConfig",
     "NodeConfig",
+    "PathNormalization",
     "RouteConfig",
     "RouteMatch",
     "SidecarConfig",
@@ -101,6 +103,23 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class PathNormalization:
+    normalize: bool = True
+    merge_slashes: bool = True
+    escaped_slashes: Literal["reject", "keep", "unescape"] = "reject"
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """A listener's connection hygiene; ``None`` (or 0 s) means no limit."""
+
+    request_headers_timeout: float | None = 10.0
+    idle_timeout: float | None = 3600.0
+    max_connections: int | None = None
+    max_requests_per_connection: int | None = None
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     address: str
@@ -109,6 +128,8 @@ class ListenerConfig:
     routes: tuple[RouteConfig, ...]
     #: the listener's own chain (for connection setup when the listener starts).
     chain: tuple[ChainEntry, ...] = ()
+    paths: PathNormalization = PathNormalization()
+    limits: ConnectionLimits = ConnectionLimits()
 
 
 @dataclass(frozen=True)

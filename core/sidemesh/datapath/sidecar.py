@@ -58,11 +58,21 @@ class Sidecar:
         self._apply_lock = asyncio.Lock()
 
     # config ------------------------------------------------------------------------
-    @property
-    def ready(self) -> bool:
-        return self.snapshot is not None and all(
-            name in self.servers for name in self.snapshot.listeners
-        )
+    def waiting_for(self) -> str | None:
+        """Why the sidecar cannot serve yet, or ``None`` when it can: no config applied,
+        a listener not bound, or a policy waiting (for its certificate)."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return "no config applied yet"
+        for name, listener in snapshot.listeners.items():
+            if name not in self.servers:
+                return f"listener {name} is not listening"
+            reason = listener.chain.waiting_for()
+            for route in listener.routes:
+                reason = reason or route.chain.waiting_for()
+            if reason is not None:
+                return f"listener {name}: {reason}"
+        return None
 
     async def apply(self, config: SidecarConfig, version: str, source: str) -> None:
         """Build the new snapshot, (re)start the listeners it needs, then swap. On any

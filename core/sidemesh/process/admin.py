@@ -25,9 +25,9 @@ __all__ = ["AdminServer", "admin_app"]
 
 def admin_app(sidecar: Sidecar, registry: PluginRegistry) -> Starlette:
     async def ready(_: Request) -> Response:
-        if sidecar.ready and not sidecar.draining:
-            return JSONResponse({"ready": True, "version": sidecar.snapshot.version})  # type: ignore[union-attr]
-        reason = "draining" if sidecar.draining else "no config applied yet"
+        reason = "draining" if sidecar.draining else sidecar.waiting_for()
+        if reason is None and sidecar.snapshot is not None:
+            return JSONResponse({"ready": True, "version": sidecar.snapshot.version})
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     async def config_dump(_: Request) -> Response:

@@ -214,5 +214,12 @@ class MtlsPolicy(Policy):
                 return _denied(f"{spiffe_id} matches no `allow` pattern", spiffe_id, rule.patterns)
         return None
 
+    def waiting_for(self) -> str | None:
+        if self.manager.current() is not None:
+            return None
+        last = self.manager.last_error
+        problem = f" (last error: {last})" if last else ""
+        return f"mtls: no certificate yet from {self.manager.source.description}{problem}"
+
     async def close(self) -> None:
         await release(self.manager)
