@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import httpx
 
-from sidemesh import ConnectionSetup, Policy, hookimpl
+from sidemesh import ConnectionSetup, Policy, StashKey, hookimpl
 from sidemesh.datapath.cluster import Endpoint
 from sidemesh.datapath.messages import Attempt, Request, Response
 from sidemesh.testing import Reply, Upstream, running_sidecar, simple_config, wait_for
@@ -33,6 +35,9 @@ class Deny(Policy):
         return None
 
 
+TAG = StashKey[str]("tag")
+
+
 class Tag(Policy):
     """Async request hook that adds a header; records the order of every hook."""
 
@@ -47,13 +52,13 @@ class Tag(Policy):
         await asyncio.sleep(0)
         CALLS.append(f"tag-request:{self.config['value']}")
         request.headers.add("x-tag", self.config["value"])
-        request.state["tag"] = self.config["value"]
+        request.stash[TAG] = self.config["value"]
         return None
 
     def on_response(self, request: Request, attempt: Attempt) -> None:
-        CALLS.append(f"tag-response:{request.state['tag']}")
+        CALLS.append(f"tag-response:{request.stash[TAG]}")
         assert attempt.response is not None
-        attempt.response.headers.set("x-tagged", request.state["tag"])
+        attempt.response.headers.set("x-tagged", request.stash[TAG])
 
 
 class Again(Policy):
@@ -217,14 +222,26 @@ def test_a_body_over_the_buffer_limit_is_streamed_and_not_retried() -> None:
         assert bad.requests[0].body == b"x" * 100_000
 
 
-def test_a_failing_policy_gives_500_json_not_a_traceback() -> None:
+def _logged(log: io.StringIO) -> dict[str, Any]:
+    assert wait_for(lambda: log.getvalue().endswith("\n"))
+    entry: dict[str, Any] = json.loads(log.getvalue().splitlines()[-1])
+    return entry
+
+
+def test_a_failing_policy_gives_a_generic_500_and_logs_its_text() -> None:
+    """Issue 13: the exception's text may hold internals; only the operator sees it."""
     with (
         Upstream() as up,
         running_sidecar(simple_config(up.address, plugins=[{"name": "broken"}]), PLUGINS) as sc,
     ):
-        response = httpx.get(sc.url("main") + "/", timeout=5)
+        log = io.StringIO()
+        sc.log_to(log)
+        response = httpx.get(sc.url("main") + "/", headers={"x-request-id": "r-1"}, timeout=5)
         assert response.status_code == 500
-        assert response.json() == {"error": "plugin error", "message": "policy bug"}
+        assert response.json() == {"error": "internal error", "request_id": "r-1"}
+        assert "policy bug" not in response.text
+        entry = _logged(log)
+        assert entry["response_flags"] == "PE" and "policy bug" in entry["error"]
         assert not up.requests
 
 
@@ -274,9 +291,11 @@ def test_a_policy_cannot_inject_header_lines() -> None:
         Upstream() as up,
         running_sidecar(simple_config(up.address, plugins=[{"name": "smuggle"}]), PLUGINS) as sc,
     ):
+        log = io.StringIO()
+        sc.log_to(log)
         response = httpx.get(sc.url("main") + "/", timeout=5)
         assert response.status_code == 500
-        assert "invalid header field" in response.json()["message"]
+        assert "invalid header field" in _logged(log)["error"]
     assert not up.requests
 
 

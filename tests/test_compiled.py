@@ -1,4 +1,5 @@
-"""The compiled request path: used when its build matches the sources, never when not."""
+"""The compiled data path (every module of core/sidemesh/datapath/): used when its build
+matches the sources, never when not."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import sidemesh.datapath as compiled  #
+import sidemesh.datapath as compiled
 import sidemesh.datapath.forward
 
 PROBE = (
     "import sidemesh, sidemesh.datapath as c, sidemesh.datapath.forward as f\n"
     "print(c.state().active, c.state().reason, sep='|')\n"
-    "print(sidemesh.__path__[0]); print(f.__file__)\n"
+    "print(c.__path__[0]); print(f.__file__)\n"
 )
 
 
@@ -34,12 +35,12 @@ def _probe(build: Path, **env: str) -> tuple[bool, str, str, str]:
 
 def _fake_build(tmp_path: Path, manifest: dict[str, object]) -> Path:
     build = tmp_path / "build"
-    (build / "sidemesh").mkdir(parents=True)
+    (build / "sidemesh" / "datapath").mkdir(parents=True)
     (build / compiled.MANIFEST).write_text(json.dumps(manifest))
     # Not a loadable extension: if this build were put on the path, importing
     # sidemesh.datapath.forward would fail, so the probe proves which files ran.
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    (build / "sidemesh" / f"forward{suffix}").write_bytes(b"not an extension")
+    (build / "sidemesh" / "datapath" / f"forward{suffix}").write_bytes(b"not an extension")
     return build
 
 
@@ -64,21 +65,21 @@ def test_a_build_for_another_python_is_not_used(tmp_path: Path) -> None:
 
 def test_a_matching_build_comes_first_on_the_package_path(tmp_path: Path) -> None:
     build = tmp_path / "build"
-    (build / "sidemesh").mkdir(parents=True)
+    (build / "sidemesh" / "datapath").mkdir(parents=True)
     (build / compiled.MANIFEST).write_text(json.dumps(compiled.fingerprint()))
     active, reason, package_path, forward_file = _probe(build)
     assert active and reason.startswith(f"compiled: {len(compiled.MODULES)} modules")
-    assert package_path == str(build / "sidemesh")
+    assert package_path == str(build / "sidemesh" / "datapath")
     # this build holds no module, so the sources behind it are found
     assert forward_file.endswith("forward.py")
 
 
 def test_a_build_missing_a_file_is_not_used(tmp_path: Path) -> None:
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    files = [f"sidemesh/forward{suffix}", f"sidemesh/pool{suffix}"]
+    files = [f"sidemesh/datapath/forward{suffix}", f"sidemesh/datapath/pool{suffix}"]
     manifest = {**compiled.fingerprint(), "files": files}
     active, reason, _, forward_file = _probe(_fake_build(tmp_path, manifest))
-    assert not active and reason.endswith(f"lacks sidemesh/pool{suffix}")
+    assert not active and reason.endswith(f"lacks sidemesh/datapath/pool{suffix}")
     assert forward_file.endswith("forward.py")
 
 
@@ -96,3 +97,10 @@ def test_sidemesh_compiled_0_runs_interpreted(tmp_path: Path) -> None:
 def test_ci_runs_the_compiled_request_path() -> None:
     assert compiled.state().active, compiled.state().reason
     assert sidemesh.datapath.forward.__file__.endswith(sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+def test_every_module_of_the_datapath_folder_is_compiled() -> None:
+    folder = Path(compiled.__file__).parent
+    expected = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    assert list(compiled.MODULES) == expected
+    assert {"messages", "forward", "downstream", "codec", "flags"} <= set(compiled.MODULES)

@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import yaml
 
-from sidemesh import __version__, compiled
+import sidemesh.datapath as compiled
+from sidemesh import __version__
 from sidemesh.testing import ProxyProcess, Reply, Upstream, free_port, wait_for
 
 

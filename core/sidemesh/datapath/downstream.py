@@ -1,12 +1,14 @@
 """The downstream side: an asyncio protocol that parses HTTP/1.1 with httptools.
 
-Parsing is strict (llhttp's defaults reject request smuggling: CL+TE, duplicate or
-signed Content-Length, obs-fold, bare LF/CR, bad chunk sizes). On top of that this
-module enforces what the parser leaves to the application: a Host on HTTP/1.1, limits
-on the URL (414) and on header count and size (431), and it drops header names with an
-underscore (Envoy's ``headers_with_underscores_action: DROP_HEADER``: CGI-style servers
-read ``Transfer_Encoding`` as ``Transfer-Encoding``). A rejected request is answered and
-the connection closed; nothing of it reaches an upstream.
+Parsing is strict (llhttp's defaults reject request smuggling: duplicate or signed
+Content-Length, obs-fold, bare LF/CR, bad chunk sizes). On top of that the codec's
+checks (codec.py) enforce what the parser leaves to the application: HTTP/1.0 or 1.1
+only, a Host on HTTP/1.1, Content-Length and Transfer-Encoding never together, no
+Upgrade with a body, limits on the URL (414) and on header count and size (431), no
+CONNECT (501), header names with an underscore dropped, fields a Connection header
+names dropped before routing (but Host and x-request-id), and the path normalized
+(paths.py). A rejected request is answered and the connection closed; nothing of it
+reaches an upstream.
 """
 
 from __future__ import annotations
@@ -14,43 +16,52 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import httptools
 
 from sidemesh.datapath.body import NO_BODY, RequestBody
+from sidemesh.datapath.codec import (
+    BODY_CHUNKED,
+    BODY_NONE,
+    REASONS,
+    CodecError,
+    check_field_limits,
+    check_target_length,
+    check_upgrade,
+    check_version,
+    field_name,
+    nominated_fields,
+    request_framing,
+    request_host,
+    request_target,
+    response_head,
+)
 from sidemesh.datapath.connections import ConnectionInfo
 from sidemesh.datapath.messages import Headers, Request, Response
+from sidemesh.datapath.model import ConnectionLimits, PathNormalization
+from sidemesh.datapath.paths import PathRejected, normalize_path
 
-__all__ = ["DownstreamConnection", "Limits"]
-
-REASONS = {
-    200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
-    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
-    414: "URI Too Long", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
-}  # fmt: skip
-
-
-class Limits:
-    """Envoy's defaults: 100 headers, 60 KiB of headers; URLs up to 8 KiB."""
-
-    max_headers: ClassVar[int] = 100
-    max_header_bytes: ClassVar[int] = 60 * 1024
-    max_url_bytes: ClassVar[int] = 8 * 1024
+__all__ = ["DownstreamConnection"]
 
 
 #: fields the core reads itself; the parser notes their first value as it goes.
 CORE_FIELDS = frozenset(
     {"host", "transfer-encoding", "content-length", "connection", "expect",
-     "x-request-id", "x-forwarded-for"}
+     "x-request-id", "x-forwarded-for", "upgrade"}
 )  # fmt: skip
+#: Connection values that name no field.
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close", "upgrade"})
+_DEFAULT_PATHS = PathNormalization()
+_DEFAULT_LIMITS = ConnectionLimits()
 
 
-class _Reject(Exception):
-    pass
+def _parser(protocol: object) -> Any:
+    parser = httptools.HttpRequestParser(protocol)
+    # llhttp refuses a Content-Length *trailer* as if it were CL+TE in the head; the
+    # codec refuses CL+TE in the head itself (request_framing), and trailers are dropped.
+    parser.set_dangerous_leniencies(lenient_chunked_length=True)
+    return parser
 
 
 Handler = Callable[["DownstreamConnection", Request, RequestBody], Awaitable[None]]
@@ -61,15 +72,34 @@ class DownstreamConnection(asyncio.Protocol):
     requests wait their turn); the handler writes the response through this object."""
 
     def __init__(
-        self, handler: Handler, listener: str, scheme: str, on_close: Callable[[Any], None]
+        self,
+        handler: Handler,
+        listener: str,
+        scheme: str,
+        on_close: Callable[[Any], None],
+        paths: PathNormalization = _DEFAULT_PATHS,
+        limits: ConnectionLimits = _DEFAULT_LIMITS,
     ) -> None:
         self.handler = handler
         self.listener = listener
         self.scheme = scheme
         self._on_close = on_close
+        self.paths = paths
+        self.limits = limits
+        #: at the listener's connection cap: closed as soon as it is made.
+        self.refused = False
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo("")
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _parser(self)
+        #: requests begun, and reads: the hygiene sweeper (hygiene.py) watches them.
+        self.requests = 0
+        self.reads = 0
+        self.head_timeout = limits.request_headers_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.head_seen = 0
+        self.head_since = 0.0
+        self.seen = (-1, -1)
+        self.since = 0.0
         self.closed = False
         self.busy = False
         self._queue: deque[tuple[Request, RequestBody, bool]] = deque()
@@ -80,7 +110,6 @@ class DownstreamConnection(asyncio.Protocol):
         self._core: dict[str, str] = {}
         self._hosts = 0
         self._current: RequestBody | None = None
-        self._reject: tuple[int, str] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._upstream_resume: Callable[[], None] | None = None
         self.keep_alive = True
@@ -99,6 +128,10 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        if self.refused:
+            self.closed = True
+            transport.abort()  # type: ignore[attr-defined]
+            return
         # Kept: each get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
@@ -112,23 +145,28 @@ class DownstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self.reads += 1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Upgrades (h2c, websocket) are not tunnelled: the request was forwarded
-            # without its Upgrade headers; what follows is parsed as HTTP/1.1 again.
+            # Upgrades (h2c, websocket) are not tunnelled: the request (which had no
+            # body: see check_upgrade) was forwarded without its Upgrade headers; what
+            # follows is parsed as HTTP/1.1 again.
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self.parser = httptools.HttpRequestParser(self)
+            self.parser = _parser(self)
             if offset < len(data):
                 self.data_received(data[offset:])
-        except (httptools.HttpParserError, _Reject) as exc:
-            if self._reject is None and self._current is None and self._closing_after:
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raised, and sets it as the context.
+            refused = exc.__context__
+            if isinstance(refused, CodecError):
+                self._fail_request(refused.status, refused.message)
+            elif self._current is None and self._closing_after:
                 # Bytes after a request with "Connection: close" are ignored, as RFC
                 # 9112 9.6 allows: the connection ends after that request's response.
                 self.transport.pause_reading()  # type: ignore[union-attr]
-                return
-            status, message = self._reject or (400, f"malformed request: {exc}")
-            self._fail_request(status, message)
+            else:
+                self._fail_request(400, f"malformed request: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -166,6 +204,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.requests += 1
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -175,23 +214,16 @@ class DownstreamConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > Limits.max_url_bytes:
-            self._reject = (414, f"request target longer than {Limits.max_url_bytes} bytes")
-            raise _Reject(self._reject[1])
+        check_target_length(len(self._url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_headers:
             return  # trailers: never used for framing, not forwarded
         self._header_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= Limits.max_headers:
-            self._reject = (431, f"more than {Limits.max_headers} header fields")
-            raise _Reject(self._reject[1])
-        if self._header_bytes > Limits.max_header_bytes:
-            self._reject = (431, f"header fields larger than {Limits.max_header_bytes} bytes")
-            raise _Reject(self._reject[1])
-        if b"_" in name:
+        check_field_limits(len(self._headers), self._header_bytes)
+        key = field_name(name)
+        if key is None:
             return
-        key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self._headers.append((key, text))
         if key in CORE_FIELDS:
@@ -203,52 +235,34 @@ class DownstreamConnection(asyncio.Protocol):
         self._in_headers = False
         parser = self.parser
         version = parser.get_http_version()
+        check_version(version)
         method = parser.get_method().decode("latin-1")
         headers = Headers._trusted(self._headers)
         core = self._core
-        url = self._url
-        host = core.get("host")
-        if url[:1] != b"/":
-            if url == b"*" and method == "OPTIONS":
-                path = "*"
-            elif method == "CONNECT":
-                self._reject = (501, "CONNECT is not supported")
-                raise _Reject(self._reject[1])
-            else:
-                # absolute-form: the authority in the target wins over Host (RFC 9112 3.2.2)
-                try:
-                    # Any, not the stub's types: host, port, path and query may be None.
-                    parsed: Any = httptools.parse_url(url)
-                except httptools.HttpParserInvalidURLError:
-                    self._reject = (400, "invalid request target")
-                    raise _Reject(self._reject[1]) from None
-                if parsed.host is None:
-                    self._reject = (400, "invalid request target")
-                    raise _Reject(self._reject[1])
-                host = parsed.host.decode("latin-1")
-                if parsed.port:
-                    host = f"{host}:{parsed.port}"
-                path = (parsed.path or b"/").decode("latin-1")
-                if parsed.query:
-                    path += "?" + parsed.query.decode("latin-1")
-                headers.set("host", host)
-                core["host"] = host
-        else:
-            path = url.decode("latin-1")
-        if host is None:
-            if version == "1.1":
-                self._reject = (400, "HTTP/1.1 request without a Host header")
-                raise _Reject(self._reject[1])
-            host = ""
-        elif version == "1.1" and self._hosts > 1:
-            self._reject = (400, "more than one Host header")
-            raise _Reject(self._reject[1])
+        path, authority = request_target(method, self._url)
+        host = request_host(version, core.get("host"), self._hosts, authority)
+        if authority is not None:
+            headers.set("host", authority)
+            core["host"] = authority
+        framing = request_framing(core.get("transfer-encoding"), core.get("content-length"))
+        check_upgrade(core.get("upgrade"), framing)
+        connection = core.get("connection")
+        if connection is not None and connection not in _PLAIN_CONNECTION:
+            self._drop_nominated(headers, core)
+        paths = self.paths
+        if paths.normalize and path != "*":
+            try:
+                path = normalize_path(path, paths.merge_slashes, paths.escaped_slashes)
+            except PathRejected as exc:
+                raise CodecError(400, str(exc)) from None
         keep_alive = parser.should_keep_alive()
+        most = self.limits.max_requests_per_connection
+        if most is not None and self.requests >= most:
+            keep_alive = False
         self._closing_after = not keep_alive
-        chunked = "transfer-encoding" in core
         body = (
-            RequestBody(chunked, self._pause_reading, self._resume_reading)
-            if chunked or "content-length" in core
+            RequestBody(framing == BODY_CHUNKED, self._pause_reading, self._resume_reading)
+            if framing != BODY_NONE
             else NO_BODY
         )
         request = Request(
@@ -261,6 +275,16 @@ class DownstreamConnection(asyncio.Protocol):
             self._task = self._loop.create_task(self._serve())
         elif self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
+
+    @staticmethod
+    def _drop_nominated(headers: Headers, core: dict[str, str]) -> None:
+        # Before routing, so routes and policies see the fields the upstream gets.
+        nominated = nominated_fields(",".join(headers.get_all("connection")))
+        if nominated:
+            headers.remove_all(nominated)
+            for name in ("x-forwarded-for", "expect"):
+                if name in nominated:
+                    core.pop(name, None)
 
     def on_body(self, body: bytes) -> None:
         if self._current is not None:
@@ -318,6 +342,16 @@ class DownstreamConnection(asyncio.Protocol):
             elif self._eof:
                 self.close()
 
+    # hygiene (hygiene.py) ------------------------------------------------------------
+    def reading_head(self) -> bool:
+        return self._in_headers
+
+    def pending(self) -> bool:
+        return bool(self._queue)
+
+    def expire_head(self) -> None:
+        self._fail_request(408, f"request headers not received within {self.head_timeout:g}s")
+
     def _fail_request(self, status: int, message: str) -> None:
         if self._current is not None:
             # The request being parsed is bad: it never reaches the handler.
@@ -361,12 +395,7 @@ class DownstreamConnection(asyncio.Protocol):
         frames the body that follows."""
         self.response_started = True
         fields = headers if isinstance(headers, bytes) else headers.encode()
-        if not self.keep_alive:
-            fields += b"connection: close\r\n"
-        if chunked:
-            fields += b"transfer-encoding: chunked\r\n"
-        line = f"HTTP/1.1 {status} {reason or REASONS.get(status, 'Unknown')}\r\n"
-        self._head = line.encode("latin-1") + fields + b"\r\n"
+        self._head = response_head(status, reason, fields, not self.keep_alive, chunked)
 
     def flush_head(self) -> None:
         """Send a held-back response head now (the body is slow to come)."""

@@ -19,17 +19,30 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from sidemesh.datapath.body import RequestBody
+from sidemesh.datapath.codec import (
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    CONTINUE,
+    FORWARDED,
+    LAST_CHUNK,
+    client_fields,
+    expects_continue,
+    request_head,
+    response_framing,
+    strip_hop_by_hop,
+    upstream_framing,
+)
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.flags import ResponseFlag
-from sidemesh.datapath.framing import (
-    FORWARDED,
-    ChunkedSink,
-    pump_body,
-    relay_fields,
-    request_id,
-    strip_hop_by_hop,
+from sidemesh.datapath.framing import ChunkedSink, pump_body, request_id
+from sidemesh.datapath.messages import (
+    OVERFLOW_TEXT,
+    OVERLOADED_HEADER,
+    Attempt,
+    Headers,
+    Request,
+    Response,
 )
-from sidemesh.datapath.messages import Attempt, Headers, Request, Response
 from sidemesh.datapath.mirror import MIRROR_BUFFER, send_mirrors
 from sidemesh.datapath.pool import ConnectionPool, UpstreamConnection, UpstreamError
 
@@ -38,7 +51,7 @@ if TYPE_CHECKING:
     from sidemesh.datapath.downstream import DownstreamConnection
     from sidemesh.datapath.snapshot import CompiledRoute, Snapshot
 
-__all__ = ["FAILURE_STATUS", "Forwarder", "Outcome", "overflow_response"]
+__all__ = ["FAILURE_STATUS", "Forwarder", "Outcome"]
 
 _RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
 #: the status and text (Envoy's wording) the client gets for a failure before any head.
@@ -48,17 +61,10 @@ FAILURE_STATUS = {
     ResponseFlag.UPSTREAM_REQUEST_TIMEOUT: (504, "upstream request timeout"),
     ResponseFlag.NO_HEALTHY_UPSTREAM: (503, "no healthy upstream"),
     ResponseFlag.UPSTREAM_PROTOCOL_ERROR: (502, "upstream sent an invalid response"),
-    ResponseFlag.UPSTREAM_OVERFLOW: (503, _RESET + "overflow"),
+    ResponseFlag.UPSTREAM_OVERFLOW: (503, OVERFLOW_TEXT),
     ResponseFlag.NO_CLUSTER_FOUND: (503, "cluster not found"),
 }
-#: marks an answer the proxy gave because a limit was reached (Envoy: x-envoy-overloaded).
-OVERLOADED = ("x-sidemesh-overloaded", "true")
-
-
-def overflow_response() -> Response:
-    """The answer to a request a circuit breaker refused (Envoy's text and header)."""
-    status, message = FAILURE_STATUS[ResponseFlag.UPSTREAM_OVERFLOW]
-    return Response.text(status, message, [OVERLOADED])
+OVERLOADED = (OVERLOADED_HEADER, "true")
 
 
 class Outcome:
@@ -140,18 +146,18 @@ class Forwarder:
     @staticmethod
     def _upstream_headers(conn: DownstreamConnection, request: Request, body: RequestBody) -> None:
         core = request._core
-        if not body.eof and (core.get("expect") or "").lower() == "100-continue":
+        if not body.eof and expects_continue(core.get("expect")):
             # As Envoy does by default: answer 100 Continue here, not upstream.
-            conn.write_body(b"HTTP/1.1 100 Continue\r\n\r\n")
+            conn.write_body(CONTINUE)
         client_ip = conn.info.client_address.rsplit(":", 1)[0]
         xff = core.get("x-forwarded-for")
-        items = strip_hop_by_hop(request.headers, FORWARDED, "connection" in core)
+        # Fields a Connection header named are gone already (downstream.py).
+        items = strip_hop_by_hop(request.headers, FORWARDED, False)
         items.append(("x-forwarded-for", f"{xff}, {client_ip}" if xff else client_ip))
         items.append(("x-forwarded-proto", request.scheme))
-        if body.chunked:
-            items.append(("transfer-encoding", "chunked"))
-        elif (length := core.get("content-length")) is not None:
-            items.append(("content-length", str(int(length))))
+        framing = upstream_framing(body.chunked, core.get("content-length"))
+        if framing is not None:
+            items.append(framing)
         request.headers = Headers._trusted(items)
 
     async def _forward(
@@ -285,11 +291,7 @@ class Forwarder:
             request, route, cluster, endpoint
         )
         endpoint.active_requests += 1
-        head = (
-            f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
-            + request.headers.encode()
-            + b"\r\n"
-        )
+        head = request_head(request.method, request.path, request.headers.encode())
         has_body = body.chunked or not body.eof or body.size > 0
         upstream: UpstreamConnection | None = None
         try:
@@ -375,23 +377,13 @@ class Forwarder:
         whether the body is chunked to the client."""
         outcome.status = response.status
         outcome.response = response
-        raw = response.raw_head
-        headers: Headers | bytes
-        if raw is not None:
-            headers, raw_length = relay_fields(raw)
-            framed = raw_length is not None
-        else:
-            length = response.headers.get("content-length")
-            headers = Headers._trusted(strip_hop_by_hop(response.headers))
-            if length is not None:
-                headers._add_trusted("content-length", length)
-            framed = length is not None
-        chunked = False
-        if not framed and request.method != "HEAD" and response.status not in (204, 304):
-            if request.version == "1.1":
-                chunked = True
-            else:
-                conn.keep_alive = False
+        headers, framed = client_fields(response)
+        framing = response_framing(
+            request.method == "HEAD", response.status, framed, request.version
+        )
+        chunked = framing == BODY_CHUNKED
+        if framing == BODY_CLOSE:
+            conn.keep_alive = False
         if conn.closed:
             upstream.close()
             outcome.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
@@ -410,7 +402,7 @@ class Forwarder:
         conn: DownstreamConnection, upstream: UpstreamConnection, chunked: bool
     ) -> None:
         if chunked:
-            conn.write_body(b"0\r\n\r\n")
+            conn.write_body(LAST_CHUNK)
         conn.finish_response()
         if upstream.body_done():
             upstream.release()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from sidemesh.datapath.connections import ConnectionSetup
 
@@ -53,7 +54,10 @@ class ListenerServer:
         self._server = await loop.create_server(
             self.factory, self.host, self.port, ssl=ctx, backlog=1024, reuse_address=True
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Any, not the stub's Server: uvloop's gives its sockets as a list where the stub
+        # says tuple, and compiled code checks the stub's type.
+        server: Any = self._server
+        self.port = server.sockets[0].getsockname()[1]
 
     def _accept(self) -> None:
         assert self._sock is not None

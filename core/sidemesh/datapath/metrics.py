@@ -106,6 +106,13 @@ class Metrics:
             ["version", "source"],
             registry=registry,
         )
+        self.downstream_overflow = Counter(
+            "sidemesh_downstream_cx_overflow",
+            "Client connections closed as they arrived because the listener had "
+            "max_connections open (Envoy's downstream_cx_overflow).",
+            ["listener"],
+            registry=registry,
+        )
         self.config_applies = Counter(
             "sidemesh_config_apply_total",
             "Config apply attempts by result (ok, rejected).",

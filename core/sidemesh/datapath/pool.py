@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
 
+from sidemesh.datapath.codec import response_has_body
 from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.deadlines import sweeper
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.limits import ConnectionLimit, PendingOverflow
 
@@ -67,7 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = False
         self._error: UpstreamError | None = None
         #: the loop time this exchange must end by, while it is watched by a sweeper.
-        self._expires: float | None = None
+        self.expires: float | None = None
         #: whether this connection served an earlier exchange.
         self.reused = False
         #: the task sending the current request body, and whether it finished.
@@ -82,7 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         # Kept: each get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
-        self._sweeper = _sweeper(self._loop)
+        self._sweeper = sweeper(self._loop)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -136,7 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Interim responses (100 Continue, 103 Early Hints) are answered by the
             # proxy itself; the client sees only the final one.
             return
-        self._until_close = not (self._skip_body or self._framed or status in (204, 304))
+        self._until_close = not self._framed and response_has_body(self._skip_body, status)
         head = self._head
         if head is not None and not head.done():
             head.set_result(
@@ -173,14 +174,14 @@ class UpstreamConnection(asyncio.Protocol):
         if done is not None and not done.done():
             done.set_result(None)
 
-    def _expire(self) -> None:
-        self._expires = None
+    def expire(self) -> None:
+        self.expires = None
         self._fail(UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream timeout"))
         self.close()
 
     def _cancel_deadline(self) -> None:
-        if self._expires is not None:
-            self._expires = None
+        if self.expires is not None:
+            self.expires = None
             self._sweeper.live.discard(self)
 
     def _fail(self, error: UpstreamError) -> None:
@@ -203,7 +204,7 @@ class UpstreamConnection(asyncio.Protocol):
         flag ``UT`` and the connection is closed."""
         loop = self._loop
         if timeout is not None:
-            self._expires = loop.time() + timeout
+            self.expires = loop.time() + timeout
             self._sweeper.watch(self)
         self._head = loop.create_future()
         self._done = None
@@ -283,48 +284,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
         self.pool.forget(self)
-
-
-#: how often exchanges are checked against their deadlines: a timeout fires at most this
-#: much late.
-SWEEP_INTERVAL = 0.01
-
-
-class _Sweeper:
-    """Deadlines of every exchange of one event loop, checked by one repeating timer.
-
-    A timer handle per exchange (``call_at`` + ``cancel``) cost 7 % of a proxied
-    request here; a set insertion and removal cost next to nothing, and the periodic
-    check runs only while exchanges are in flight."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.live: set[UpstreamConnection] = set()
-        self._handle: asyncio.TimerHandle | None = None
-
-    def watch(self, conn: UpstreamConnection) -> None:
-        self.live.add(conn)
-        if self._handle is None:
-            self._handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for conn in [c for c in self.live if c._expires is not None and c._expires <= now]:
-            self.live.discard(conn)
-            conn._expire()
-        self._handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep) if self.live else None
-
-
-_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
-    sweeper = _SWEEPERS.get(loop)
-    if sweeper is None:
-        sweeper = _SWEEPERS[loop] = _Sweeper(loop)
-    return sweeper
 
 
 class ConnectionPool:

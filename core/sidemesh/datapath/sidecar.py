@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -13,6 +14,7 @@ from sidemesh.datapath.body import RequestBody
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.downstream import DownstreamConnection
 from sidemesh.datapath.forward import Forwarder, Outcome
+from sidemesh.datapath.hygiene import Sweeper
 from sidemesh.datapath.listener import ListenerServer
 from sidemesh.datapath.messages import Request
 from sidemesh.datapath.metrics import Metrics
@@ -50,6 +52,9 @@ class Sidecar:
         self.snapshot: Snapshot | None = None
         self.servers: dict[str, ListenerServer] = {}
         self.connections: set[DownstreamConnection] = set()
+        #: open client connections by listener, for its ``max_connections``.
+        self._open: dict[str, int] = {}
+        self._sweeper = Sweeper(self.connections)
         self.forwarder = Forwarder(self._done)
         self.active = 0
         self.draining = False
@@ -147,9 +152,30 @@ class Sidecar:
                 asyncio.get_running_loop().create_task(snapshot.close())
 
     def _factory(self, listener: str) -> Any:
+        def closed(conn: DownstreamConnection) -> None:
+            if conn in self.connections:
+                self.connections.discard(conn)
+                self._open[listener] -= 1
+
         def make() -> DownstreamConnection:
-            conn = DownstreamConnection(self.handle, listener, "http", self.connections.discard)
+            snapshot = self.snapshot
+            compiled = snapshot.listeners.get(listener) if snapshot is not None else None
+            if compiled is None:
+                conn = DownstreamConnection(self.handle, listener, "http", closed)
+            else:
+                config = compiled.config
+                conn = DownstreamConnection(
+                    self.handle, listener, "http", closed, config.paths, config.limits
+                )
+                cap = config.limits.max_connections or default_max_connections()
+                if self._open.get(listener, 0) >= cap:
+                    # Envoy's overload answer: the connection is closed as it arrives.
+                    conn.refused = True
+                    self.metrics.downstream_overflow.labels(listener).inc()
+                    return conn
             self.connections.add(conn)
+            self._open[listener] = self._open.get(listener, 0) + 1
+            self._sweeper.watch(asyncio.get_running_loop())
             return conn
 
         return make
@@ -236,6 +262,7 @@ class Sidecar:
                 finished = False
         for conn in list(self.connections):
             conn.close()
+        self._sweeper.stop()
         snapshots = [*self._retired, *([self.snapshot] if self.snapshot else [])]
         for snapshot in snapshots:
             for cluster in snapshot.clusters.values():
@@ -248,6 +275,18 @@ class Sidecar:
 
 
 _METRICS: Metrics | None = None
+#: client connections the open-file limit leaves room for, when a listener sets none.
+_DEFAULT_MAX: int | None = None
+
+
+def default_max_connections() -> int:
+    """Half of what the process's open-file limit leaves after 64 (for the admin API,
+    logs and the like): each client connection may need an upstream one."""
+    global _DEFAULT_MAX
+    if _DEFAULT_MAX is None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _DEFAULT_MAX = max(1, (soft - 64) // 2) if soft != resource.RLIM_INFINITY else 1 << 20
+    return _DEFAULT_MAX
 
 
 def _shared_metrics() -> Metrics:

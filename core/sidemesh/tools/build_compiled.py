@@ -17,6 +17,13 @@ from sidemesh.datapath import MANIFEST, MODULES, PACKAGE_DIR, build_dir, check, 
 
 __all__ = ["build", "main"]
 
+MYPY_CONFIG = """[mypy]
+python_version = 3.11
+
+[mypy-re2]
+ignore_missing_imports = True
+"""
+
 
 def build(target: Path) -> None:
     """Compile :data:`MODULES` with mypyc into ``target`` (replaced as a whole, so a
@@ -26,6 +33,8 @@ def build(target: Path) -> None:
         # Compiled from a copy: mypyc writes its extensions next to the sources.
         skip = shutil.ignore_patterns("__pycache__", "*.so")
         shutil.copytree(PACKAGE_DIR.parent, work / "sidemesh", ignore=skip)
+        # The copy has no pyproject.toml beside it: say here which imports ship no types.
+        (work / "mypy.ini").write_text(MYPY_CONFIG)
         command = [
             sys.executable,
             "-m",

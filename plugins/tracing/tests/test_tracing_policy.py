@@ -24,6 +24,7 @@ from sidemesh import (
     PolicyContext,
     Request,
     Response,
+    ResponseFlag,
     testing,
 )
 from sidemesh_tracing.policy import TracingPolicy
@@ -133,13 +134,14 @@ def run_request(policy: TracingPolicy, request: Request, statuses: list[int | No
             number,
             ep,
             response,
-            flag=None if status else "UF",
+            flag=None if status else ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
             error=None if status else "connection refused",
             duration=0.002,
         )
         policy.on_response(request, attempt)
     final = Response(statuses[-1]) if statuses[-1] is not None else Response(503)
-    policy.on_complete(request, final, None if statuses[-1] else "UF")
+    failed = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+    policy.on_complete(request, final, None if statuses[-1] else failed)
     return sent
 
 

@@ -1,0 +1,214 @@
+"""Issue 13's findings, each reproduced as an attacker would, with raw sockets against a
+real sidecar and a real upstream. Every test here failed before its fix."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from sidemesh import testing
+
+
+def _sidecar_doc(upstream: str, **listener: Any) -> dict[str, Any]:
+    doc = testing.simple_config(upstream)
+    doc["listeners"][0].update(listener)
+    doc["listeners"][0]["routes"][0]["match"] = {"prefix": "/public"}
+    return doc
+
+
+@contextmanager
+def proxy(**listener: Any) -> Iterator[tuple[testing.Upstream, testing.RunningSidecar]]:
+    with (
+        testing.Upstream() as up,
+        testing.running_sidecar(_sidecar_doc(up.address, **listener)) as sc,
+    ):
+        yield up, sc
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.") else 0
+
+
+# 1. smuggling through Upgrade + Content-Length --------------------------------------
+def test_upgrade_with_a_body_is_refused_and_its_body_never_parsed() -> None:
+    inner = b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+    attack = (
+        b"POST /public HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(inner), inner)
+    )
+    with proxy() as (up, sc):
+        answer = testing.raw_exchange(sc.port("main"), attack)
+        assert status(answer) == 400 and b"Upgrade and a body" in answer
+        assert answer.count(b"HTTP/1.1 ") == 1  # the inner request was never answered
+        assert up.requests == []
+
+
+# 5. path normalization -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"/public/../admin", 404),
+        (b"/public/%2e%2e/admin", 404),
+        (b"/public%2F..%2Fadmin", 400),
+        (b"/public\\..\\admin", 404),
+        (b"//public/../admin", 404),
+        (b"/public#/../admin", 400),
+    ],
+)
+def test_a_path_cannot_escape_its_route(target: bytes, expected: int) -> None:
+    with proxy() as (up, sc):
+        answer = testing.raw_exchange(
+            sc.port("main"), b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target
+        )
+        assert status(answer) == expected, answer[:200]
+        assert up.requests == []
+
+
+def test_the_normalized_path_is_the_one_forwarded() -> None:
+    with proxy() as (up, sc):
+        answer = testing.raw_exchange(
+            sc.port("main"), b"GET /public/./a//b/../c?x=/../y HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert status(answer) == 200
+        assert up.requests[0].path == "/public/a/c?x=/../y"
+
+
+def test_escaped_slashes_can_be_kept_by_config() -> None:
+    with proxy(path_normalization={"escaped_slashes": "keep"}) as (up, sc):
+        answer = testing.raw_exchange(
+            sc.port("main"), b"GET /public/a%2fb HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert status(answer) == 200
+        assert up.requests[0].path == "/public/a%2Fb"
+
+
+# 6. connection hygiene -----------------------------------------------------------
+def test_a_trickled_head_gets_408_after_request_headers_timeout() -> None:
+    with (
+        proxy(request_headers_timeout="400ms") as (up, sc),
+        socket.create_connection(("127.0.0.1", sc.port("main")), timeout=5) as sock,
+    ):
+        started = time.monotonic()
+        # A byte every 50 ms: each read is activity, but the head never ends.
+        for byte in b"GET /public HTTP/1.1\r\nHost: x\r\n":
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+        assert status(answer) == 408, answer
+        assert time.monotonic() - started < 3
+        assert up.requests == []
+
+
+def test_an_idle_connection_is_closed_after_idle_timeout() -> None:
+    with (
+        proxy(idle_timeout="300ms") as (_, sc),
+        socket.create_connection(("127.0.0.1", sc.port("main")), timeout=5) as sock,
+    ):
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the proxy, not by our timeout
+        assert time.monotonic() - started < 3
+
+
+def _overflows() -> float:
+    labels = {"listener": "main"}
+    return REGISTRY.get_sample_value("sidemesh_downstream_cx_overflow_total", labels) or 0.0
+
+
+def test_connections_over_max_connections_are_refused_and_counted() -> None:
+    with proxy(max_connections=2) as (_, sc):
+        before = _overflows()
+        held = [
+            socket.create_connection(("127.0.0.1", sc.port("main")), timeout=5) for _ in range(2)
+        ]
+        try:
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 2)
+            extra = testing.raw_exchange(
+                sc.port("main"), b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            assert extra == b""
+            assert _overflows() == before + 1
+        finally:
+            for sock in held:
+                sock.close()
+        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+        again = testing.raw_exchange(sc.port("main"), b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status(again) == 200
+
+
+def test_max_requests_per_connection_closes_after_the_last() -> None:
+    with (
+        proxy(max_requests_per_connection=2) as (_, sc),
+        socket.create_connection(("127.0.0.1", sc.port("main")), timeout=5) as sock,
+    ):
+        sock.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        answer = b""
+        while chunk := sock.recv(65536):  # until the proxy closes
+            answer += chunk
+        assert answer.count(b"HTTP/1.1 200") == 2
+        first, second = answer.split(b"HTTP/1.1 200")[1:]
+        assert b"connection: close" not in first.lower()
+        assert b"connection: close" in second.lower()
+
+
+# 7. smaller findings --------------------------------------------------------------
+def test_connection_cannot_drop_host_or_the_request_id() -> None:
+    with proxy() as (up, sc):
+        request = (
+            b"GET /public HTTP/1.1\r\nHost: svc\r\nx-request-id: abc\r\nx-secret: s\r\n"
+            b"Connection: host, x-request-id, x-secret\r\n\r\n"
+        )
+        assert status(testing.raw_exchange(sc.port("main"), request)) == 200
+        seen = up.requests[0].headers
+        assert seen.get("host") == "svc" and seen.get("x-request-id") == "abc"
+        assert "x-secret" not in seen
+
+
+@pytest.mark.parametrize(
+    ("line", "expected", "reason"),
+    [
+        (b"GET /public HTTP/2.0", 505, b"HTTP/2.0 is not supported"),
+        (b"GET /public HTTP/0.9", 400, b"HTTP/0.9 is not supported"),
+        (b"GET /public", 400, b"HTTP/0.9 is not supported"),
+        (b"GET /public HTTP/1.2", 400, b"Invalid HTTP version"),
+    ],
+)
+def test_only_http_1_0_and_1_1_are_forwarded(line: bytes, expected: int, reason: bytes) -> None:
+    with proxy() as (up, sc):
+        answer = testing.raw_exchange(sc.port("main"), line + b"\r\nHost: x\r\n\r\n")
+        assert status(answer) == expected and reason in answer, answer
+        assert up.requests == []
+
+
+def test_a_content_length_trailer_is_dropped_not_refused() -> None:
+    with proxy() as (up, sc):
+        request = (
+            b"POST /public HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n"
+        )
+        assert status(testing.raw_exchange(sc.port("main"), request)) == 200
+        assert up.requests[0].body == b"hello"
+        assert up.requests[0].headers.get("content-length") != "99"
+
+
+def test_content_length_with_transfer_encoding_in_the_head_is_still_refused() -> None:
+    with proxy() as (up, sc):
+        request = (
+            b"POST /public HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        assert status(testing.raw_exchange(sc.port("main"), request)) == 400
+        assert up.requests == []
