@@ -193,6 +193,29 @@ def route_policy(
     return MtlsPolicy(config, context)
 
 
+def outbound_config(
+    service: str, target: str, files: dict[str, str], **mtls: Any
+) -> dict[str, Any]:
+    return {
+        "node": {"service": service, "namespace": "default", "trust_domain": "cluster.local"},
+        "clusters": [{"name": "reviews", "endpoints": [{"address": target}]}],
+        "listeners": [
+            {
+                "name": "outbound",
+                "address": "127.0.0.1:0",
+                "routes": [
+                    {
+                        "name": "reviews",
+                        "match": {"prefix": "/"},
+                        "cluster": "reviews",
+                        "plugins": [{"name": "mtls", "config": {**mtls, **files}}],
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def request_on(info: ConnectionInfo) -> Request:
     return Request("GET", "/", "reviews", Headers(), info, listener="inbound")
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sidemesh_mtls_testkit import Pki, sid
+from sidemesh_mtls_testkit import Pki, outbound_config, sid
 
 from sidemesh import ConnectionInfo, Policy, Request, Response, testing
 
@@ -158,27 +158,6 @@ def _inbound(
     }
 
 
-def _outbound(target: str, files: dict[str, str]) -> dict[str, Any]:
-    return {
-        "node": {"service": "ratings"},
-        "clusters": [{"name": "reviews", "endpoints": [{"address": target}]}],
-        "listeners": [
-            {
-                "name": "outbound",
-                "address": "127.0.0.1:0",
-                "routes": [
-                    {
-                        "name": "reviews",
-                        "match": {"prefix": "/"},
-                        "cluster": "reviews",
-                        "plugins": [{"name": "mtls", "config": files}],
-                    }
-                ],
-            }
-        ],
-    }
-
-
 def test_ratings_is_refused_on_a_route_that_redeclares_mtls(pki: Pki) -> None:
     """Finding 2 end to end: before, the route's own `allow` let ratings through."""
     reviews_files = pki.write(pki.issue("reviews"), "reviews")
@@ -189,7 +168,9 @@ def test_ratings_is_refused_on_a_route_that_redeclares_mtls(pki: Pki) -> None:
         inbound = _inbound(app.address, reviews_files, "strict", [sid("ratings")])
         with testing.running_sidecar(inbound) as reviews:
             target = f"127.0.0.1:{reviews.port('inbound')}"
-            with testing.running_sidecar(_outbound(target, ratings_files)) as ratings:
+            with testing.running_sidecar(
+                outbound_config("ratings", target, ratings_files)
+            ) as ratings:
                 answer = httpx.get(ratings.url("outbound") + "/admin", timeout=10)
                 assert answer.status_code == 403
                 assert answer.json()["identity"] == sid("ratings")

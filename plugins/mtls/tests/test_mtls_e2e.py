@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from sidemesh_mtls_testkit import Pki, sid
+from sidemesh_mtls_testkit import Pki, outbound_config, sid
 
 from sidemesh import testing
 
@@ -23,29 +23,6 @@ def inbound_config(service: str, app: str, files: dict[str, str], **mtls: Any) -
                 "address": "127.0.0.1:0",
                 "plugins": [{"name": "mtls", "config": {**mtls, **files}}],
                 "routes": [{"name": "local", "match": {"prefix": "/"}, "cluster": "local"}],
-            }
-        ],
-    }
-
-
-def outbound_config(
-    service: str, target: str, files: dict[str, str], **mtls: Any
-) -> dict[str, Any]:
-    return {
-        "node": {"service": service, "namespace": "default", "trust_domain": "cluster.local"},
-        "clusters": [{"name": "reviews", "endpoints": [{"address": target}]}],
-        "listeners": [
-            {
-                "name": "outbound",
-                "address": "127.0.0.1:0",
-                "routes": [
-                    {
-                        "name": "reviews",
-                        "match": {"prefix": "/"},
-                        "cluster": "reviews",
-                        "plugins": [{"name": "mtls", "config": {**mtls, **files}}],
-                    }
-                ],
             }
         ],
     }
