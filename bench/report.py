@@ -17,6 +17,7 @@ __all__ = ["COMPARISONS", "Delta", "Row", "add_ratios", "deltas", "format_deltas
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("sidemesh over the bare Python relay", "sidemesh", "python-floor"),
     ("the retry and circuit plugins", "sidemesh-plugins", "sidemesh"),
+    ("the safety checks (path normalization, timeouts)", "sidemesh", "sidemesh-unchecked"),
     ("two sidecar hops", "chain-plain", "direct"),
     ("mTLS between the two sidecars", "chain-mtls", "chain-plain"),
     ("two sidecar hops with mTLS", "chain-mtls", "direct"),

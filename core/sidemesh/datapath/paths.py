@@ -92,13 +92,17 @@ def normalize_path(
     :raises PathRejected: for a fragment, a bad or (by ``escaped_slashes``) forbidden
         percent-encoding.
     """
+    if (
+        "%" not in target
+        and "/." not in target
+        and "//" not in target
+        and "\\" not in target
+        and "#" not in target
+    ):
+        return target  # the common case: nothing to do, nothing copied
     if "#" in target:
         raise PathRejected("a '#' fragment in the request target")
     path, mark, query = target.partition("?")
-    if "%" not in path and "\\" not in path and "/." not in path and (
-        not merge_slashes or "//" not in path
-    ):
-        return target  # the common case: nothing to do, nothing copied
     if "%" in path:
         path = _decode(path, escaped_slashes)
     path = path.replace("\\", "/")
