@@ -3,6 +3,8 @@ real sidecar and a real upstream. Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -43,10 +45,17 @@ def test_upgrade_with_a_body_is_refused_and_its_body_never_parsed() -> None:
         b"Content-Length: %d\r\n\r\n%s" % (len(inner), inner)
     )
     with proxy() as (up, sc):
+        log = io.StringIO()
+        sc.log_to(log)
         answer = testing.raw_exchange(sc.port("main"), attack)
         assert status(answer) == 400 and b"Upgrade and a body" in answer
         assert answer.count(b"HTTP/1.1 ") == 1  # the inner request was never answered
         assert up.requests == []
+        # The access log shows the attempt, as Envoy logs a downstream protocol error.
+        assert testing.wait_for(lambda: log.getvalue().endswith("\n"))
+        (entry,) = [json.loads(line) for line in log.getvalue().splitlines()]
+        assert entry["status"] == 400 and entry["response_flags"] == "DPE"
+        assert "Upgrade and a body" in entry["error"]
 
 
 # 5. path normalization -------------------------------------------------------------

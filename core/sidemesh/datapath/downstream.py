@@ -88,6 +88,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.limits = limits
         #: at the listener's connection cap: closed as soon as it is made.
         self.refused = False
+        #: told of each request refused before it reached the handler (status, reason).
+        self.on_rejected: Callable[[DownstreamConnection, int, str], None] | None = None
         self.transport: asyncio.Transport | None = None
         self.info = ConnectionInfo("")
         self.parser = _parser(self)
@@ -374,6 +376,8 @@ class DownstreamConnection(asyncio.Protocol):
     def _answer_error(self) -> None:
         if self._error is not None and not self.closed:
             status, message = self._error
+            if self.on_rejected is not None:
+                self.on_rejected(self, status, message)
             self.keep_alive = False
             if not self.response_started or self.response_done:
                 self.write_simple(

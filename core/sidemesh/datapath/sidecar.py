@@ -13,6 +13,7 @@ from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.body import RequestBody
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.downstream import DownstreamConnection
+from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.forward import Forwarder, Outcome
 from sidemesh.datapath.hygiene import Sweeper
 from sidemesh.datapath.listener import ListenerServer
@@ -173,6 +174,7 @@ class Sidecar:
                     conn.refused = True
                     self.metrics.downstream_overflow.labels(listener).inc()
                     return conn
+            conn.on_rejected = self._rejected
             self.connections.add(conn)
             self._open[listener] = self._open.get(listener, 0) + 1
             self._sweeper.watch(asyncio.get_running_loop())
@@ -241,6 +243,23 @@ class Sidecar:
         if request.log:
             entry.update({k: v for k, v in request.log.items() if k != "response_flags"})
         self.access_log.log(entry)
+
+    def _rejected(self, conn: DownstreamConnection, status: int, message: str) -> None:
+        """A request refused before routing (malformed, too large, a bad path): logged and
+        counted with flag ``DPE``, as Envoy logs a downstream protocol error."""
+        flags = [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR]
+        self.metrics.observe(conn.listener, "", "", status, 0.0, flags, 0)
+        if self.access_log.enabled:
+            self.access_log.log({
+                "method": None,
+                "path": None,
+                "listener": conn.listener,
+                "status": status,
+                "attempts": 0,
+                "response_flags": "DPE",
+                "client": conn.info.client_address,
+                "error": message,
+            })  # fmt: skip
 
     # shutdown ----------------------------------------------------------------------
     async def drain(self, timeout: float) -> bool:
