@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sidemesh.datapath import codec
 from sidemesh.datapath.codec import (
     BODY_CHUNKED,
     BODY_CLOSE,
@@ -373,3 +374,38 @@ def test_request_head_and_continue() -> None:
 def test_encode_chunk(data: bytes, expected: bytes) -> None:
     assert encode_chunk(data) == expected
     assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+# versions, upgrades and Connection (issue 13) ------------------------------------------
+@pytest.mark.parametrize(("version", "status"), [("0.9", 400), ("2.0", 505), ("3.0", 505)])
+def test_only_http_1_0_and_1_1_pass(version: str, status: int) -> None:
+    codec.check_version("1.0")
+    codec.check_version("1.1")
+    with pytest.raises(codec.CodecError) as refused:
+        codec.check_version(version)
+    assert refused.value.status == status
+
+
+@pytest.mark.parametrize("framing", [codec.BODY_LENGTH, codec.BODY_CHUNKED])
+def test_upgrade_with_a_body_is_refused(framing: int) -> None:
+    codec.check_upgrade(None, framing)
+    codec.check_upgrade("websocket", codec.BODY_NONE)
+    with pytest.raises(codec.CodecError, match="Upgrade and a body") as refused:
+        codec.check_upgrade("h2c", framing)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("connection", "nominated"),
+    [
+        ("close", set()),
+        ("keep-alive, X-Secret", {"keep-alive", "x-secret"}),
+        ("host, x-request-id, te", {"te"}),
+        ("Host,,X-Request-Id", set()),
+        (" upgrade ,\tx-a", {"upgrade", "x-a"}),
+    ],
+)
+def test_connection_nominates_fields_but_never_host_or_the_request_id(
+    connection: str, nominated: set[str]
+) -> None:
+    assert codec.nominated_fields(connection) == nominated
