@@ -250,14 +250,12 @@ class Sidecar:
         flags = [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR]
         self.metrics.observe(conn.listener, "", "", status, 0.0, flags, 0)
         if self.access_log.enabled:
+            # The same fields as every other line: log pipelines expect one shape.
             self.access_log.log({
-                "method": None,
-                "path": None,
-                "listener": conn.listener,
-                "status": status,
-                "attempts": 0,
-                "response_flags": "DPE",
-                "client": conn.info.client_address,
+                "method": None, "path": None, "host": None, "listener": conn.listener,
+                "route": None, "cluster": None, "upstream": None, "status": status,
+                "attempts": 0, "duration_ms": 0.0, "response_flags": "DPE",
+                "request_id": None, "trace_id": None, "client": conn.info.client_address,
                 "error": message,
             })  # fmt: skip
 
