@@ -76,7 +76,7 @@ class Mesh:
                                     self.url.removeprefix("http://"),
                                     env=_pythonpath(self.cp_site))
         self.control.__enter__()
-        self.control.wait_http(self.url + "/openapi.json")
+        self.control.wait_http(self.url + "/openapi.json", status=401)
         token = (self.data / "admin.token").read_text().strip()
         self.admin = {"authorization": f"Bearer {token}"}
 

@@ -36,7 +36,7 @@ def test_last_known_good_config_is_served_while_the_control_plane_is_down(
     with Upstream(lambda _: Reply(body=b"one")) as one, \
             Upstream(lambda _: Reply(body=b"two")) as two:
         with ProxyProcess(*control_args) as control:
-            control.wait_http(url + "/openapi.json")
+            control.wait_http(url + "/openapi.json", status=401)
             assert "admin token created in" in control.output
             headers = {"authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
             assert (data / "admin.token").stat().st_mode & 0o777 == 0o600
@@ -60,7 +60,7 @@ def test_last_known_good_config_is_served_while_the_control_plane_is_down(
             assert httpx.get(f"http://127.0.0.1:{listen}/", timeout=5).text == "one"
             assert "serving saved config 1" in second.output
             with ProxyProcess(*control_args) as control:
-                control.wait_http(url + "/openapi.json")
+                control.wait_http(url + "/openapi.json", status=401)
                 httpx.put(f"{url}/v1/services/web/config", headers=headers, timeout=5,
                           json=_config(two.address, listen, admin_port))
                 assert wait_for(lambda: httpx.get(admin + "/config_dump", timeout=5).json()[

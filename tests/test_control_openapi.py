@@ -65,7 +65,7 @@ def _csr() -> str:
 
 def test_every_response_matches_the_openapi_document(tmp_path: Path) -> None:
     with ControlServer(tmp_path) as cp, httpx.Client(base_url=cp.url, timeout=10) as http:
-        spec = http.get("/openapi.json").json()
+        spec = http.get("/openapi.json", headers=cp.admin).json()
         assert spec["openapi"].startswith("3.1")
         Draft202012Validator.check_schema({"components": spec["components"]})
         admin = cp.admin
@@ -110,6 +110,10 @@ def test_every_response_matches_the_openapi_document(tmp_path: Path) -> None:
             http.get("/v1/trust-bundle"),
             http.get("/v1/trust-bundle", headers={"accept": "application/x-pem-file"}),
             http.get("/v1/trust-bundle", params={"trust_domain": "Not A Domain!"}),
+            http.get("/v1/trust-bundle", params={"trust_domain": "unknown.example"}),
+            http.get("/openapi.json"),
+            http.get("/openapi.json", headers=web),
+            http.get("/v1/services/web/watch", params={"proxy": "../x"}, headers=web),
             http.post("/v1/tokens", json={"service": "api"}, headers=admin),
             http.post("/v1/tokens", json={"service": "bad name"}, headers=admin),
         ]

@@ -72,6 +72,9 @@ def validate_trust_domain(trust_domain: str) -> str:
     :class:`SpiffeIdError`."""
     if not trust_domain:
         raise SpiffeIdError("trust domain is empty")
+    if trust_domain in (".", ".."):
+        # Not names, and a trust domain also names the control plane's CA directory.
+        raise SpiffeIdError(f"trust domain {trust_domain!r} is a relative path, not a name")
     if len(trust_domain) > MAX_TRUST_DOMAIN_LENGTH:
         raise SpiffeIdError(
             f"trust domain is {len(trust_domain)} characters long; the limit is "

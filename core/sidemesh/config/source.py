@@ -2,7 +2,9 @@
 
 Safe types only; no anchors or aliases (a ``billion laughs`` document expands aliases
 exponentially, and configs never need them); duplicate keys are errors rather than the
-last one silently winning; dates stay strings; and a size cap.
+last one silently winning; dates stay strings; a size cap; and a nesting limit (the
+parser and every walk over the document recurse once per level: 20,000 ``[`` would
+exhaust Python's stack).
 """
 
 from __future__ import annotations
@@ -16,23 +18,43 @@ from yaml.nodes import MappingNode, Node
 
 from sidemesh.config.errors import ConfigError, ConfigInvalid
 
-__all__ = ["MAX_CONFIG_BYTES", "parse_yaml"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_NESTING", "check_nesting", "parse_yaml"]
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: Lists and mappings inside each other, the document itself being level 1. Real
+#: configs need about ten.
+MAX_NESTING = 64
+_TOO_DEEP = f"nested deeper than {MAX_NESTING} levels (lists and mappings inside each other)"
+
+
+class _TooDeep(yaml.MarkedYAMLError):
+    """The nesting limit (reported with its own rule, not as a syntax error)."""
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader without aliases, duplicate keys or implicit timestamps."""
+    """SafeLoader without aliases, duplicate keys, implicit timestamps or deep nesting."""
+
+    nesting = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         event = self.peek_event()
+        mark = event.start_mark
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            mark = event.start_mark
             raise yaml.MarkedYAMLError(
                 problem="anchors and aliases (&name, *name) are not allowed in sidemesh configs",
                 problem_mark=mark,
             )
-        return super().compose_node(parent, index)
+        if not isinstance(event, yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)
+        # Refused while composing, before the recursion gets deep: construction and
+        # validation then never see such a document.
+        if self.nesting >= MAX_NESTING:
+            raise _TooDeep(problem=_TOO_DEEP, problem_mark=mark)
+        self.nesting += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
 
     def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, MappingNode):
@@ -95,8 +117,9 @@ def parse_yaml(text: str | bytes, source: str = "<config>") -> dict[str, Any]:
         if "expected a single document" in str(exc):
             detail = "more than one YAML document ('---'); put one config per file"
         detail = re.sub(r"\s+", " ", str(detail)).strip()
+        rule = "nesting" if isinstance(exc, _TooDeep) else "yaml"
         raise ConfigInvalid(
-            [ConfigError("", f"{_where(exc, source)}: {detail}", rule="yaml")]
+            [ConfigError("", f"{_where(exc, source)}: {detail}", rule=rule)]
         ) from None
     finally:
         loader.dispose()
@@ -107,4 +130,23 @@ def parse_yaml(text: str | bytes, source: str = "<config>") -> dict[str, Any]:
         raise ConfigInvalid([ConfigError(
             "", f"{source}: the document must be a mapping (node:, clusters:, "
             f"listeners: ...), got a {kind}", rule="yaml")])
+    return doc
+
+
+def check_nesting(doc: Any, source: str = "<config>") -> Any:
+    """``doc`` (parsed from JSON, say) when no list or mapping in it is nested deeper than
+    :data:`MAX_NESTING` levels, the limit :func:`parse_yaml` applies.
+
+    :raises ConfigInvalid: with the rule ``nesting``.
+    """
+    # Iterative: a document as deep as the JSON parser allows must not exhaust the stack
+    # here either.
+    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > MAX_NESTING:
+            raise ConfigInvalid([ConfigError("", f"{source}: {_TOO_DEEP}", rule="nesting")])
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list))
     return doc

@@ -11,10 +11,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sidemesh.control.http import ApiError, ControlState, error
+from sidemesh.control.auth import TokenRefused
+from sidemesh.control.http import ApiError, ControlState, error, require
 from sidemesh.control.openapi import openapi_document
 from sidemesh.control.routes_config import config_routes
 from sidemesh.control.routes_proxies import proxy_routes
+from sidemesh.control.routes_tokens import token_routes
+from sidemesh.control.sqlite import StoreUnavailable
 
 __all__ = ["create_app"]
 
@@ -54,20 +57,34 @@ async def _api_error(_: Request, exc: Exception) -> Response:
     return error(exc.status, str(exc), **exc.extra)
 
 
+async def _token_refused(_: Request, exc: Exception) -> Response:
+    return error(401, str(exc))
+
+
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error(exc.status_code, str(exc.detail), ) if exc.status_code != 304 else Response(
         status_code=304)
 
 
-async def _openapi(_: Request) -> Response:
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreUnavailable)
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    # 507 Insufficient Storage says what to fix; anything else SQLite refuses is a 503.
+    return error(507 if exc.full else 503, str(exc))
+
+
+async def _openapi(request: Request) -> Response:
+    require(request)
     return JSONResponse(openapi_document())
 
 
 def create_app(state: ControlState) -> Starlette:
     app = Starlette(
-        routes=[*config_routes(), *proxy_routes(), Route("/openapi.json", _openapi)],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        routes=[*config_routes(), *token_routes(), *proxy_routes(),
+                Route("/openapi.json", _openapi)],
+        exception_handlers={ApiError: _api_error, TokenRefused: _token_refused,
+                            StoreUnavailable: _store_unavailable, HTTPException: _http_error},
     )
     app.state.control = state
     app.add_middleware(_NoTracebacks)

@@ -1,19 +1,22 @@
 """Who is calling the control API: the admin, or a sidecar bound to one service.
 
 Sidecar tokens look like ``smt.<id>.<secret>``: the id finds the record, and only the
-secret's sha256 is stored, compared with :func:`hmac.compare_digest`. The admin token
-lives in a file (``DIR/admin.token``, mode 0600, created on first start).
+secret's sha256 is stored, compared with :func:`hmac.compare_digest`. A token may expire
+(``ttl``) and may be revoked by its id; either way it is refused from then on. The admin
+token lives in a file (``DIR/admin.token``, mode 0600, created on first start).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sidemesh.control.store import Store, TokenRecord
@@ -24,11 +27,17 @@ __all__ = [
     "PROXY_ID_PATTERN",
     "SERVICE_NAME",
     "SERVICE_PATTERN",
+    "TOKEN_ID",
+    "TOKEN_ID_PATTERN",
     "Principal",
     "TokenError",
+    "TokenRefused",
     "authenticate",
+    "format_time",
     "issue_token",
     "load_admin_token",
+    "token_id",
+    "token_state",
 ]
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -37,11 +46,19 @@ SERVICE_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$"
 SERVICE_NAME = re.compile(SERVICE_PATTERN)
 PROXY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 PROXY_ID = re.compile(PROXY_ID_PATTERN)
+TOKEN_ID_PATTERN = r"^[0-9a-f]{16}$"
+TOKEN_ID = re.compile(TOKEN_ID_PATTERN)
 _PREFIX = "smt"
 
 
 class TokenError(Exception):
-    """The admin token file cannot be read or created, or a service name is invalid."""
+    """The admin token file cannot be read or created, or a service name or lifetime is
+    invalid."""
+
+
+class TokenRefused(Exception):
+    """A genuine sidecar token (its secret matched) that has expired or was revoked; the
+    message says which and when, and is the ``401`` answer's error."""
 
 
 @dataclass(frozen=True)
@@ -92,24 +109,63 @@ def load_admin_token(data_dir: Path, token_file: str | None) -> tuple[str, Path,
     return token, path, True
 
 
-def issue_token(store: Store, service: str) -> str:
+def format_time(when: float) -> str:
+    """Unix time as UTC ISO 8601 to the second, as error messages and listings show it."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def issue_token(store: Store, service: str, ttl: float | None = None) -> str:
     """Create a sidecar token for ``service`` and return it (shown once, stored hashed).
 
-    :raises TokenError: when ``service`` is not a valid service name.
+    :param ttl: seconds until it expires; ``None``: it never does (until revoked).
+    :raises TokenError: when ``service`` is not a valid service name or ``ttl`` is not a
+        positive number of seconds.
     """
     if not SERVICE_NAME.match(service):
         raise TokenError(
             f"{service!r} is not a service name: letters, digits, '-', '_' or '.', "
             "at most 64, starting and ending with a letter or digit"
         )
-    token_id = secrets.token_hex(8)
+    if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
+        raise TokenError(f"a token's ttl must be a positive duration, not {ttl:g}s")
+    new_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    store.add_token(TokenRecord(token_id, _sha256(secret), service, time.time()))
-    return f"{_PREFIX}.{token_id}.{secret}"
+    created = time.time()
+    store.add_token(TokenRecord(new_id, _sha256(secret), service, created,
+                                None if ttl is None else created + ttl))
+    return f"{_PREFIX}.{new_id}.{secret}"
 
 
-def authenticate(header: str | None, admin_token: str, store: Store) -> Principal | None:
-    """The caller named by an ``Authorization: Bearer ...`` header, or ``None``."""
+def token_id(token: str) -> str:
+    """The id of a sidecar token (what revocation and listings name it by).
+
+    :raises TokenError: when ``token`` is not a sidecar token.
+    """
+    prefix, _, rest = token.strip().partition(".")
+    found, _, secret = rest.partition(".")
+    if prefix != _PREFIX or not TOKEN_ID.match(found) or not secret:
+        raise TokenError("not a sidecar token (smt.<id>.<secret>)")
+    return found
+
+
+def token_state(record: TokenRecord, now: float | None = None) -> str:
+    """``revoked``, ``expired`` or ``active``."""
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= (
+            time.time() if now is None else now):
+        return "expired"
+    return "active"
+
+
+def authenticate(
+    header: str | None, admin_token: str, store: Store, now: float | None = None
+) -> Principal | None:
+    """The caller named by an ``Authorization: Bearer ...`` header, or ``None``.
+
+    :raises TokenRefused: for a sidecar token that has expired or was revoked (told only
+        to a caller holding its secret: anyone else learns nothing about it).
+    """
     if not header:
         return None
     scheme, _, token = header.partition(" ")
@@ -119,12 +175,19 @@ def authenticate(header: str | None, admin_token: str, store: Store) -> Principa
     if hmac.compare_digest(_sha256(token), _sha256(admin_token)):
         return Principal(None)
     prefix, _, rest = token.partition(".")
-    token_id, _, secret = rest.partition(".")
-    if prefix != _PREFIX or not token_id or not secret:
+    found, _, secret = rest.partition(".")
+    if prefix != _PREFIX or not found or not secret:
         return None
-    record = store.get_token(token_id)
+    record = store.get_token(found)
     if record is None:
         return None
     if not hmac.compare_digest(_sha256(secret), record.secret_hash):
         return None
+    if record.revoked_at is not None:
+        raise TokenRefused(f"token {record.id} of service {record.service!r} was revoked "
+                           f"at {format_time(record.revoked_at)}")
+    if record.expires_at is not None and record.expires_at <= (
+            time.time() if now is None else now):
+        raise TokenRefused(f"token {record.id} of service {record.service!r} expired at "
+                           f"{format_time(record.expires_at)}: issue a new one")
     return Principal(record.service)

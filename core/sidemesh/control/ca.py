@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sidemesh.api.spiffe import SpiffeIdError, validate_trust_domain, workload_id
+from sidemesh.control.files import PRIVATE_FILE, private_dir, private_file
 
 __all__ = [
     "CA_CERT_FILE",
@@ -94,15 +95,15 @@ class CertificateAuthority:
 
     @classmethod
     def open(cls, data_dir: Path, trust_domain: str) -> CertificateAuthority:
-        """Load the CA kept in ``data_dir``, creating it on first start.
+        """Load the CA kept in ``data_dir`` (made 0700, its files 0600), creating it on
+        first start.
 
         :raises CertificateAuthorityError: when the key file is readable by others, the
             files are unreadable, or they belong to another trust domain.
         :raises sidemesh.api.spiffe.SpiffeIdError: for an invalid trust domain name.
         """
         validate_trust_domain(trust_domain)
-        data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = private_dir(Path(data_dir))
         key_path = data_dir / CA_KEY_FILE
         cert_path = data_dir / CA_CERT_FILE
         if key_path.exists():
@@ -114,12 +115,15 @@ class CertificateAuthority:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_private(key_path, pem, 0o600)
+            _write_private(key_path, pem, PRIVATE_FILE)
         if cert_path.exists():
+            private_file(cert_path)
             cert = cls._load_cert(cert_path, key, trust_domain)
         else:
             cert = cls._self_sign(key, trust_domain)
-            _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            # Not a secret, but a state file like any other: private too.
+            _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM),
+                           PRIVATE_FILE)
         return cls(trust_domain, key, cert)
 
     @staticmethod

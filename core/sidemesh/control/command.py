@@ -5,18 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from sidemesh.config.build import split_address
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.control.app import create_app
-from sidemesh.control.auth import TokenError, issue_token, load_admin_token
+from sidemesh.control.auth import (
+    ADMIN_TOKEN_FILE,
+    TOKEN_ID,
+    TokenError,
+    format_time,
+    issue_token,
+    load_admin_token,
+    token_id,
+)
+from sidemesh.control.files import private_dir
 from sidemesh.control.http import ControlState, Hub
+from sidemesh.control.routes_tokens import token_body
 from sidemesh.control.store import DB_FILE, SQLiteStore
 from sidemesh.process.runtime import setup_logging
 
@@ -45,9 +58,7 @@ class _Server(uvicorn.Server):
 
 
 def _data_dir(path: str) -> Path:
-    data = Path(path)
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return data
+    return private_dir(Path(path))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -56,13 +67,13 @@ def main(args: argparse.Namespace) -> int:
         data = _data_dir(args.data)
         admin_token, token_path, created = load_admin_token(data, args.admin_token_file)
         host, port = split_address(args.listen, "127.0.0.1")
+        store = SQLiteStore(data / DB_FILE)
     except (TokenError, OSError, ValueError) as exc:
         print(f"sidemesh control: {exc}", file=sys.stderr)
         return 2
     if created:
         print(f"sidemesh control: admin token created in {token_path} (mode 0600)",
               file=sys.stderr)
-    store = SQLiteStore(data / DB_FILE)
     state = ControlState(store, PluginRegistry.load(), admin_token, data)
     for failure in state.registry.load_errors:
         log.warning("%s", failure)
@@ -82,18 +93,90 @@ def main(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
-def main_token(args: argparse.Namespace) -> int:
+def _local_token(args: argparse.Namespace) -> Any:
+    """Issue, revoke or list in ``--data DIR``'s store (the control plane may be running:
+    its long polls see a revocation when they next wake, at the latest their timeout)."""
+    data = _data_dir(args.data)
+    store = SQLiteStore(data / DB_FILE)
     try:
-        data = _data_dir(args.data)
-        store = SQLiteStore(data / DB_FILE)
-    except OSError as exc:
-        print(f"sidemesh token: {exc}", file=sys.stderr)
-        return 2
-    try:
-        print(issue_token(store, args.service))
-    except TokenError as exc:
-        print(f"sidemesh token: {exc}", file=sys.stderr)
-        return 2
+        if args.revoke:
+            if not TOKEN_ID.match(args.revoke):
+                raise TokenError(f"{args.revoke!r} is not a token id (16 hex digits)")
+            record = store.revoke_token(args.revoke, time.time())
+            if record is None:
+                raise TokenError(f"no token {args.revoke} in {data / DB_FILE}")
+            return token_body(record)
+        if args.list:
+            now = time.time()
+            return {"tokens": [token_body(r, now) for r in store.tokens()
+                               if args.service is None or r.service == args.service]}
+        token = issue_token(store, args.service, args.ttl)
+        record = store.get_token(token_id(token))
+        assert record is not None
+        return {"id": record.id, "service": record.service, "token": token,
+                "created_at": record.created_at, "expires_at": record.expires_at}
     finally:
         store.close()
+
+
+def _remote_token(args: argparse.Namespace) -> Any:
+    """The same through ``--control URL``'s API, with the admin token."""
+    admin, _, _ = load_admin_token(
+        Path(args.data), args.admin_token_file or str(Path(args.data) / ADMIN_TOKEN_FILE))
+    with httpx.Client(base_url=args.control.rstrip("/"), timeout=10,
+                      headers={"authorization": f"Bearer {admin}"}) as client:
+        try:
+            if args.revoke:
+                response = client.delete(f"/v1/tokens/{args.revoke}")
+            elif args.list:
+                params = {"service": args.service} if args.service else {}
+                response = client.get("/v1/tokens", params=params)
+            else:
+                body: dict[str, Any] = {"service": args.service}
+                if args.ttl is not None:
+                    body["ttl"] = args.ttl
+                response = client.post("/v1/tokens", json=body)
+        except httpx.HTTPError as exc:
+            raise TokenError(f"control plane {args.control}: {exc}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"error": response.text[:200]}
+    if response.status_code != 200:
+        raise TokenError(f"control plane {args.control} answered {response.status_code}: "
+                         f"{answer.get('error', answer)}")
+    return answer
+
+
+def _print_tokens(tokens: list[dict[str, Any]]) -> None:
+    def when(value: float | None) -> str:
+        return "-" if value is None else format_time(value)
+
+    print(f"{'ID':16}  {'SERVICE':20}  {'STATE':7}  {'CREATED':20}  {'EXPIRES':20}  REVOKED")
+    for t in tokens:
+        print(f"{t['id']:16}  {t['service']:20}  {t['state']:7}  {when(t['created_at']):20}  "
+              f"{when(t['expires_at']):20}  {when(t['revoked_at'])}")
+
+
+def main_token(args: argparse.Namespace) -> int:
+    try:
+        answer = _remote_token(args) if args.control else _local_token(args)
+    except (TokenError, OSError) as exc:
+        print(f"sidemesh token: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(answer, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.list:
+        _print_tokens(answer["tokens"])
+    elif args.revoke:
+        print(f"revoked token {answer['id']} of service {answer['service']} "
+              f"({format_time(answer['revoked_at'])})")
+    else:
+        # stdout is the token alone (`> web.token`); the id to revoke it by goes aside.
+        print(answer["token"])
+        expires = answer["expires_at"]
+        print(f"sidemesh token: {answer['id']} for service {answer['service']}, "
+              f"{'no expiry' if expires is None else 'expires ' + format_time(expires)}; revoke "
+              f"with: sidemesh token --revoke {answer['id']}", file=sys.stderr)
     return 0

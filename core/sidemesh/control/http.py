@@ -13,10 +13,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from sidemesh.config.registry import PluginRegistry
+from sidemesh.config.source import check_nesting
 from sidemesh.config.validate import ConfigInvalid, parse_yaml
 from sidemesh.control.auth import Principal, authenticate
 from sidemesh.control.ca import CertificateAuthority
+from sidemesh.control.files import private_dir
 from sidemesh.control.openapi import request_validator
+from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 from sidemesh.control.store import Store
 
 __all__ = [
@@ -63,12 +66,15 @@ class ControlState:
     data_dir: Path
     hub: Hub = field(default_factory=Hub)
     authorities: dict[str, CertificateAuthority] = field(default_factory=dict)
+    max_proxies_per_service: int = MAX_PROXIES_PER_SERVICE
 
     def authority(self, trust_domain: str) -> CertificateAuthority:
         """The CA of ``trust_domain``, created on first use under ``DIR/ca/<domain>``."""
         ca = self.authorities.get(trust_domain)
         if ca is None:
-            ca = CertificateAuthority.open(self.data_dir / "ca" / trust_domain, trust_domain)
+            # DIR/ca too: open() makes private only the directories it is given or creates.
+            cas = private_dir(self.data_dir / "ca")
+            ca = CertificateAuthority.open(cas / trust_domain, trust_domain)
             self.authorities[trust_domain] = ca
         return ca
 
@@ -143,11 +149,16 @@ async def read_config_body(request: Request) -> Any:
     if media not in ("application/json", ""):
         raise ApiError(415, f"send application/json or application/yaml, not {media}")
     try:
-        return json.loads(body)
+        doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
         detail = {"path": "", "message": f"request body: not JSON: {exc}", "plugin": None,
                   "plugin_version": None, "rule": "json"}
         raise ApiError(422, "request body is not JSON", errors=[detail]) from None
+    try:
+        # As parse_yaml does: validation recurses once per level.
+        return check_nesting(doc, "request body")
+    except ConfigInvalid as exc:
+        raise ApiError(422, str(exc), errors=[e.as_dict() for e in exc.errors]) from None
 
 
 async def read_json_body(request: Request, schema: str) -> dict[str, Any]:
@@ -161,11 +172,11 @@ async def read_json_body(request: Request, schema: str) -> dict[str, Any]:
         if media in _YAML_TYPES:
             doc: Any = parse_yaml(body, "request body")
         elif media in ("application/json", ""):
-            doc = json.loads(body)
+            doc = check_nesting(json.loads(body), "request body")
         else:
             raise ApiError(415, f"send application/json or application/yaml, not {media}")
     except ConfigInvalid as exc:
-        raise ApiError(422, f"request body: {exc.errors[0].message}") from None
+        raise ApiError(422, exc.errors[0].message) from None
     except (ValueError, RecursionError) as exc:
         raise ApiError(422, f"request body is not JSON: {exc}") from None
     problems = sorted(request_validator(schema).iter_errors(doc), key=lambda e: e.path)

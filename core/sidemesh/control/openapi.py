@@ -14,7 +14,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from sidemesh import __version__
-from sidemesh.control.auth import PROXY_ID_PATTERN, SERVICE_PATTERN
+from sidemesh.control.auth import PROXY_ID_PATTERN, SERVICE_PATTERN, TOKEN_ID_PATTERN
+from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 
 __all__ = ["openapi_document", "request_validator"]
 
@@ -118,8 +119,23 @@ SCHEMAS: dict[str, Any] = {
                          "expires_at": {"type": "string"}}),
     "TrustBundle": _obj({"trust_domain": {"type": "string"},
                          "trust_bundle": {"type": "string"}}),
-    "TokenRequest": _obj({"service": {"type": "string", "pattern": SERVICE_PATTERN}}),
-    "Token": _obj({"service": {"type": "string"}, "token": {"type": "string"}}),
+    "TokenRequest": _obj({
+        "service": {"type": "string", "pattern": SERVICE_PATTERN},
+        "ttl": {"type": "number", "exclusiveMinimum": 0,
+                "description": "lifetime in seconds (default: no expiry)"},
+    }, required=["service"]),
+    "Token": _obj({"id": {"type": "string"}, "service": {"type": "string"},
+                   "token": {"type": "string"}, "created_at": {"type": "number"},
+                   "expires_at": {"type": ["number", "null"]}}),
+    "TokenInfo": _obj({
+        "id": {"type": "string", "description": "what DELETE /v1/tokens/{id} takes"},
+        "service": {"type": "string"},
+        "created_at": {"type": "number", "description": "Unix time"},
+        "expires_at": {"type": ["number", "null"], "description": "null: never"},
+        "revoked_at": {"type": ["number", "null"], "description": "null: not revoked"},
+        "state": {"enum": ["active", "expired", "revoked"]},
+    }),
+    "Tokens": _obj({"tokens": {"type": "array", "items": _ref("TokenInfo")}}),
 }
 
 
@@ -135,13 +151,20 @@ def _resp(description: str, schema: str | None = None) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "401": _resp("missing or invalid token", "Error"),
+    "401": _resp("missing, invalid, expired or revoked token", "Error"),
     "403": _resp("the token may not do this", "Error"),
 }
 _BODY_ERRORS = {
     "413": _resp("body larger than the limit", "Error"),
     "415": _resp("unsupported content type", "Error"),
 }
+#: Any call that writes to the store.
+_STORE_ERRORS = {
+    "503": _resp("the store cannot write (an I/O error, locked): SQLite's error", "Error"),
+    "507": _resp("the store cannot write: the disk is full", "Error"),
+}
+_PROXY_LIMIT = {"429": _resp(f"a new proxy id, but the service already has "
+                             f"{MAX_PROXIES_PER_SERVICE} in use", "Error")}
 _SERVICE_PARAM = {"name": "service", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": SERVICE_PATTERN}}
 _CONFIG_BODY = {
@@ -164,7 +187,7 @@ def _paths() -> dict[str, Any]:
             "put": _op("store a new config version (validated in full first)", {
                 "200": _resp("stored (or unchanged)", "Stored"),
                 "422": _resp("invalid config: every error", "ConfigInvalid"),
-                **_ERRORS, **_BODY_ERRORS,
+                **_ERRORS, **_BODY_ERRORS, **_STORE_ERRORS,
             }, requestBody=_CONFIG_BODY),
             "get": _op("the current config (or ?version=N)", {
                 "200": _resp("the config", "ServiceConfig"),
@@ -183,6 +206,7 @@ def _paths() -> dict[str, Any]:
                 "200": _resp("the new version", "Rollback"),
                 "404": _resp("no such version", "Error"),
                 "422": _resp("invalid request", "Error"), **_ERRORS, **_BODY_ERRORS,
+                **_STORE_ERRORS,
             }, requestBody={"required": True, **_json("RollbackRequest")}),
         },
         "/v1/services/{service}/watch": {
@@ -190,7 +214,8 @@ def _paths() -> dict[str, Any]:
             "get": _op("long poll for a version newer than `after`", {
                 "200": _resp("the config", "ServiceConfig"),
                 "304": {"description": "no newer version before the timeout"},
-                "422": _resp("bad query parameter", "Error"), **_ERRORS,
+                "422": _resp("bad query parameter", "Error"), **_ERRORS, **_PROXY_LIMIT,
+                **_STORE_ERRORS,
             }, parameters=[
                 {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0,
                                                              "default": 0}},
@@ -198,7 +223,8 @@ def _paths() -> dict[str, Any]:
                  "at most 300)", "schema": {"type": "number", "minimum": 0, "default": 30,
                                             "maximum": 300}},
                 {"name": "proxy", "in": "query", "description": "the caller's proxy id, "
-                 "to update its last-seen time", "schema": {"type": "string"}},
+                 "to update its last-seen time (an id another service has is a 403)",
+                 "schema": {"type": "string", "pattern": PROXY_ID_PATTERN}},
             ]),
         },
         "/v1/validate": {
@@ -225,9 +251,10 @@ def _paths() -> dict[str, Any]:
         "/v1/proxies/{id}/status": {
             "parameters": [{"name": "id", "in": "path", "required": True,
                             "schema": {"type": "string", "pattern": PROXY_ID_PATTERN}}],
-            "post": _op("report ACK or NACK", {
+            "post": _op("report ACK or NACK (an id another service has is a 403)", {
                 "200": _resp("recorded", "StatusRecorded"),
                 "422": _resp("invalid request", "Error"), **_ERRORS, **_BODY_ERRORS,
+                **_PROXY_LIMIT, **_STORE_ERRORS,
             }, requestBody={"required": True, **_json("StatusRequest")}),
         },
         "/v1/proxies": {
@@ -244,15 +271,35 @@ def _paths() -> dict[str, Any]:
                 "200": {"description": "the bundle",
                         "content": {"application/json": {"schema": _ref("TrustBundle")},
                                     "application/x-pem-file": {"schema": {"type": "string"}}}},
+                "404": _resp("not a trust domain of this control plane", "Error"),
                 "422": _resp("invalid trust domain", "Error"),
-            }, parameters=[{"name": "trust_domain", "in": "query", "schema": {
+            }, security=[], parameters=[{"name": "trust_domain", "in": "query", "schema": {
                 "type": "string", "default": "cluster.local"}}]),
         },
         "/v1/tokens": {
             "post": _op("issue a sidecar token bound to one service", {
                 "200": _resp("the token (shown once)", "Token"),
                 "422": _resp("invalid request", "Error"), **_ERRORS, **_BODY_ERRORS,
+                **_STORE_ERRORS,
             }, requestBody={"required": True, **_json("TokenRequest")}),
+            "get": _op("every sidecar token issued (never its secret)", {
+                "200": _resp("the tokens, oldest first", "Tokens"),
+                "422": _resp("invalid service", "Error"), **_ERRORS,
+            }, parameters=[{"name": "service", "in": "query", "required": False,
+                            "schema": {"type": "string", "pattern": SERVICE_PATTERN}}]),
+        },
+        "/v1/tokens/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "string", "pattern": TOKEN_ID_PATTERN}}],
+            "delete": _op("revoke a sidecar token: refused from now on, its long polls too", {
+                "200": _resp("the revoked token", "TokenInfo"),
+                "404": _resp("no such token", "Error"),
+                "422": _resp("not a token id", "Error"), **_ERRORS, **_STORE_ERRORS,
+            }),
+        },
+        "/openapi.json": {
+            "get": _op("this document", {"200": {"description": "OpenAPI 3.1", "content": {
+                "application/json": {"schema": {"type": "object"}}}}, **_ERRORS}),
         },
     }
 

@@ -15,6 +15,7 @@ from sidemesh.config.validate import ConfigError, validate
 from sidemesh.control.auth import SERVICE_NAME
 from sidemesh.control.http import ApiError, ControlState, read_config_body, read_json_body, require
 from sidemesh.control.store import ConfigVersion, VersionNotFound
+from sidemesh.control.validation import check_proxy_id, claimed_proxy
 
 __all__ = ["DEFAULT_WATCH_TIMEOUT", "MAX_WATCH_TIMEOUT", "config_routes"]
 
@@ -163,8 +164,11 @@ async def watch(request: Request) -> Response:
     after = int(_number(request, "after", 0))
     timeout = min(_number(request, "timeout", DEFAULT_WATCH_TIMEOUT), MAX_WATCH_TIMEOUT)
     proxy = request.query_params.get("proxy")
-    if proxy and not principal.admin:
-        state.store.touch_proxy(proxy[:128], service)
+    if proxy is not None:
+        check_proxy_id(proxy)
+        if not principal.admin:
+            with claimed_proxy():
+                state.store.touch_proxy(proxy, service, limit=state.max_proxies_per_service)
     deadline = time.monotonic() + timeout
     while True:
         # Take the event before reading the store: a version stored in between still
@@ -184,6 +188,9 @@ async def watch(request: Request) -> Response:
         finally:
             closing.cancel()
             woken.cancel()
+        # A token revoked (or expired) while this poll waited is refused here, before it
+        # is handed anything (a revocation wakes the service's polls for this).
+        require(request, service)
 
 
 def config_routes() -> list[Route]:

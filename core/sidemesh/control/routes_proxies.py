@@ -1,4 +1,4 @@
-"""Proxy-facing endpoints: ACK/NACK status, the proxy list, certificates, tokens."""
+"""Proxy-facing endpoints: ACK/NACK status, the proxy list, certificates, trust bundles."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sidemesh.api.spiffe import SpiffeIdError, validate_trust_domain
-from sidemesh.control.auth import PROXY_ID, issue_token
 from sidemesh.control.ca import DEFAULT_TTL, CertificateAuthorityError, CertificateRequestError
 from sidemesh.control.http import ApiError, ControlState, read_json_body, require
 from sidemesh.control.store import ProxyStatus
+from sidemesh.control.validation import check_proxy_id, claimed_proxy
 
 __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_TRUST_DOMAIN", "proxy_routes"]
 
@@ -40,25 +40,22 @@ def _proxy_body(status: ProxyStatus) -> dict[str, Any]:
 
 
 async def report_status(request: Request) -> Response:
-    proxy_id: str = request.path_params["id"]
-    if not PROXY_ID.match(proxy_id):
-        raise ApiError(422, f"{proxy_id!r} is not a proxy id (letters, digits, '-_.')")
+    proxy_id = check_proxy_id(request.path_params["id"])
     principal = require(request)
     body = await read_json_body(request, "StatusRequest")
     if not principal.admin and body["service"] != principal.service:
         raise ApiError(403, f"{principal.name} may not report for service "
                             f"{body['service']!r}")
     state = _state(request)
-    previous = {p.id: p for p in state.store.proxies()}.get(proxy_id)
     applied = body.get("applied_version")
     if applied is None and body["state"] == "ACK":
         applied = body["version"]
-    if applied is None and previous is not None:
-        applied = previous.applied
     error = body.get("error") if body["state"] == "NACK" else None
-    state.store.record_status(ProxyStatus(
-        proxy_id, body["service"], body["state"], body["version"], applied, error,
-        body["plugins"], time.time()))
+    # Still None: the store keeps the applied version recorded before.
+    with claimed_proxy():
+        state.store.record_status(ProxyStatus(
+            proxy_id, body["service"], body["state"], body["version"], applied, error,
+            body["plugins"], time.time()), limit=state.max_proxies_per_service)
     return JSONResponse({"id": proxy_id, "recorded": True})
 
 
@@ -101,20 +98,20 @@ async def trust_bundle(request: Request) -> Response:
         validate_trust_domain(trust_domain)
     except SpiffeIdError as exc:
         raise ApiError(422, str(exc)) from None
+    state = _state(request)
+    # Only the trust domains certificates are issued in (see _identity): this call needs
+    # no token, and must never create a CA (key, files, memory) for a name it is sent.
+    if trust_domain != DEFAULT_TRUST_DOMAIN and trust_domain not in state.store.trust_domains():
+        raise ApiError(404, f"{trust_domain!r} is not a trust domain of this control plane "
+                            f"(it has {DEFAULT_TRUST_DOMAIN} and those its services' configs "
+                            "name in node.trust_domain)")
     try:
-        pem = _state(request).authority(trust_domain).trust_bundle_pem().decode("ascii")
+        pem = state.authority(trust_domain).trust_bundle_pem().decode("ascii")
     except CertificateAuthorityError as exc:
         raise ApiError(500, f"certificate authority unavailable: {exc}") from None
     if "application/x-pem-file" in request.headers.get("accept", ""):
         return Response(pem, media_type="application/x-pem-file")
     return JSONResponse({"trust_domain": trust_domain, "trust_bundle": pem})
-
-
-async def tokens(request: Request) -> Response:
-    require(request, admin=True)
-    body = await read_json_body(request, "TokenRequest")
-    token = issue_token(_state(request).store, body["service"])
-    return JSONResponse({"service": body["service"], "token": token})
 
 
 def proxy_routes() -> list[Route]:
@@ -123,5 +120,4 @@ def proxy_routes() -> list[Route]:
         Route("/v1/proxies", proxies, methods=["GET"]),
         Route("/v1/certificates", certificates, methods=["POST"]),
         Route("/v1/trust-bundle", trust_bundle, methods=["GET"]),
-        Route("/v1/tokens", tokens, methods=["POST"]),
     ]

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sidemesh.config.validate import config_digest
+from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE, claim
+from sidemesh.control.sqlite import StoreUnavailable, connect, transaction
 
 __all__ = [
     "DB_FILE",
@@ -28,6 +30,7 @@ __all__ = [
     "ProxyStatus",
     "SQLiteStore",
     "Store",
+    "StoreUnavailable",
     "TokenRecord",
     "VersionNotFound",
 ]
@@ -53,7 +56,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,
     secret_hash TEXT NOT NULL,
     service     TEXT NOT NULL,
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    expires_at  REAL,
+    revoked_at  REAL
 );
 CREATE TABLE IF NOT EXISTS proxies (
     id          TEXT PRIMARY KEY,
@@ -65,7 +70,21 @@ CREATE TABLE IF NOT EXISTS proxies (
     plugins     TEXT NOT NULL,
     last_seen   REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS proxies_by_service ON proxies (service, last_seen);
 """
+
+
+_TOKEN_SELECT = ("SELECT id, secret_hash, service, created_at, expires_at, revoked_at "
+                 "FROM tokens")
+
+
+def _migrate_tokens(db: sqlite3.Connection) -> None:
+    """Add the columns a store file from before token expiry lacks (``NULL``: never
+    expires, not revoked, so its tokens keep working)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+    for column in ("expires_at", "revoked_at"):
+        if column not in have:
+            db.execute(f"ALTER TABLE tokens ADD COLUMN {column} REAL")
 
 
 class VersionNotFound(LookupError):
@@ -96,12 +115,18 @@ class ConfigVersion:
 
 @dataclass(frozen=True)
 class TokenRecord:
-    """A sidecar token as stored: the secret only as its sha256."""
+    """A sidecar token as stored: the secret only as its sha256.
+
+    :param expires_at: Unix time after which it is refused; ``None``: never.
+    :param revoked_at: Unix time it was revoked; ``None``: not revoked.
+    """
 
     id: str
     secret_hash: str
     service: str
     created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,17 +169,37 @@ class Store(Protocol):
     def services(self) -> list[str]:
         ...
 
+    def trust_domains(self) -> set[str]:
+        """The trust domains the services' current configs name (``node.trust_domain``)."""
+        ...
+
     def add_token(self, record: TokenRecord) -> None:
         ...
 
     def get_token(self, token_id: str) -> TokenRecord | None:
         ...
 
-    def record_status(self, status: ProxyStatus) -> None:
+    def tokens(self) -> list[TokenRecord]:
+        """Every token ever issued (revoked and expired ones too), oldest first."""
         ...
 
-    def touch_proxy(self, proxy_id: str, service: str) -> None:
-        """Mark a proxy as seen now (its watch polls) without changing its state."""
+    def revoke_token(self, token_id: str, at: float) -> TokenRecord | None:
+        """Mark a token revoked (a second revocation keeps the first time); ``None`` when
+        there is no such token."""
+        ...
+
+    def record_status(self, status: ProxyStatus, limit: int = MAX_PROXIES_PER_SERVICE) -> None:
+        """Record a report (``applied`` ``None`` keeps the one recorded before).
+
+        :raises sidemesh.control.proxy_ids.ProxyIdTaken:
+        :raises sidemesh.control.proxy_ids.TooManyProxies: (the rules are there)
+        """
+        ...
+
+    def touch_proxy(self, proxy_id: str, service: str,
+                    limit: int = MAX_PROXIES_PER_SERVICE) -> None:
+        """Mark a proxy as seen now (its watch polls) without changing its state; raises
+        as :meth:`record_status` does."""
         ...
 
     def proxies(self) -> list[ProxyStatus]:
@@ -171,29 +216,18 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), so
-        # nothing is left open between calls.
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=10
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed version survives a power loss, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = connect(self.path)
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            _migrate_tokens(db)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        """:raises StoreUnavailable: when SQLite cannot write (disk full, ...)."""
+        with transaction(self._db, self._lock) as db:
+            yield db
 
     # configs -----------------------------------------------------------------------
     def _head(self, db: sqlite3.Connection, service: str) -> int | None:
@@ -270,43 +304,58 @@ class SQLiteStore:
             rows = self._db.execute("SELECT service FROM heads ORDER BY service").fetchall()
         return [str(r[0]) for r in rows]
 
+    def trust_domains(self) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT json_extract(c.doc, '$.node.trust_domain') FROM heads h "
+                "JOIN configs c ON c.service = h.service AND c.version = h.version"
+            ).fetchall()
+        return {str(row[0]) for row in rows if isinstance(row[0], str)}
+
     # tokens ------------------------------------------------------------------------
     def add_token(self, record: TokenRecord) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO tokens (id, secret_hash, service, created_at) VALUES (?, ?, ?, ?)",
-                (record.id, record.secret_hash, record.service, record.created_at),
+                "INSERT INTO tokens (id, secret_hash, service, created_at, expires_at, "
+                "revoked_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, record.secret_hash, record.service, record.created_at,
+                 record.expires_at, record.revoked_at),
             )
 
     def get_token(self, token_id: str) -> TokenRecord | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, secret_hash, service, created_at FROM tokens WHERE id = ?",
-                (token_id,),
-            ).fetchone()
+            row = self._db.execute(f"{_TOKEN_SELECT} WHERE id = ?", (token_id,)).fetchone()
+        return TokenRecord(*row) if row else None
+
+    def tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            rows = self._db.execute(f"{_TOKEN_SELECT} ORDER BY created_at, id").fetchall()
+        return [TokenRecord(*row) for row in rows]
+
+    def revoke_token(self, token_id: str, at: float) -> TokenRecord | None:
+        with self._tx() as db:
+            db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                       (at, token_id))
+            row = db.execute(f"{_TOKEN_SELECT} WHERE id = ?", (token_id,)).fetchone()
         return TokenRecord(*row) if row else None
 
     # proxies -----------------------------------------------------------------------
-    def record_status(self, status: ProxyStatus) -> None:
+    def record_status(self, status: ProxyStatus, limit: int = MAX_PROXIES_PER_SERVICE) -> None:
         with self._tx() as db:
+            claim(db, status.id, status.service, limit, time.time())
             db.execute(
-                "INSERT INTO proxies (id, service, state, version, applied, error, plugins, "
-                "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "service = excluded.service, state = excluded.state, "
-                "version = excluded.version, applied = excluded.applied, "
-                "error = excluded.error, plugins = excluded.plugins, "
-                "last_seen = excluded.last_seen",
-                (status.id, status.service, status.state, status.version, status.applied,
-                 status.error, json.dumps(status.plugins), status.last_seen),
+                "UPDATE proxies SET state = ?, version = ?, applied = COALESCE(?, applied), "
+                "error = ?, plugins = ?, last_seen = ? WHERE id = ?",
+                (status.state, status.version, status.applied, status.error,
+                 json.dumps(status.plugins), status.last_seen, status.id),
             )
 
-    def touch_proxy(self, proxy_id: str, service: str) -> None:
+    def touch_proxy(self, proxy_id: str, service: str,
+                    limit: int = MAX_PROXIES_PER_SERVICE) -> None:
+        now = time.time()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO proxies (id, service, plugins, last_seen) VALUES (?, ?, '[]', ?) "
-                "ON CONFLICT(id) DO UPDATE SET last_seen = excluded.last_seen",
-                (proxy_id, service, time.time()),
-            )
+            claim(db, proxy_id, service, limit, now)
+            db.execute("UPDATE proxies SET last_seen = ? WHERE id = ?", (now, proxy_id))
 
     def proxies(self) -> list[ProxyStatus]:
         with self._lock:

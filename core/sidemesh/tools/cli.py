@@ -183,6 +183,15 @@ def _check_proxy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--control needs --service NAME")
 
 
+def _check_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.revoke is None and not args.list and not args.service:
+        parser.error("give --service NAME (to issue a token), --revoke ID or --list")
+    if args.revoke is not None and args.service:
+        parser.error("--revoke takes the token id alone, not --service")
+    if args.ttl is not None and (args.revoke is not None or args.list):
+        parser.error("--ttl is for a new token (--service NAME)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -276,13 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
     p.set_defaults(handler=_lazy("sidemesh.control", "main"))
 
-    p = sub.add_parser("token", help="issue a sidecar token bound to one service",
-                       description="Issue a token a sidecar uses to fetch its service's "
-                       "config and certificates; printed on stdout.")
+    p = sub.add_parser(
+        "token", help="issue, list or revoke sidecar tokens (bound to one service)",
+        formatter_class=formatter,
+        description="Issue a token a sidecar uses to fetch its service's config and "
+        "certificates: the token alone on stdout, its id on stderr. Without --ttl it never "
+        "expires; any token can be revoked by its id.",
+        epilog="examples:\n  sidemesh token --service web --ttl 720h > web.token\n"
+        "  sidemesh token --list\n  sidemesh token --revoke 1f0e6c2a9b7d4e53\n"
+        "  sidemesh token --control http://10.0.0.5:15010 --admin-token-file admin.token "
+        "--revoke 1f0e6c2a9b7d4e53")
     p.add_argument("--data", default="./sidemesh-data", metavar="DIR",
                    help="the control plane's state directory (default ./sidemesh-data)")
-    p.add_argument("--service", required=True, metavar="NAME", help="the service")
-    p.set_defaults(handler=_lazy("sidemesh.control", "main_token"))
+    p.add_argument("--service", metavar="NAME",
+                   help="the service to issue a token for (with --list: only its tokens)")
+    p.add_argument("--ttl", type=_duration, metavar="DURATION",
+                   help="the new token expires after this long, e.g. 24h (default: never)")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--revoke", metavar="ID", help="revoke the token with this id")
+    action.add_argument("--list", action="store_true",
+                        help="list tokens: id, service, state, created, expires, revoked")
+    p.add_argument("--control", metavar="URL",
+                   help="ask this running control plane (with the admin token) instead of "
+                   "writing DIR's store: a revocation then cuts open long polls at once")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="with --control: the admin token (default DIR/admin.token)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(handler=_lazy("sidemesh.control", "main_token"), check=_check_token,
+                   parser=p)
 
     p = sub.add_parser("new-plugin", help="create a new plugin distribution sidemesh-NAME",
                        description="Write sidemesh-NAME/: pyproject with the entry point, "
