@@ -14,6 +14,7 @@ these classes among them) are in :mod:`sidemesh.api.hookspecs`.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -33,10 +34,17 @@ class ControlPlane:
     :param url: its base URL (``http://127.0.0.1:15010``).
     :param token: returns the sidecar's current bearer token (read anew on each call, so
         a rotated token file is picked up).
+    :param ca_file: for an ``https://`` URL, the CA bundle the control plane's
+        certificate must chain to (``--control-ca``); ``None``: the system's trust store.
     """
 
     url: str
     token: Callable[[], str]
+    ca_file: str | None = None
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an HTTPS client of the control plane verifies its certificate with."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
 
 @dataclass

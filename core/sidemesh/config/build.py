@@ -230,6 +230,10 @@ def build_sidecar(doc: Mapping[str, Any], raw: dict[str, Any]) -> SidecarConfig:
         clusters=tuple(build_cluster(c) for c in doc["clusters"]),
         listeners=tuple(listeners),
         admin=doc.get("admin"),
-        control=ControlConfig(control["url"], control.get("token_file")) if control else None,
+        control=(
+            ControlConfig(control["url"], control.get("token_file"), control.get("ca_file"))
+            if control
+            else None
+        ),
         raw=raw,
     )

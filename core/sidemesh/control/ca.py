@@ -211,6 +211,33 @@ class CertificateAuthority:
 
     # ---------------------------------------------------------------- issuing
 
+    def sign_server(
+        self, public_key: ec.EllipticCurvePublicKey, sans: list[x509.GeneralName],
+        lifetime: dt.timedelta,
+    ) -> bytes:
+        """A TLS server certificate (PEM) for ``sans``, signed by this CA: the control
+        API's own HTTPS certificate (control/tls.py), trusted through this CA's bundle."""
+        now = _now()
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sidemesh control")]))
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._ski.value),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
+
     def trust_bundle_pem(self) -> bytes:
         """The trust bundle (the CA certificate) in PEM."""
         return self._bundle_pem

@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import json
 import logging
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,10 @@ from sidemesh.control.auth import (
 )
 from sidemesh.control.files import private_dir
 from sidemesh.control.http import ControlState, Hub
+from sidemesh.control.routes_proxies import DEFAULT_TRUST_DOMAIN
 from sidemesh.control.routes_tokens import token_body
 from sidemesh.control.store import DB_FILE, SQLiteStore
+from sidemesh.control.tls import is_loopback, server_certificate
 from sidemesh.process.runtime import setup_logging
 
 __all__ = ["main", "main_token"]
@@ -75,16 +78,32 @@ def main(args: argparse.Namespace) -> int:
         print(f"sidemesh control: admin token created in {token_path} (mode 0600)",
               file=sys.stderr)
     state = ControlState(store, PluginRegistry.load(), admin_token, data)
+    if getattr(args, "print_ca", False):
+        sys.stdout.write(state.authority(DEFAULT_TRUST_DOMAIN).trust_bundle_pem().decode())
+        store.close()
+        return 0
     for failure in state.registry.load_errors:
         log.warning("%s", failure)
+    use_tls = getattr(args, "tls", False) or not (
+        is_loopback(host) or getattr(args, "insecure_http", False)
+    )
+    tls: dict[str, Any] = {}
+    if use_tls:
+        sans = [host, *getattr(args, "tls_san", [])]
+        cert, key = server_certificate(state.authority(DEFAULT_TRUST_DOMAIN), sans, data / "tls")
+        tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    elif not is_loopback(host):
+        log.warning("serving plain HTTP on %s (--insecure-http): tokens, configs and trust "
+                    "bundles cross the network in clear text", host)
     loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
     config = uvicorn.Config(
         create_app(state), host=host, port=port, loop=loop, log_level="warning",
-        access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+        access_log=False, lifespan="off", timeout_graceful_shutdown=5, **tls,
     )
     server = _Server(config, state.hub)
-    log.info("control plane on http://%s:%s, data in %s, admin token in %s, plugins: %s",
-             host, port, data, token_path,
+    scheme = "https" if use_tls else "http"
+    log.info("control plane on %s://%s:%s, data in %s, admin token in %s, plugins: %s",
+             scheme, host, port, data, token_path,
              ", ".join(f"{p.name} {p.version}" for p in state.registry.all()) or "none")
     try:
         server.run()
@@ -123,7 +142,9 @@ def _remote_token(args: argparse.Namespace) -> Any:
     """The same through ``--control URL``'s API, with the admin token."""
     admin, _, _ = load_admin_token(
         Path(args.data), args.admin_token_file or str(Path(args.data) / ADMIN_TOKEN_FILE))
-    with httpx.Client(base_url=args.control.rstrip("/"), timeout=10,
+    ca_file = getattr(args, "control_ca", None)
+    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+    with httpx.Client(base_url=args.control.rstrip("/"), timeout=10, verify=verify,
                       headers={"authorization": f"Bearer {admin}"}) as client:
         try:
             if args.revoke:

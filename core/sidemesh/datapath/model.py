@@ -136,6 +136,7 @@ class ListenerConfig:
 class ControlConfig:
     url: str
     token_file: str | None = None
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)

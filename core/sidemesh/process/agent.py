@@ -260,7 +260,11 @@ class Agent:
                     params={"after": self.seen, "timeout": WATCH_TIMEOUT,
                             "proxy": self.proxy_id})
             except httpx.HTTPError as exc:
-                if connected or backoff.attempt == 0:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                    # Never connected to: it may be a man in the middle. Said every time.
+                    log.error("control plane %s presented a certificate that --control-ca "
+                              "does not trust, refusing to connect: %s", self.control, exc)
+                elif connected or backoff.attempt == 0:
                     log.warning("control plane %s unreachable (%s): keeping config %s, "
                                 "retrying", self.control, type(exc).__name__,
                                 self.applied if self.applied is not None else "-")
@@ -324,9 +328,15 @@ async def run_agent(
     control = str(args.control).rstrip("/")
     service = str(args.service)
     state_dir = _state_dir(args)
-    sidecar = new_sidecar(registry, access_log, control=control_plane(control, token_file))
+    plane = control_plane(control, token_file, getattr(args, "control_ca", None))
+    try:
+        verify = plane.verify()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        log.error("--control-ca %s: %s", plane.ca_file, exc)
+        return 2
+    sidecar = new_sidecar(registry, access_log, control=plane)
     timeout = httpx.Timeout(5.0, read=WATCH_TIMEOUT + 10.0)
-    async with httpx.AsyncClient(base_url=control, timeout=timeout,
+    async with httpx.AsyncClient(base_url=control, timeout=timeout, verify=verify,
                                  headers={"authorization": f"Bearer {token}"}) as client:
         agent = Agent(sidecar, registry, client, control, service,
                       getattr(args, "proxy_id", None) or _default_proxy_id(service),

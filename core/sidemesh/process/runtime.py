@@ -60,7 +60,7 @@ async def serve_file(
     config = load_file(path, registry)
     # Routes come from the file; certificates (mtls) may still come from the CA.
     control = (
-        control_plane(config.control.url, config.control.token_file)
+        control_plane(config.control.url, config.control.token_file, config.control.ca_file)
         if config.control is not None
         else None
     )

@@ -63,7 +63,7 @@ def read_token(token_file: str | None) -> str:
     return token
 
 
-def control_plane(url: str, token_file: str | None) -> ControlPlane:
+def control_plane(url: str, token_file: str | None, ca_file: str | None = None) -> ControlPlane:
     """The control plane as policies see it; the token is read anew on each use, so a
     rotated token file takes effect without a restart."""
-    return ControlPlane(url.rstrip("/"), lambda: read_token(token_file))
+    return ControlPlane(url.rstrip("/"), lambda: read_token(token_file), ca_file)

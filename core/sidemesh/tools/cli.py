@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file reviews.token")
     p.add_argument("-c", "--config", metavar="FILE", help="sidemesh.yaml to run")
     p.add_argument("--control", metavar="URL", help="control plane URL instead of a file")
+    p.add_argument("--control-ca", metavar="FILE",
+                   help="with an https:// --control: the CA bundle its certificate must "
+                   "chain to (sidemesh control --print-ca)")
     p.add_argument("--service", metavar="NAME", help="service name (with --control)")
     p.add_argument("--token-file", metavar="FILE",
                    help="sidecar token file (default: $SIDEMESH_TOKEN)")
@@ -283,6 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:15010", metavar="ADDR",
                    help="host:port to serve on (default 127.0.0.1:15010)")
     p.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--tls", action="store_true",
+                     help="serve HTTPS on a loopback address too (it always does elsewhere)")
+    tls.add_argument("--insecure-http", action="store_true",
+                     help="serve plain HTTP on a non-loopback address (tokens and configs "
+                     "in clear text: only behind something that encrypts)")
+    p.add_argument("--tls-san", action="append", default=[], metavar="NAME",
+                   help="a DNS name or IP the API is reached by, for its certificate "
+                   "(repeatable; the listen host, localhost and loopback are included)")
+    p.add_argument("--print-ca", action="store_true",
+                   help="print the CA bundle sidecars need for --control-ca, and exit")
     p.set_defaults(handler=_lazy("sidemesh.control", "main"))
 
     p = sub.add_parser(
@@ -308,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", metavar="URL",
                    help="ask this running control plane (with the admin token) instead of "
                    "writing DIR's store: a revocation then cuts open long polls at once")
+    p.add_argument("--control-ca", metavar="FILE",
+                   help="with an https:// --control: the CA bundle its certificate must "
+                   "chain to")
     p.add_argument("--admin-token-file", metavar="FILE",
                    help="with --control: the admin token (default DIR/admin.token)")
     p.add_argument("--json", action="store_true", help="machine-readable result")

@@ -237,7 +237,13 @@ def manager_for(
         service = str(node.get("service") or "")
         namespace = str(node.get("namespace") or "default")
         key = ("ca", trust_domain, control.url, service, namespace)
-        source = CAIdentitySource(control.url, control.token, service=service, namespace=namespace)
+        source = CAIdentitySource(
+            control.url,
+            control.token,
+            service=service,
+            namespace=namespace,
+            verify=control.verify(),
+        )
     manager = _MANAGERS.get(key)
     if manager is None:
         manager = _MANAGERS[key] = IdentityManager(source, trust_domain)

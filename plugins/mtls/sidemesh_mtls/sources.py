@@ -19,6 +19,7 @@ for. The private key is generated here and never leaves the process.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,11 @@ class CAIdentitySource:
         service: str,
         namespace: str,
         timeout: float = 10.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = control_url.rstrip("/") + CERTIFICATES_PATH
+        #: how the control plane's HTTPS certificate is checked (its CA, from the core).
+        self.verify = verify
         # Read anew for each request: the sidecar's token file may have been rotated.
         self._token = token
         self.service = service
@@ -122,7 +126,7 @@ class CAIdentitySource:
         except ValueError as exc:  # no token file, or an empty one
             raise IdentityError(f"cannot ask {self.url} for a certificate: {exc}") from None
         csr_pem, key_pem = self._csr()
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
+        async with httpx.AsyncClient(timeout=self.timeout, verify=self.verify) as client:
             response = await client.post(
                 self.url,
                 json={"csr": csr_pem.decode("ascii")},
