@@ -29,6 +29,7 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "MAX_TARGET_BYTES",
+    "PLAIN_CONNECTION",
     "PROTECTED",
     "REASONS",
     "CodecError",
@@ -261,7 +262,10 @@ HOP_BY_HOP: Final = frozenset(
 #: what the proxy drops from a request before adding its own forwarding fields.
 FORWARDED: Final = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto"}
 _HOP_BY_HOP_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
-_PLAIN_CONNECTION: Final = frozenset({"keep-alive", "close", "Keep-Alive", "Close"})
+#: Connection values that name no other field (upgrade is hop-by-hop itself).
+PLAIN_CONNECTION: Final = frozenset(
+    {"keep-alive", "close", "Keep-Alive", "Close", "upgrade", "Upgrade"}
+)
 _PLAIN_CONNECTION_RAW: Final = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close"})
 
 
@@ -273,7 +277,7 @@ def strip_hop_by_hop(
     if not has_connection:
         return [(k, v) for k, v in headers if k not in drop]
     connection = headers.get_all("connection")
-    if not connection or (len(connection) == 1 and connection[0] in _PLAIN_CONNECTION):
+    if not connection or (len(connection) == 1 and connection[0] in PLAIN_CONNECTION):
         return [(k, v) for k, v in headers if k not in drop]
     # Fields named in Connection are hop-by-hop too (RFC 9110 7.6.1).
     extra = {t.strip().lower() for v in connection for t in v.split(",")}

@@ -24,6 +24,7 @@ from sidemesh.datapath.body import NO_BODY, RequestBody
 from sidemesh.datapath.codec import (
     BODY_CHUNKED,
     BODY_NONE,
+    PLAIN_CONNECTION,
     REASONS,
     CodecError,
     check_field_limits,
@@ -50,8 +51,6 @@ CORE_FIELDS = frozenset(
     {"host", "transfer-encoding", "content-length", "connection", "expect",
      "x-request-id", "x-forwarded-for", "upgrade"}
 )  # fmt: skip
-#: Connection values that name no field.
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close", "Keep-Alive", "Close", "upgrade"})
 _DEFAULT_PATHS = PathNormalization()
 _DEFAULT_LIMITS = ConnectionLimits()
 
@@ -96,8 +95,6 @@ class DownstreamConnection(asyncio.Protocol):
         #: requests begun, and reads: the hygiene sweeper (hygiene.py) watches them.
         self.requests = 0
         self.reads = 0
-        self.head_timeout = limits.request_headers_timeout
-        self.idle_timeout = limits.idle_timeout
         self.head_seen = 0
         self.head_since = 0.0
         self.seen = (-1, -1)
@@ -249,7 +246,7 @@ class DownstreamConnection(asyncio.Protocol):
         framing = request_framing(core.get("transfer-encoding"), core.get("content-length"))
         check_upgrade(core.get("upgrade"), framing)
         connection = core.get("connection")
-        if connection is not None and connection not in _PLAIN_CONNECTION:
+        if connection is not None and connection not in PLAIN_CONNECTION:
             self._drop_nominated(headers, core)
         paths = self.paths
         if paths.normalize and path != "*":
@@ -352,7 +349,8 @@ class DownstreamConnection(asyncio.Protocol):
         return bool(self._queue)
 
     def expire_head(self) -> None:
-        self._fail_request(408, f"request headers not received within {self.head_timeout:g}s")
+        timeout = self.limits.request_headers_timeout
+        self._fail_request(408, f"request headers not received within {timeout:g}s")
 
     def _fail_request(self, status: int, message: str) -> None:
         if self._current is not None:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Set
 from typing import Protocol
 
+from sidemesh.datapath.model import ConnectionLimits
+
 __all__ = ["Sweeper", "Watched"]
 
 #: bounds of the check interval (seconds): a quarter of the shortest timeout in between.
@@ -27,8 +29,7 @@ class Watched(Protocol):
     reads: int
     busy: bool
     closed: bool
-    head_timeout: float | None
-    idle_timeout: float | None
+    limits: ConnectionLimits
     #: the request whose head the sweeper saw unfinished, and since when.
     head_seen: int
     head_since: float
@@ -54,20 +55,23 @@ def check(conn: Watched, now: float) -> None:
     if conn.reading_head():
         if conn.head_seen != conn.requests:
             conn.head_seen, conn.head_since = conn.requests, now
-        elif conn.head_timeout is not None and now - conn.head_since >= conn.head_timeout:
+        elif (head := conn.limits.request_headers_timeout) is not None and (
+            now - conn.head_since >= head
+        ):
             conn.expire_head()
             return
     state = (conn.requests, conn.reads)
     if state != conn.seen or conn.busy or conn.pending():
         conn.seen, conn.since = state, now
-    elif conn.idle_timeout is not None and now - conn.since >= conn.idle_timeout:
+    elif (idle := conn.limits.idle_timeout) is not None and now - conn.since >= idle:
         conn.close()
 
 
 def interval(connections: Iterable[Watched]) -> float:
     shortest = MAX_INTERVAL * 4
     for conn in connections:
-        for timeout in (conn.head_timeout, conn.idle_timeout):
+        limits = conn.limits
+        for timeout in (limits.request_headers_timeout, limits.idle_timeout):
             if timeout is not None and timeout < shortest:
                 shortest = timeout
     return min(MAX_INTERVAL, max(MIN_INTERVAL, shortest / 4))

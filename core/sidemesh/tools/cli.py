@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="which listener/route/chain/endpoints a request would get, and why",
         formatter_class=formatter,
         description="Show, for each listener, the routes tried and why they did not match, "
-        "the chain that would run, the cluster's endpoints and any split's weights.",
+        "the chain that would run and what each of its policies says it would do, and the "
+        "cluster's endpoints.",
         epilog="examples:\n"
         "  sidemesh explain -c sidemesh.yaml GET http://reviews/reviews/1\n"
         "  sidemesh explain -c sidemesh.yaml POST /api -H 'host: ratings' -H 'x-user: jason'")

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sidemesh_mtls_testkit import Pki, outbound_config, sid
 
-from sidemesh import ConnectionInfo, Policy, Request, Response, testing
+from sidemesh import ConnectionInfo, Policy, Response, testing
 
 MODES = ["strict", "permissive"]
 LISTENER_ALLOWS: list[list[str] | None] = [None, [sid("productpage")]]
@@ -81,7 +81,7 @@ def _answer(policies: list[Policy], peer: str, ders: dict[str, bytes]) -> Respon
     info = ConnectionInfo(
         "127.0.0.1:5000", tls=peer != "plaintext", peer_certificate=ders.get(peer)
     )
-    request = Request("GET", "/admin", "reviews", testing.make_request().headers, info, "inbound")
+    request = testing.make_request(path="/admin", host="reviews", connection=info)
     for policy in policies:
         answer = policy.on_request(request)
         if answer is not None:

@@ -17,7 +17,6 @@ from sidemesh import (  # noqa: E402
     Attempt,
     ConnectionInfo,
     Headers,
-    PolicyContext,
     Request,
     Response,
     testing,
@@ -29,14 +28,8 @@ CALLER = "00f067aa0ba902b7"
 
 
 def _policy(provider: Any) -> TracingPolicy:
-    context = PolicyContext(
-        plugin="tracing",
-        listener="outbound",
-        route="r",
-        scope="route",
-        cluster=None,
-        clusters={},
-        node={"service": "productpage"},
+    context = testing.policy_context(
+        "tracing", listener="outbound", route="r", node={"service": "productpage"}
     )
     policy = TracingPolicy({}, context)
     policy.tracer_provider = provider

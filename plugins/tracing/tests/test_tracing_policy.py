@@ -21,7 +21,6 @@ from sidemesh import (
     ConnectionInfo,
     EndpointView,
     Headers,
-    PolicyContext,
     Request,
     Response,
     ResponseFlag,
@@ -89,13 +88,11 @@ def closed_port() -> int:
 
 
 def make_policy(config: dict[str, Any]) -> TracingPolicy:
-    context = PolicyContext(
-        plugin="tracing",
+    context = testing.policy_context(
+        "tracing",
         listener="outbound",
         route="reviews",
         scope="listener",
-        cluster=None,
-        clusters={},
         node={"service": "productpage"},
     )
     return TracingPolicy(config, context)
