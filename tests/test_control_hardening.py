@@ -4,6 +4,7 @@ real control plane with its real SQLite file."""
 from __future__ import annotations
 
 import time
+from asyncio import run
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 import yaml
 
 from sidemesh import SpiffeIdError, parse_spiffe_id, validate_trust_domain
-from sidemesh.control.store import DB_FILE, ProxyStatus, SQLiteStore
+from sidemesh.control.sqlite import DB_FILE, SQLiteStore
+from sidemesh.control.store import ProxyStatus
 from sidemesh.testing.control import ControlServer
 
 
@@ -50,7 +52,7 @@ def test_trust_bundle_only_for_configured_trust_domains(cp: ControlServer) -> No
         assert refused.status_code == 422 and "relative path" in refused.json()["error"]
     # nothing was created: no directory, no key, no CA kept in memory
     assert _files(cp.data_dir) == before
-    assert cp.state is not None and cp.state.authorities == {}
+    assert isinstance(cp.store, SQLiteStore) and cp.store._authorities == {}
 
     # the default trust domain, and those named by stored configs, are served
     assert httpx.get(url, timeout=5).json()["trust_domain"] == "cluster.local"
@@ -59,7 +61,7 @@ def test_trust_bundle_only_for_configured_trust_domains(cp: ControlServer) -> No
                      json=config("shop", trust_domain="example.org")).status_code == 200
     served = httpx.get(url, params={"trust_domain": "example.org"}, timeout=5)
     assert served.status_code == 200 and served.json()["trust_domain"] == "example.org"
-    assert sorted(cp.state.authorities) == ["cluster.local", "example.org"]
+    assert sorted(cp.store._authorities) == ["cluster.local", "example.org"]
 
 
 def test_dot_names_are_not_trust_domains() -> None:
@@ -146,11 +148,11 @@ def test_a_service_registers_a_bounded_number_of_proxies(cp: ControlServer) -> N
 def test_at_the_limit_proxies_not_seen_for_an_hour_make_room(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / DB_FILE)
     old = time.time() - 3601
-    store.record_status(ProxyStatus("web-old", "web", "ACK", 1, 1, None, [], old), limit=2)
-    store.touch_proxy("web-live", "web", limit=2)
-    store.touch_proxy("web-new", "web", limit=2)
-    assert [p.id for p in store.proxies()] == ["web-live", "web-new"]
-    store.close()
+    run(store.record_status(ProxyStatus("web-old", "web", "ACK", 1, 1, None, [], old), limit=2))
+    run(store.touch_proxy("web-live", "web", limit=2))
+    run(store.touch_proxy("web-new", "web", limit=2))
+    assert [p.id for p in run(store.proxies())] == ["web-live", "web-new"]
+    run(store.close())
 
 
 # 4. nesting limit over the API --------------------------------------------------------

@@ -4,6 +4,7 @@ proxy` and its SIGHUP reload."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import stat
@@ -69,13 +70,13 @@ def test_every_state_file_is_0600_and_every_directory_0700(tmp_path: Path, mask:
 
 
 def test_an_old_data_directory_is_made_private(tmp_path: Path) -> None:
-    from sidemesh.control.store import DB_FILE, SQLiteStore
+    from sidemesh.control.sqlite import DB_FILE, SQLiteStore
 
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     (data / DB_FILE).touch(mode=0o644)
     os.chmod(data / DB_FILE, 0o644)
-    SQLiteStore(data / DB_FILE).close()
+    asyncio.run(SQLiteStore(data / DB_FILE).close())
     assert stat.S_IMODE((data / DB_FILE).stat().st_mode) == 0o600
 
 

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from asyncio import run
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from sidemesh.control.auth import TokenRefused, authenticate, issue_token, token_id
-from sidemesh.control.store import DB_FILE, SQLiteStore
+from sidemesh.control.sqlite import DB_FILE, SQLiteStore
 from sidemesh.testing import ProxyProcess, Reply, Upstream, free_port, wait_for
 from sidemesh.testing.control import ControlServer
 
@@ -70,18 +71,18 @@ def documented(spec: dict[str, Any], template: str, response: httpx.Response) ->
 # expiry ------------------------------------------------------------------------------
 def test_a_token_expires_after_its_ttl(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / DB_FILE)
-    forever, day = issue_token(store, "web"), issue_token(store, "web", ttl=86400)
-    issued = store.get_token(token_id(day))
+    forever, day = run(issue_token(store, "web")), run(issue_token(store, "web", ttl=86400))
+    issued = run(store.get_token(token_id(day)))
     assert issued is not None and issued.expires_at is not None
     assert issued.expires_at == pytest.approx(issued.created_at + 86400)
     later = issued.created_at + 86399
-    assert authenticate(f"Bearer {day}", "admin", store, now=later) is not None
+    assert run(authenticate(f"Bearer {day}", "admin", store, now=later)) is not None
     with pytest.raises(TokenRefused, match=r"token [0-9a-f]{16} of service 'web' expired at"):
-        authenticate(f"Bearer {day}", "admin", store, now=issued.created_at + 86401)
+        run(authenticate(f"Bearer {day}", "admin", store, now=issued.created_at + 86401))
     # without a ttl: no expiry (as before)
-    principal = authenticate(f"Bearer {forever}", "admin", store, now=later + 1e9)
+    principal = run(authenticate(f"Bearer {forever}", "admin", store, now=later + 1e9))
     assert principal is not None and principal.service == "web"
-    store.close()
+    run(store.close())
 
 
 def test_an_expired_token_gets_a_clear_401(cp: ControlServer) -> None:
@@ -182,7 +183,9 @@ def test_a_poll_revoked_behind_the_servers_back_is_never_handed_a_new_config(
     with ThreadPoolExecutor(1) as pool:
         poll = pool.submit(_watch, cp, token, 20)
         time.sleep(0.5)
-        assert cp.state.store.revoke_token(token_id(token), time.time()) is not None
+        other = SQLiteStore(cp.data_dir / DB_FILE)  # as `sidemesh token --revoke` does
+        assert run(other.revoke_token(token_id(token), time.time())) is not None
+        run(other.close())
         assert httpx.put(f"{cp.url}/v1/services/web/config", json=config("127.0.0.1:8"),
                          headers=cp.admin, timeout=5).json()["version"] == 2
         answer = poll.result(timeout=30)
@@ -302,20 +305,20 @@ def test_a_store_file_from_the_previous_version_keeps_its_tokens(tmp_path: Path)
     token = "smt.0123456789abcdef.old-secret"
 
     store = SQLiteStore(path)
-    principal = authenticate(f"Bearer {token}", "admin", store)
+    principal = run(authenticate(f"Bearer {token}", "admin", store))
     assert principal is not None and principal.service == "web"
-    [record] = store.tokens()
+    [record] = run(store.tokens())
     assert (record.id, record.expires_at, record.revoked_at) == ("0123456789abcdef", None,
                                                                  None)
-    fresh = issue_token(store, "api", ttl=60)
-    assert authenticate(f"Bearer {fresh}", "admin", store) is not None
-    assert store.revoke_token("0123456789abcdef", time.time()) is not None
-    store.close()
+    fresh = run(issue_token(store, "api", ttl=60))
+    assert run(authenticate(f"Bearer {fresh}", "admin", store)) is not None
+    assert run(store.revoke_token("0123456789abcdef", time.time())) is not None
+    run(store.close())
 
     # the migration happened once, and the revocation is on disk
     reopened = SQLiteStore(path)
     with pytest.raises(TokenRefused, match="was revoked"):
-        authenticate(f"Bearer {token}", "admin", reopened)
-    reopened.close()
+        run(authenticate(f"Bearer {token}", "admin", reopened))
+    run(reopened.close())
     listed = sidemesh("token", "--data", str(tmp_path), "--list", "--json")
     assert [t["state"] for t in json.loads(listed.stdout)["tokens"]] == ["revoked", "active"]

@@ -17,7 +17,7 @@ from sidemesh.control.openapi import openapi_document
 from sidemesh.control.routes_config import config_routes
 from sidemesh.control.routes_proxies import proxy_routes
 from sidemesh.control.routes_tokens import token_routes
-from sidemesh.control.sqlite import StoreUnavailable
+from sidemesh.control.store import StoreUnavailable
 
 __all__ = ["create_app"]
 
@@ -75,7 +75,7 @@ async def _store_unavailable(request: Request, exc: Exception) -> Response:
 
 
 async def _openapi(request: Request) -> Response:
-    require(request)
+    await require(request)
     return JSONResponse(openapi_document())
 
 

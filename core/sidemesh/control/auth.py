@@ -114,7 +114,7 @@ def format_time(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def issue_token(store: Store, service: str, ttl: float | None = None) -> str:
+async def issue_token(store: Store, service: str, ttl: float | None = None) -> str:
     """Create a sidecar token for ``service`` and return it (shown once, stored hashed).
 
     :param ttl: seconds until it expires; ``None``: it never does (until revoked).
@@ -131,7 +131,7 @@ def issue_token(store: Store, service: str, ttl: float | None = None) -> str:
     new_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     created = time.time()
-    store.add_token(TokenRecord(new_id, _sha256(secret), service, created,
+    await store.add_token(TokenRecord(new_id, _sha256(secret), service, created,
                                 None if ttl is None else created + ttl))
     return f"{_PREFIX}.{new_id}.{secret}"
 
@@ -158,7 +158,7 @@ def token_state(record: TokenRecord, now: float | None = None) -> str:
     return "active"
 
 
-def authenticate(
+async def authenticate(
     header: str | None, admin_token: str, store: Store, now: float | None = None
 ) -> Principal | None:
     """The caller named by an ``Authorization: Bearer ...`` header, or ``None``.
@@ -178,7 +178,7 @@ def authenticate(
     found, _, secret = rest.partition(".")
     if prefix != _PREFIX or not found or not secret:
         return None
-    record = store.get_token(found)
+    record = await store.get_token(found)
     if record is None:
         return None
     if not hmac.compare_digest(_sha256(secret), record.secret_hash):

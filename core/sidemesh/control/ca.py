@@ -56,6 +56,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
 def _write_private(path: Path, data: bytes, mode: int) -> None:
     # Written under a temporary name (created with the final mode, never world-readable
     # even briefly) and renamed, so a crash cannot leave a half-written key behind.
@@ -107,18 +112,18 @@ class CertificateAuthority:
         key_path = data_dir / CA_KEY_FILE
         cert_path = data_dir / CA_CERT_FILE
         if key_path.exists():
-            key = cls._load_key(key_path)
+            mode = stat.S_IMODE(key_path.stat().st_mode)
+            if mode & 0o077:
+                raise CertificateAuthorityError(
+                    f"{key_path} is accessible by other users (mode {mode:04o}); run "
+                    f"`chmod 600 {key_path}`")
+            key = cls._parse_key(key_path.read_bytes(), str(key_path))
         else:
             key = ec.generate_private_key(ec.SECP256R1())
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            _write_private(key_path, pem, PRIVATE_FILE)
+            _write_private(key_path, _key_pem(key), PRIVATE_FILE)
         if cert_path.exists():
             private_file(cert_path)
-            cert = cls._load_cert(cert_path, key, trust_domain)
+            cert = cls._check_cert(cert_path.read_bytes(), key, trust_domain, str(cert_path))
         else:
             cert = cls._self_sign(key, trust_domain)
             # Not a secret, but a state file like any other: private too.
@@ -126,43 +131,59 @@ class CertificateAuthority:
                            PRIVATE_FILE)
         return cls(trust_domain, key, cert)
 
+    @classmethod
+    def new_root(cls, trust_domain: str) -> tuple[bytes, bytes]:
+        """A new root for ``trust_domain``: (key, certificate) in PEM, for a store that
+        keeps them itself (:meth:`from_pem` loads them)."""
+        validate_trust_domain(trust_domain)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = cls._self_sign(key, trust_domain)
+        return _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def from_pem(cls, trust_domain: str, key_pem: bytes, cert_pem: bytes, origin: str
+                 ) -> CertificateAuthority:
+        """The CA of ``trust_domain`` from its key and certificate (``origin`` names where
+        they were kept, for errors).
+
+        :raises CertificateAuthorityError: as :meth:`open` does.
+        """
+        validate_trust_domain(trust_domain)
+        key = cls._parse_key(key_pem, origin)
+        return cls(trust_domain, key, cls._check_cert(cert_pem, key, trust_domain, origin))
+
     @staticmethod
-    def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise CertificateAuthorityError(
-                f"{path} is accessible by other users (mode {mode:04o}); run `chmod 600 {path}`"
-            )
+    def _parse_key(pem: bytes, origin: str) -> ec.EllipticCurvePrivateKey:
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
-            raise CertificateAuthorityError(f"{path}: not a PEM private key: {exc}") from None
+            raise CertificateAuthorityError(f"{origin}: not a PEM private key: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CertificateAuthorityError(f"{path}: the CA key must be an EC key")
+            raise CertificateAuthorityError(f"{origin}: the CA key must be an EC key")
         return key
 
     @staticmethod
-    def _load_cert(
-        path: Path, key: ec.EllipticCurvePrivateKey, trust_domain: str
+    def _check_cert(
+        pem: bytes, key: ec.EllipticCurvePrivateKey, trust_domain: str, origin: str
     ) -> x509.Certificate:
         try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            cert = x509.load_pem_x509_certificate(pem)
         except ValueError as exc:
-            raise CertificateAuthorityError(f"{path}: not a PEM certificate: {exc}") from None
+            raise CertificateAuthorityError(f"{origin}: not a PEM certificate: {exc}") from None
         if cert.public_key() != key.public_key():
-            raise CertificateAuthorityError(f"{path} does not match the key beside it")
+            raise CertificateAuthorityError(f"{origin} does not match the key beside it")
         uris = cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.UniformResourceIdentifier)
         expected = f"spiffe://{trust_domain}"
         if uris != [expected]:
             raise CertificateAuthorityError(
-                f"{path} is the CA of {', '.join(uris) or 'another trust domain'}, "
+                f"{origin} is the CA of {', '.join(uris) or 'another trust domain'}, "
                 f"not of {expected}; use another data directory"
             )
         if cert.not_valid_after_utc <= _now():
             raise CertificateAuthorityError(
-                f"{path} expired on {cert.not_valid_after_utc.isoformat()}"
+                f"{origin} expired on {cert.not_valid_after_utc.isoformat()}"
             )
         return cert
 

@@ -10,6 +10,7 @@ import logging
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,13 @@ from sidemesh.control.auth import (
     load_admin_token,
     token_id,
 )
+from sidemesh.control.backends import open_store
+from sidemesh.control.ca import CertificateAuthorityError
 from sidemesh.control.files import private_dir
 from sidemesh.control.http import ControlState, Hub
 from sidemesh.control.routes_proxies import DEFAULT_TRUST_DOMAIN
 from sidemesh.control.routes_tokens import token_body
-from sidemesh.control.store import DB_FILE, SQLiteStore
+from sidemesh.control.store import StoreUnavailable
 from sidemesh.control.tls import is_loopback, server_certificate
 from sidemesh.process.runtime import setup_logging
 
@@ -64,13 +67,23 @@ def _data_dir(path: str) -> Path:
     return private_dir(Path(path))
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if importlib.util.find_spec("uvloop") is None:
+        return None
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "log_level", "info") or "info")
     try:
         data = _data_dir(args.data)
         admin_token, token_path, created = load_admin_token(data, args.admin_token_file)
         host, port = split_address(args.listen, "127.0.0.1")
-        store = SQLiteStore(data / DB_FILE)
+        store = open_store(getattr(args, "store", None), data,
+                           getattr(args, "store_prefix", None))
     except (TokenError, OSError, ValueError) as exc:
         print(f"sidemesh control: {exc}", file=sys.stderr)
         return 2
@@ -78,9 +91,24 @@ def main(args: argparse.Namespace) -> int:
         print(f"sidemesh control: admin token created in {token_path} (mode 0600)",
               file=sys.stderr)
     state = ControlState(store, PluginRegistry.load(), admin_token, data)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_serve(args, state, host, port, token_path))
+
+
+async def _serve(args: argparse.Namespace, state: ControlState, host: str, port: int,
+                 token_path: Path) -> int:
+    """Start the store (an etcd one loads its state and begins watching), then serve
+    until SIGTERM/SIGINT."""
+    try:
+        await state.start()
+        ca = await state.authority(DEFAULT_TRUST_DOMAIN)
+    except (StoreUnavailable, CertificateAuthorityError) as exc:
+        print(f"sidemesh control: {exc}", file=sys.stderr)
+        await state.store.close()
+        return 2
     if getattr(args, "print_ca", False):
-        sys.stdout.write(state.authority(DEFAULT_TRUST_DOMAIN).trust_bundle_pem().decode())
-        store.close()
+        sys.stdout.write(ca.trust_bundle_pem().decode())
+        await state.store.close()
         return 0
     for failure in state.registry.load_errors:
         log.warning("%s", failure)
@@ -90,52 +118,53 @@ def main(args: argparse.Namespace) -> int:
     tls: dict[str, Any] = {}
     if use_tls:
         sans = [host, *getattr(args, "tls_san", [])]
-        cert, key = server_certificate(state.authority(DEFAULT_TRUST_DOMAIN), sans, data / "tls")
+        cert, key = server_certificate(ca, sans, state.data_dir / "tls")
         tls = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
     elif not is_loopback(host):
         log.warning("serving plain HTTP on %s (--insecure-http): tokens, configs and trust "
                     "bundles cross the network in clear text", host)
-    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
     config = uvicorn.Config(
-        create_app(state), host=host, port=port, loop=loop, log_level="warning",
+        create_app(state), host=host, port=port, log_level="warning",
         access_log=False, lifespan="off", timeout_graceful_shutdown=5, **tls,
     )
     server = _Server(config, state.hub)
     scheme = "https" if use_tls else "http"
-    log.info("control plane on %s://%s:%s, data in %s, admin token in %s, plugins: %s",
-             scheme, host, port, data, token_path,
+    log.info("control plane on %s://%s:%s, store %s, data in %s, admin token in %s, "
+             "plugins: %s", scheme, host, port, getattr(args, "store", None) or "sqlite",
+             state.data_dir, token_path,
              ", ".join(f"{p.name} {p.version}" for p in state.registry.all()) or "none")
     try:
-        server.run()
+        await server.serve()
     finally:
-        store.close()
+        await state.store.close()
     return 0 if server.started else 1
 
 
-def _local_token(args: argparse.Namespace) -> Any:
-    """Issue, revoke or list in ``--data DIR``'s store (the control plane may be running:
-    its long polls see a revocation when they next wake, at the latest their timeout)."""
+async def _local_token(args: argparse.Namespace) -> Any:
+    """Issue, revoke or list in the store itself (``--data DIR``'s, or ``--store``'s;
+    the control plane may be running: with SQLite its long polls see a revocation when
+    they next wake, at the latest their timeout; with etcd at once)."""
     data = _data_dir(args.data)
-    store = SQLiteStore(data / DB_FILE)
+    store = open_store(getattr(args, "store", None), data, getattr(args, "store_prefix", None))
     try:
         if args.revoke:
             if not TOKEN_ID.match(args.revoke):
                 raise TokenError(f"{args.revoke!r} is not a token id (16 hex digits)")
-            record = store.revoke_token(args.revoke, time.time())
+            record = await store.revoke_token(args.revoke, time.time())
             if record is None:
-                raise TokenError(f"no token {args.revoke} in {data / DB_FILE}")
+                raise TokenError(f"no token {args.revoke} in the store")
             return token_body(record)
         if args.list:
             now = time.time()
-            return {"tokens": [token_body(r, now) for r in store.tokens()
+            return {"tokens": [token_body(r, now) for r in await store.tokens()
                                if args.service is None or r.service == args.service]}
-        token = issue_token(store, args.service, args.ttl)
-        record = store.get_token(token_id(token))
+        token = await issue_token(store, args.service, args.ttl)
+        record = await store.get_token(token_id(token))
         assert record is not None
         return {"id": record.id, "service": record.service, "token": token,
                 "created_at": record.created_at, "expires_at": record.expires_at}
     finally:
-        store.close()
+        await store.close()
 
 
 def _remote_token(args: argparse.Namespace) -> Any:
@@ -181,8 +210,8 @@ def _print_tokens(tokens: list[dict[str, Any]]) -> None:
 
 def main_token(args: argparse.Namespace) -> int:
     try:
-        answer = _remote_token(args) if args.control else _local_token(args)
-    except (TokenError, OSError) as exc:
+        answer = _remote_token(args) if args.control else asyncio.run(_local_token(args))
+    except (TokenError, OSError, ValueError) as exc:
         print(f"sidemesh token: {exc}", file=sys.stderr)
         return 2
     if args.json:

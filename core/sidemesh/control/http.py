@@ -17,7 +17,6 @@ from sidemesh.config.source import check_nesting
 from sidemesh.config.validate import ConfigInvalid, parse_yaml
 from sidemesh.control.auth import Principal, authenticate
 from sidemesh.control.ca import CertificateAuthority
-from sidemesh.control.files import private_dir
 from sidemesh.control.openapi import request_validator
 from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 from sidemesh.control.store import Store
@@ -65,18 +64,15 @@ class ControlState:
     admin_token: str
     data_dir: Path
     hub: Hub = field(default_factory=Hub)
-    authorities: dict[str, CertificateAuthority] = field(default_factory=dict)
     max_proxies_per_service: int = MAX_PROXIES_PER_SERVICE
 
-    def authority(self, trust_domain: str) -> CertificateAuthority:
-        """The CA of ``trust_domain``, created on first use under ``DIR/ca/<domain>``."""
-        ca = self.authorities.get(trust_domain)
-        if ca is None:
-            # DIR/ca too: open() makes private only the directories it is given or creates.
-            cas = private_dir(self.data_dir / "ca")
-            ca = CertificateAuthority.open(cas / trust_domain, trust_domain)
-            self.authorities[trust_domain] = ca
-        return ca
+    async def start(self) -> None:
+        """Wake the long polls of every change the store reports (other replicas' too)."""
+        await self.store.start(self.hub.publish)
+
+    async def authority(self, trust_domain: str) -> CertificateAuthority:
+        """The CA of ``trust_domain``, created on first use (kept by the store)."""
+        return await self.store.authority(trust_domain)
 
 
 class ApiError(Exception):
@@ -93,15 +89,16 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def require(request: Request, service: str | None = None, admin: bool = False) -> Principal:
+async def require(request: Request, service: str | None = None, admin: bool = False
+                  ) -> Principal:
     """The authenticated caller; the admin may do anything, a sidecar token only reads
     its own service (``service``) and never writes (``admin=True``).
 
     :raises ApiError: 401 without a valid token, 403 when the token may not do this.
     """
     state: ControlState = request.app.state.control
-    principal = authenticate(request.headers.get("authorization"), state.admin_token,
-                             state.store)
+    principal = await authenticate(request.headers.get("authorization"), state.admin_token,
+                                   state.store)
     if principal is None:
         raise ApiError(401, "missing or invalid token (Authorization: Bearer <token>)")
     if principal.admin:

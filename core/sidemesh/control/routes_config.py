@@ -60,29 +60,27 @@ def _check(doc: Any, state: ControlState, service: str | None) -> None:
 
 async def put_config(request: Request) -> Response:
     service = _service(request)
-    principal = require(request, service, admin=True)
+    principal = await require(request, service, admin=True)
     state = _state(request)
     doc = await read_config_body(request)
     _check(doc, state, service)
-    head = state.store.get_config(service)
-    stored = state.store.put_config(service, doc, principal.name)
+    head = await state.store.get_config(service)
+    stored = await state.store.put_config(service, doc, principal.name)
     unchanged = head is not None and head.version == stored.version
-    if not unchanged:
-        state.hub.publish(service)
     return JSONResponse({"service": service, "version": stored.version,
                          "digest": stored.digest, "unchanged": unchanged})
 
 
 async def get_config(request: Request) -> Response:
     service = _service(request)
-    require(request, service)
+    await require(request, service)
     raw = request.query_params.get("version")
     version: int | None = None
     if raw is not None:
         if not raw.isdigit() or int(raw) < 1:
             raise ApiError(422, f"version must be a positive integer, not {raw!r}")
         version = int(raw)
-    found = _state(request).store.get_config(service, version)
+    found = await _state(request).store.get_config(service, version)
     if found is None:
         what = f"version {version}" if version is not None else "a config"
         raise ApiError(404, f"service {service!r} has no {what}")
@@ -91,44 +89,43 @@ async def get_config(request: Request) -> Response:
 
 async def history(request: Request) -> Response:
     service = _service(request)
-    require(request, service)
-    versions = _state(request).store.history(service)
+    await require(request, service)
+    versions = await _state(request).store.history(service)
     return JSONResponse({"service": service, "versions": [v.summary() for v in versions]})
 
 
 async def rollback(request: Request) -> Response:
     service = _service(request)
-    principal = require(request, service, admin=True)
+    principal = await require(request, service, admin=True)
     state = _state(request)
     body = await read_json_body(request, "RollbackRequest")
-    target = state.store.get_config(service, body["version"])
+    target = await state.store.get_config(service, body["version"])
     if target is None:
         raise ApiError(404, f"service {service!r} has no version {body['version']}")
     # The old version passed validation with the plugins of its day; these may differ.
     _check(target.config, state, service)
     try:
-        stored = state.store.rollback(service, body["version"], principal.name)
+        stored = await state.store.rollback(service, body["version"], principal.name)
     except VersionNotFound as exc:
         raise ApiError(404, str(exc)) from None
-    state.hub.publish(service)
     return JSONResponse({"service": service, "version": stored.version,
                          "digest": stored.digest, "rollback_of": body["version"]})
 
 
 async def validate_config(request: Request) -> Response:
-    require(request)
+    await require(request)
     doc = await read_config_body(request)
     _check(doc, _state(request), None)
     return JSONResponse({"valid": True, "errors": []})
 
 
 async def schemas(request: Request) -> Response:
-    require(request)
+    await require(request)
     return JSONResponse(composed_schema(_state(request).registry))
 
 
 async def plugin_schema(request: Request) -> Response:
-    require(request)
+    await require(request)
     registry = _state(request).registry
     name = request.path_params["plugin"]
     policy = registry.get(name)
@@ -159,7 +156,7 @@ async def watch(request: Request) -> Response:
     """Answer as soon as the head differs from ``after`` (newer, or older when the store
     was reset behind the proxy's back), else ``304`` at the timeout."""
     service = _service(request)
-    principal = require(request, service)
+    principal = await require(request, service)
     state = _state(request)
     after = int(_number(request, "after", 0))
     timeout = min(_number(request, "timeout", DEFAULT_WATCH_TIMEOUT), MAX_WATCH_TIMEOUT)
@@ -168,13 +165,14 @@ async def watch(request: Request) -> Response:
         check_proxy_id(proxy)
         if not principal.admin:
             with claimed_proxy():
-                state.store.touch_proxy(proxy, service, limit=state.max_proxies_per_service)
+                await state.store.touch_proxy(proxy, service,
+                                              limit=state.max_proxies_per_service)
     deadline = time.monotonic() + timeout
     while True:
         # Take the event before reading the store: a version stored in between still
         # wakes this waiter.
         event = state.hub.event(service)
-        current = state.store.get_config(service)
+        current = await state.store.get_config(service)
         if current is not None and current.version != after:
             return JSONResponse(_config_body(current))
         remaining = deadline - time.monotonic()
@@ -190,7 +188,7 @@ async def watch(request: Request) -> Response:
             woken.cancel()
         # A token revoked (or expired) while this poll waited is refused here, before it
         # is handed anything (a revocation wakes the service's polls for this).
-        require(request, service)
+        await require(request, service)
 
 
 def config_routes() -> list[Route]:

@@ -41,7 +41,7 @@ def _proxy_body(status: ProxyStatus) -> dict[str, Any]:
 
 async def report_status(request: Request) -> Response:
     proxy_id = check_proxy_id(request.path_params["id"])
-    principal = require(request)
+    principal = await require(request)
     body = await read_json_body(request, "StatusRequest")
     if not principal.admin and body["service"] != principal.service:
         raise ApiError(403, f"{principal.name} may not report for service "
@@ -53,20 +53,21 @@ async def report_status(request: Request) -> Response:
     error = body.get("error") if body["state"] == "NACK" else None
     # Still None: the store keeps the applied version recorded before.
     with claimed_proxy():
-        state.store.record_status(ProxyStatus(
+        await state.store.record_status(ProxyStatus(
             proxy_id, body["service"], body["state"], body["version"], applied, error,
             body["plugins"], time.time()), limit=state.max_proxies_per_service)
     return JSONResponse({"id": proxy_id, "recorded": True})
 
 
 async def proxies(request: Request) -> Response:
-    require(request, admin=True)
-    return JSONResponse({"proxies": [_proxy_body(p) for p in _state(request).store.proxies()]})
+    await require(request, admin=True)
+    found = await _state(request).store.proxies()
+    return JSONResponse({"proxies": [_proxy_body(p) for p in found]})
 
 
-def _identity(state: ControlState, service: str) -> tuple[str, str]:
+async def _identity(state: ControlState, service: str) -> tuple[str, str]:
     """The trust domain and namespace of ``service``: its stored config's ``node``."""
-    current = state.store.get_config(service)
+    current = await state.store.get_config(service)
     node = current.config.get("node", {}) if current is not None else {}
     node = node if isinstance(node, dict) else {}
     return (str(node.get("trust_domain") or DEFAULT_TRUST_DOMAIN),
@@ -74,15 +75,16 @@ def _identity(state: ControlState, service: str) -> tuple[str, str]:
 
 
 async def certificates(request: Request) -> Response:
-    principal = require(request)
+    principal = await require(request)
     if principal.service is None:
         raise ApiError(403, "certificates are issued to sidecar tokens: the token decides "
                             "the identity, and the admin token has none")
     body = await read_json_body(request, "CertificateRequest")
     state = _state(request)
-    trust_domain, namespace = _identity(state, principal.service)
+    trust_domain, namespace = await _identity(state, principal.service)
     try:
-        answer = state.authority(trust_domain).certificate_response(
+        ca = await state.authority(trust_domain)
+        answer = ca.certificate_response(
             body["csr"].encode(), namespace=namespace, service=principal.service,
             ttl=float(body.get("ttl", DEFAULT_TTL)))
     except (CertificateRequestError, SpiffeIdError) as exc:
@@ -101,12 +103,13 @@ async def trust_bundle(request: Request) -> Response:
     state = _state(request)
     # Only the trust domains certificates are issued in (see _identity): this call needs
     # no token, and must never create a CA (key, files, memory) for a name it is sent.
-    if trust_domain != DEFAULT_TRUST_DOMAIN and trust_domain not in state.store.trust_domains():
+    if (trust_domain != DEFAULT_TRUST_DOMAIN
+            and trust_domain not in await state.store.trust_domains()):
         raise ApiError(404, f"{trust_domain!r} is not a trust domain of this control plane "
                             f"(it has {DEFAULT_TRUST_DOMAIN} and those its services' configs "
                             "name in node.trust_domain)")
     try:
-        pem = state.authority(trust_domain).trust_bundle_pem().decode("ascii")
+        pem = (await state.authority(trust_domain)).trust_bundle_pem().decode("ascii")
     except CertificateAuthorityError as exc:
         raise ApiError(500, f"certificate authority unavailable: {exc}") from None
     if "application/x-pem-file" in request.headers.get("accept", ""):

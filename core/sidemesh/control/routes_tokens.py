@@ -44,14 +44,14 @@ def token_body(record: TokenRecord, now: float | None = None) -> dict[str, Any]:
 
 
 async def issue(request: Request) -> Response:
-    require(request, admin=True)
+    await require(request, admin=True)
     body = await read_json_body(request, "TokenRequest")
     store = _state(request).store
     try:
-        token = issue_token(store, body["service"], body.get("ttl"))
+        token = await issue_token(store, body["service"], body.get("ttl"))
     except TokenError as exc:
         raise ApiError(422, str(exc)) from None
-    record = store.get_token(token_id(token))
+    record = await store.get_token(token_id(token))
     assert record is not None
     log.info("token %s issued for service %s", record.id, record.service)
     return JSONResponse({"id": record.id, "service": record.service, "token": token,
@@ -59,29 +59,26 @@ async def issue(request: Request) -> Response:
 
 
 async def list_tokens(request: Request) -> Response:
-    require(request, admin=True)
+    await require(request, admin=True)
     service = request.query_params.get("service")
     if service is not None and not SERVICE_NAME.match(service):
         raise ApiError(422, f"{service!r} is not a service name")
     now = time.time()
-    found = [token_body(r, now) for r in _state(request).store.tokens()
+    found = [token_body(r, now) for r in await _state(request).store.tokens()
              if service is None or r.service == service]
     return JSONResponse({"tokens": found})
 
 
 async def revoke(request: Request) -> Response:
-    require(request, admin=True)
+    await require(request, admin=True)
     wanted: str = request.path_params["id"]
     if not TOKEN_ID.match(wanted):
         raise ApiError(422, f"{wanted!r} is not a token id (16 hex digits, as GET /v1/tokens "
                             "lists them)")
     state = _state(request)
-    record = state.store.revoke_token(wanted, time.time())
+    record = await state.store.revoke_token(wanted, time.time())
     if record is None:
         raise ApiError(404, f"no token {wanted}")
-    # Its long polls re-check their token when woken: a revoked sidecar is refused now,
-    # not at the end of its poll.
-    state.hub.publish(record.service)
     log.info("token %s of service %s revoked", record.id, record.service)
     return JSONResponse(token_body(record))
 

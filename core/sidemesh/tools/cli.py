@@ -176,6 +176,15 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _store_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default="sqlite", metavar="STORE",
+                   help="where the state is kept: sqlite (default: DIR/sidemesh.db, one "
+                   "control plane) or etcd://HOST:PORT[,HOST:PORT...] (an etcd v3 cluster "
+                   "any number of control-plane replicas share)")
+    p.add_argument("--store-prefix", default="/sidemesh", metavar="PREFIX",
+                   help="with an etcd store: the key prefix (default /sidemesh)")
+
+
 def _check_proxy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if (args.config is None) == (args.control is None):
         parser.error("give either -c/--config FILE or --control URL (with --service)")
@@ -286,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state directory (default ./sidemesh-data)")
     p.add_argument("--listen", default="127.0.0.1:15010", metavar="ADDR",
                    help="host:port to serve on (default 127.0.0.1:15010)")
-    p.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
+    p.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token "
+                   "(replicas sharing an etcd store are given the same one)")
+    _store_arguments(p)
     tls = p.add_mutually_exclusive_group()
     tls.add_argument("--tls", action="store_true",
                      help="serve HTTPS on a loopback address too (it always does elsewhere)")
@@ -328,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "chain to")
     p.add_argument("--admin-token-file", metavar="FILE",
                    help="with --control: the admin token (default DIR/admin.token)")
+    _store_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(handler=_lazy("sidemesh.control", "main_token"), check=_check_token,
                    parser=p)
