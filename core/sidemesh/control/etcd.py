@@ -35,36 +35,28 @@ from aetcd import transactions as tx
 
 from sidemesh.config.validate import config_digest
 from sidemesh.control.ca import CertificateAuthority
-from sidemesh.control.etcd_client import FAILOVER_ERRORS, EtcdCluster
-from sidemesh.control.proxy_ids import (
-    MAX_PROXIES_PER_SERVICE,
-    PROXY_STALE_AFTER,
-    ProxyIdTaken,
-    TooManyProxies,
+from sidemesh.control.etcd_client import (
+    ATTEMPTS,
+    FAILOVER_ERRORS,
+    EtcdCluster,
+    contended,
+    dumps,
 )
+from sidemesh.control.etcd_proxies import EtcdProxies
+from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 from sidemesh.control.store import (
     ConfigVersion,
     OnChange,
     ProxyStatus,
-    StoreUnavailable,
     TokenRecord,
     VersionNotFound,
 )
 
-__all__ = ["DEFAULT_PREFIX", "TOUCH_INTERVAL", "EtcdStore"]
+__all__ = ["DEFAULT_PREFIX", "EtcdStore"]
 
 log = logging.getLogger("sidemesh.control")
 
 DEFAULT_PREFIX = "/sidemesh"
-#: Seconds between two writes of one proxy's "last seen" by one replica: every long
-#: poll marks its proxy seen, and a fleet's polls should not all be etcd writes.
-TOUCH_INTERVAL = 60.0
-#: Attempts of an optimistic transaction that keeps losing to other replicas.
-_ATTEMPTS = 20
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _version(service: str, value: bytes) -> ConfigVersion:
@@ -77,10 +69,6 @@ def _token(value: bytes) -> TokenRecord:
     return TokenRecord(**json.loads(value))
 
 
-def _status(value: bytes) -> ProxyStatus:
-    return ProxyStatus(**json.loads(value))
-
-
 class EtcdStore:
     """The store of a control plane replica, in etcd."""
 
@@ -90,7 +78,7 @@ class EtcdStore:
         self._heads: dict[str, ConfigVersion] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._authorities: dict[str, CertificateAuthority] = {}
-        self._touched: dict[str, float] = {}
+        self._proxies = EtcdProxies(cluster, self._key)
         self._on_change: OnChange | None = None
         self._watches: list[asyncio.Task[None]] = []
         self._loaded = False
@@ -99,10 +87,7 @@ class EtcdStore:
         return "/".join((self.prefix, *parts)).encode()
 
     async def _txn(self, compare: list[Any], success: list[Any]) -> bool:
-        """One transaction: ``success`` applied when every ``compare`` holds."""
-        ok, _ = await self.cluster.call(
-            lambda c: c.transaction(compare=compare, success=success, failure=[]))
-        return bool(ok)
+        return await self.cluster.txn(compare, success)
 
     # ------------------------------------------------------------------ following
 
@@ -155,8 +140,10 @@ class EtcdStore:
                 watch = await client.watch_prefix(prefix, start_revision=revision)
                 try:
                     async for event in watch:
-                        revision = int(event.kv.mod_revision) + 1
+                        # Only once applied: a change whose config could not be read is
+                        # watched again from its own revision.
                         await handle(event)
+                        revision = int(event.kv.mod_revision) + 1
                 finally:
                     with contextlib.suppress(Exception):
                         await watch.cancel()
@@ -215,6 +202,11 @@ class EtcdStore:
         if record is not None:
             self._changed(record.service)
 
+    async def ping(self) -> None:
+        """A linearizable read: it needs a member that is part of a quorum."""
+        key = self._key("heads")
+        await self.cluster.call(lambda c: c.get(key))
+
     # ------------------------------------------------------------------ configs
 
     async def _read_version(self, service: str, version: int) -> ConfigVersion | None:
@@ -238,7 +230,7 @@ class EtcdStore:
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         stored = ConfigVersion(service, version, json.loads(text), config_digest(doc),
                                time.time(), author, rollback_of)
-        value = _dumps({"version": version, "doc": stored.config, "digest": stored.digest,
+        value = dumps({"version": version, "doc": stored.config, "digest": stored.digest,
                         "created_at": stored.created_at, "author": author,
                         "rollback_of": rollback_of})
         head_key = self._key("heads", service)
@@ -255,7 +247,7 @@ class EtcdStore:
     async def put_config(self, service: str, doc: dict[str, Any], author: str
                          ) -> ConfigVersion:
         digest = config_digest(doc)
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             head, head_rev = await self._head(service)
             # Also what a retried write finds when its first try did commit.
             if head is not None and head.digest == digest:
@@ -263,7 +255,7 @@ class EtcdStore:
             stored = await self._append(service, doc, author, None, head, head_rev)
             if stored is not None:
                 return stored
-        raise _contended(service)
+        raise contended(service)
 
     async def get_config(self, service: str, version: int | None = None
                          ) -> ConfigVersion | None:
@@ -281,7 +273,7 @@ class EtcdStore:
         target = await self._read_version(service, version)
         if target is None:
             raise VersionNotFound(f"service {service!r} has no version {version}")
-        for attempt in range(_ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             head, head_rev = await self._head(service)
             if attempt and head is not None and head.rollback_of == version and (
                     head.digest == target.digest):
@@ -290,7 +282,7 @@ class EtcdStore:
                                         head_rev)
             if stored is not None:
                 return stored
-        raise _contended(service)
+        raise contended(service)
 
     async def services(self) -> list[str]:
         await self._load()
@@ -313,7 +305,7 @@ class EtcdStore:
         found = await self.cluster.call(lambda c: c.get(key))
         if found is None:
             key_pem, cert_pem = CertificateAuthority.new_root(trust_domain)
-            value = _dumps({"key": key_pem.decode(), "certificate": cert_pem.decode()})
+            value = dumps({"key": key_pem.decode(), "certificate": cert_pem.decode()})
             # The first replica to create it wins; the others use its CA.
             await self._txn([tx.Create(key) == 0], [tx.Put(key, value)])
             found = await self.cluster.call(lambda c: c.get(key))
@@ -329,7 +321,7 @@ class EtcdStore:
 
     async def add_token(self, record: TokenRecord) -> None:
         key = self._key("tokens", record.id)
-        if not await self._txn([tx.Create(key) == 0], [tx.Put(key, _dumps(record.__dict__))]):
+        if not await self._txn([tx.Create(key) == 0], [tx.Put(key, dumps(record.__dict__))]):
             raise ValueError(f"token id {record.id} is taken")
         self._tokens[record.id] = record
 
@@ -350,7 +342,7 @@ class EtcdStore:
 
     async def revoke_token(self, token_id: str, at: float) -> TokenRecord | None:
         key = self._key("tokens", token_id)
-        for _ in range(_ATTEMPTS):
+        for _ in range(ATTEMPTS):
             found = await self.cluster.call(lambda c: c.get(key))
             if found is None:
                 return None
@@ -358,81 +350,25 @@ class EtcdStore:
             if record.revoked_at is None:
                 record = TokenRecord(**{**record.__dict__, "revoked_at": at})
                 if not await self._txn([tx.Mod(key) == int(found.mod_revision)],
-                                       [tx.Put(key, _dumps(record.__dict__))]):
+                                       [tx.Put(key, dumps(record.__dict__))]):
                     continue
             self._tokens[record.id] = record
             self._changed(record.service)
             return record
-        raise _contended(token_id)
+        raise contended(token_id)
 
     # ------------------------------------------------------------------ proxies
 
-    async def _claim(self, proxy_id: str, service: str, limit: int, now: float) -> None:
-        """As :func:`sidemesh.control.proxy_ids.claim`, on etcd: the owner key is created
-        in a transaction, so two replicas cannot give one id to two services."""
-        owner_key = self._key("proxy-owner", proxy_id)
-        for _ in range(_ATTEMPTS):
-            owner = await self.cluster.call(lambda c: c.get(owner_key))
-            if owner is not None:
-                if owner.value.decode() != service:
-                    raise ProxyIdTaken(proxy_id, owner.value.decode())
-                return
-            mine = await self.cluster.call(
-                lambda c: c.get_prefix(self._key("proxies", service, "")))
-            count = len(mine)
-            if count >= limit:
-                stale = [_status(kv.value) for kv in mine]
-                stale = [s for s in stale if s.last_seen < now - PROXY_STALE_AFTER]
-                for old in stale:
-                    await self._forget(old)
-                count -= len(stale)
-            if count >= limit:
-                raise TooManyProxies(service, limit)
-            record = _dumps(ProxyStatus(proxy_id, service, None, None, None, None, [],
-                                        now).__dict__)
-            if await self._txn([tx.Create(owner_key) == 0],
-                               [tx.Put(owner_key, service.encode()),
-                                tx.Put(self._key("proxies", service, proxy_id), record)]):
-                return
-        raise _contended(proxy_id)
-
-    async def _forget(self, status: ProxyStatus) -> None:
-        await self._txn([], [tx.Delete(self._key("proxy-owner", status.id)),
-                             tx.Delete(self._key("proxies", status.service, status.id))])
-        self._touched.pop(status.id, None)
-
     async def record_status(self, status: ProxyStatus,
                             limit: int = MAX_PROXIES_PER_SERVICE) -> None:
-        await self._claim(status.id, status.service, limit, time.time())
-        key = self._key("proxies", status.service, status.id)
-        applied = status.applied
-        if applied is None:
-            before = await self.cluster.call(lambda c: c.get(key))
-            applied = _status(before.value).applied if before is not None else None
-        value = _dumps({**status.__dict__, "applied": applied})
-        await self.cluster.call(lambda c: c.put(key, value))
-        self._touched[status.id] = time.monotonic()
+        await self._proxies.record_status(status, limit)
 
     async def touch_proxy(self, proxy_id: str, service: str,
                           limit: int = MAX_PROXIES_PER_SERVICE) -> None:
-        now = time.monotonic()
-        if now - self._touched.get(proxy_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
-            return
-        wall = time.time()
-        await self._claim(proxy_id, service, limit, wall)
-        key = self._key("proxies", service, proxy_id)
-        before = await self.cluster.call(lambda c: c.get(key))
-        if before is not None:
-            value = _dumps({**json.loads(before.value), "last_seen": wall})
-            await self.cluster.call(lambda c: c.put(key, value))
-        if len(self._touched) > 4 * MAX_PROXIES_PER_SERVICE:
-            self._touched = {k: v for k, v in self._touched.items()
-                             if now - v < TOUCH_INTERVAL}
-        self._touched[proxy_id] = now
+        await self._proxies.touch(proxy_id, service, limit)
 
     async def proxies(self) -> list[ProxyStatus]:
-        found = await self.cluster.call(lambda c: c.get_prefix(self._key("proxies", "")))
-        return sorted((_status(kv.value) for kv in found), key=lambda s: (s.service, s.id))
+        return await self._proxies.all()
 
     async def close(self) -> None:
         for task in self._watches:
@@ -444,6 +380,3 @@ class EtcdStore:
         await self.cluster.close()
 
 
-def _contended(name: str) -> StoreUnavailable:
-    return StoreUnavailable(f"{name}: too many concurrent writes from other replicas; "
-                            "try again")

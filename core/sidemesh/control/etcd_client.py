@@ -10,17 +10,19 @@ it raises :class:`~sidemesh.control.store.StoreUnavailable` (the API answers 503
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aetcd
 from aetcd import exceptions as etcd_errors
 
 from sidemesh.control.store import StoreUnavailable
 
-__all__ = ["CALL_DEADLINE", "RPC_TIMEOUT", "EtcdCluster", "parse_endpoints"]
+__all__ = ["ATTEMPTS", "CALL_DEADLINE", "RPC_TIMEOUT", "EtcdCluster", "contended", "dumps",
+           "parse_endpoints"]
 
 log = logging.getLogger("sidemesh.control")
 
@@ -39,6 +41,8 @@ _CHANNEL_OPTIONS = {
     "grpc.initial_reconnect_backoff_ms": 200,
     "grpc.max_reconnect_backoff_ms": 2000,
 }
+#: Attempts of an optimistic transaction that keeps losing to other replicas.
+ATTEMPTS = 20
 #: Errors that say "this member cannot answer now": another member may.
 FAILOVER_ERRORS: tuple[type[Exception], ...] = (
     etcd_errors.ConnectionFailedError,
@@ -61,6 +65,17 @@ def parse_endpoints(spec: str) -> list[tuple[str, int]]:
             raise ValueError(f"etcd endpoint {item.strip()!r} is not host:port")
         endpoints.append((host, int(port)))
     return endpoints
+
+
+def dumps(value: Any) -> bytes:
+    """A value as stored: compact, sorted JSON."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def contended(name: str) -> StoreUnavailable:
+    """What a write that lost :data:`ATTEMPTS` times to other replicas raises."""
+    return StoreUnavailable(f"{name}: too many concurrent writes from other replicas; "
+                            "try again")
 
 
 def _full(exc: Exception) -> bool:
@@ -117,6 +132,12 @@ class EtcdCluster:
                 delay = min(delay * 2, 0.5)
             except etcd_errors.ClientError as exc:
                 raise StoreUnavailable(f"etcd {self.name} refused: {exc}", _full(exc)) from exc
+
+    async def txn(self, compare: list[Any], success: list[Any]) -> bool:
+        """One transaction: ``success`` applied when every ``compare`` holds."""
+        ok, _ = await self.call(
+            lambda c: c.transaction(compare=compare, success=success, failure=[]))
+        return bool(ok)
 
     async def close(self) -> None:
         for client in self._clients:
