@@ -13,7 +13,7 @@ from sidemesh import Policy, PolicyContext, hookimpl
 
 __version__ = "1.2.3"
 
-DURATION = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+DURATION = "^(0|(([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)$"
 
 
 class FakeRetry(Policy):

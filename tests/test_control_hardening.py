@@ -179,12 +179,12 @@ def test_deeply_nested_configs_are_a_clear_422(cp: ControlServer) -> None:
 
 # 5. disk full -------------------------------------------------------------------------
 def test_a_full_disk_is_reported_as_such(cp: ControlServer) -> None:
-    assert cp.state is not None and isinstance(cp.state.store, SQLiteStore)
+    assert isinstance(cp.store, SQLiteStore)
     url = f"{cp.url}/v1/services/web/config"
     assert httpx.put(url, json=config(), headers=cp.admin, timeout=5).json()["version"] == 1
     # The server's own connection may not grow the real file any more: SQLITE_FULL on the
     # next write, as on a full disk.
-    db = cp.state.store._db
+    db = cp.store._db
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.execute(f"PRAGMA max_page_count = {pages}")
     full = httpx.put(url, json=config(routes=300), headers=cp.admin, timeout=5)

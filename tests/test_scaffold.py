@@ -75,7 +75,7 @@ def test_the_generated_code_uses_only_the_public_api(
 
 
 def test_the_plugin_pins_the_minor_series_of_the_public_api() -> None:
-    assert api_requirement("0.2.0") == "sidemesh>=0.2,<0.3"
+    assert api_requirement("0.3.0") == "sidemesh>=0.3,<0.4"
     assert api_requirement("0.10.3") == "sidemesh>=0.10,<0.11"
     assert api_requirement("0.3.0rc1") == "sidemesh>=0.3,<0.4"
 

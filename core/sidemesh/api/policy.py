@@ -27,20 +27,44 @@ from sidemesh.datapath.views import ClusterView, EndpointView
 __all__ = ["ControlPlane", "Explanation", "Policy", "PolicyContext"]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ControlPlane:
-    """The control plane a sidecar takes its config from (``sidemesh proxy --control``).
+    """The control plane a sidecar takes its config from (``sidemesh proxy --control``):
+    one replica at a time, the next one (round-robin) when the one in use fails.
 
-    :param url: its base URL (``http://127.0.0.1:15010``).
+    :param url: the base URL of the replica in use (``http://127.0.0.1:15010``): the
+        first of ``urls`` until one fails (see :meth:`fail_over`).
     :param token: returns the sidecar's current bearer token (read anew on each call, so
         a rotated token file is picked up).
-    :param ca_file: for an ``https://`` URL, the CA bundle the control plane's
-        certificate must chain to (``--control-ca``); ``None``: the system's trust store.
+    :param ca_file: for ``https://`` URLs, the CA bundle the control plane's certificate
+        must chain to (``--control-ca``, for every replica); ``None``: the system's trust
+        store.
+    :param urls: the base URLs of every replica, in the order they are tried
+        (``--control URL1,URL2``); ``()`` means ``(url,)``.
     """
 
     url: str
     token: Callable[[], str]
     ca_file: str | None = None
+    urls: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            self.urls = (self.url,)
+        elif self.url not in self.urls:
+            raise ValueError(f"{self.url!r} is not one of the control plane's urls")
+
+    def fail_over(self, failed: str) -> str:
+        """Say that the replica at ``failed`` did not answer (a connection error, a
+        timeout, a ``5xx``): when it is still the one in use, the next of :attr:`urls`
+        becomes :attr:`url`. Every user of the control plane shares the replica in use,
+        so two that see the same failure move it once.
+
+        :returns: the URL to use now.
+        """
+        if failed == self.url and len(self.urls) > 1:
+            self.url = self.urls[(self.urls.index(failed) + 1) % len(self.urls)]
+        return self.url
 
     def verify(self) -> ssl.SSLContext | bool:
         """What an HTTPS client of the control plane verifies its certificate with."""

@@ -7,11 +7,13 @@ Defaults come from the schemas (core and plugins) so they are written down once,
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from sidemesh.api.durations import parse_duration
 from sidemesh.datapath.model import (
+    AccessLogConfig,
     ChainEntry,
     ClusterConfig,
     ConnectionLimits,
@@ -25,11 +27,13 @@ from sidemesh.datapath.model import (
     RouteMatch,
     SidecarConfig,
     SubsetConfig,
+    TelemetryConfig,
 )
 
 __all__ = [
     "build_cluster",
     "build_sidecar",
+    "control_urls",
     "effective_chain",
     "fill_defaults",
     "inherit_configs",
@@ -88,6 +92,36 @@ def split_address(address: str, default_host: str = "") -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or default_host, int(port)
+
+
+# One URL of several: the schema's `control.url` item pattern (no commas inside).
+_CONTROL_URL = re.compile(r"^https?://[^\s/,]+(/[^\s,]*)?$")
+
+
+def control_urls(value: str | Sequence[str]) -> tuple[str, ...]:
+    """The control-plane replicas of ``--control`` or ``control.url``, in the order a
+    sidecar tries them: one URL, several separated by commas, or a list; without a
+    trailing ``/``.
+
+    :raises ValueError: naming the item that is empty, not an ``http://`` or
+        ``https://`` URL, or given twice.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if not items:
+        raise ValueError("no control-plane URL given")
+    urls: list[str] = []
+    for position, raw in enumerate(items, 1):
+        item = raw.strip() if isinstance(raw, str) else ""
+        if not item:
+            where = f" (item {position} of {len(items)})" if len(items) > 1 else ""
+            raise ValueError(f"empty control-plane URL{where}: separate URLs with one comma")
+        if _CONTROL_URL.match(item) is None:
+            raise ValueError(f"{item!r} is not an http:// or https:// URL")
+        url = item.rstrip("/")
+        if url in urls:
+            raise ValueError(f"{url!r} is given twice")
+        urls.append(url)
+    return tuple(urls)
 
 
 def _optional_seconds(duration: str) -> float | None:
@@ -231,9 +265,19 @@ def build_sidecar(doc: Mapping[str, Any], raw: dict[str, Any]) -> SidecarConfig:
         listeners=tuple(listeners),
         admin=doc.get("admin"),
         control=(
-            ControlConfig(control["url"], control.get("token_file"), control.get("ca_file"))
+            # Several replicas as one comma-separated string: the compiled data path's
+            # model stays as it is; control_urls() splits it again.
+            ControlConfig(",".join(control_urls(control["url"])), control.get("token_file"),
+                          control.get("ca_file"))
             if control
             else None
+        ),
+        telemetry=TelemetryConfig(
+            metrics=doc["telemetry"]["metrics"],
+            inbound_listeners=tuple(doc["telemetry"]["inbound_listeners"]),
+        ),
+        access_log=AccessLogConfig(
+            doc["access_log"]["format"], doc["access_log"]["json_format"]
         ),
         raw=raw,
     )

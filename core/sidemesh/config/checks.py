@@ -7,7 +7,6 @@ before it touches (a ``listeners`` that is a string yields no checks, not a cras
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,15 +17,16 @@ from jsonschema.exceptions import ValidationError
 
 from sidemesh.api.durations import DURATION_PATTERN, parse_duration
 from sidemesh.config.build import split_address
-from sidemesh.config.errors import ConfigError, format_path, schema_error
+from sidemesh.config.errors import ConfigError, did_you_mean, format_path, schema_error
 from sidemesh.config.registry import PluginRegistry, PolicyType
+from sidemesh.datapath.logformat import FormatError, compile_format, compile_log_format
+from sidemesh.datapath.model import AccessLogConfig
 from sidemesh.datapath.regex import RegexError, compile_regex
 
 __all__ = ["ChainSite", "SchemaValidator", "chain_sites", "plugin_errors", "semantic_errors"]
 
 Path = tuple[str | int, ...]
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
-_DURATION_SEARCH = re.compile(DURATION_PATTERN)
 
 
 def _anchored_pattern(
@@ -36,6 +36,14 @@ def _anchored_pattern(
     # a trailing newline; ECMA-262 (what JSON Schema means) does not. "reviews\n" is not
     # a valid name.
     if not isinstance(instance, str):
+        return
+    if pattern == DURATION_PATTERN:
+        # The parser also knows what a regex cannot say (Go's longest duration), for the
+        # core's keys and every plugin's alike.
+        try:
+            parse_duration(instance)
+        except ValueError as exc:
+            yield ValidationError(str(exc))
         return
     if re.search(pattern, instance) is None or (
         pattern.endswith("$") and instance.endswith("\n")
@@ -77,16 +85,13 @@ def _unique(
     return errors
 
 
-def _duration_errors(path: Path, value: Any, positive: bool = False) -> list[ConfigError]:
-    # Only what the schema's pattern lets through: Python's "$" also matches before a
-    # trailing newline, so "2s\n" passes the pattern but is not a duration.
-    if not isinstance(value, str) or not _DURATION_SEARCH.search(value):
-        return []
+def _positive_duration(path: Path, value: Any) -> list[ConfigError]:
+    # A value that is no duration is the schema's error; this adds what it cannot say.
     try:
         seconds = parse_duration(value)
-    except ValueError as exc:
-        return [_err(path, str(exc), "duration")]
-    if positive and seconds <= 0:
+    except ValueError:
+        return []
+    if seconds <= 0:
         return [_err(path, f"{path[-1]} must be greater than 0s", "duration")]
     return []
 
@@ -106,8 +111,8 @@ def _cluster_errors(doc: dict[str, Any]) -> list[ConfigError]:
     names = [(("clusters", i, "name"), c.get("name")) for i, c in _items(doc, "clusters")]
     errors += _unique(names, "cluster name")
     for i, cluster in _items(doc, "clusters"):
-        errors += _duration_errors(("clusters", i, "connect_timeout"),
-                                   cluster.get("connect_timeout"), positive=True)
+        errors += _positive_duration(("clusters", i, "connect_timeout"),
+                                     cluster.get("connect_timeout"))
         endpoints = [e for _, e in _items(cluster, "endpoints")]
         errors += _unique(
             [(("clusters", i, "endpoints", j, "address"), e.get("address"))
@@ -186,7 +191,6 @@ def _listener_errors(doc: dict[str, Any]) -> list[ConfigError]:
                            for j, r in routes], "route name")
         for j, route in routes:
             base: Path = ("listeners", i, "routes", j)
-            errors += _duration_errors((*base, "timeout"), route.get("timeout"))
             cluster = route.get("cluster")
             if isinstance(cluster, str) and cluster not in clusters:
                 known = ", ".join(str(c) for c in clusters) or "none"
@@ -205,9 +209,60 @@ def _listener_errors(doc: dict[str, Any]) -> list[ConfigError]:
     return errors
 
 
+def _control_errors(doc: dict[str, Any]) -> list[ConfigError]:
+    # The schema checks each URL. A replica named twice is a slip (it would be tried twice
+    # a round), refused as `--control` refuses it.
+    control = doc.get("control")
+    url = control.get("url") if isinstance(control, dict) else None
+    items = url.split(",") if isinstance(url, str) else url if isinstance(url, list) else []
+    seen: set[str] = set()
+    for item in items:
+        normalized = item.strip().rstrip("/") if isinstance(item, str) else ""
+        if not normalized:
+            continue
+        if normalized in seen:
+            return [_err(("control", "url"), f"{normalized!r} is given twice", "unique_url")]
+        seen.add(normalized)
+    return []
+
+
+def _access_log_errors(doc: dict[str, Any]) -> list[ConfigError]:
+    # The schema checks the shape; whether the operators compile only the compiler knows.
+    section = doc.get("access_log")
+    if not isinstance(section, dict):
+        return []
+    text, mapping = section.get("format"), section.get("json_format")
+    if text is not None and mapping is not None:
+        return [_err(("access_log",), "give format or json_format, not both", "access_log")]
+    try:
+        if isinstance(text, str):
+            compile_format(text)
+        elif isinstance(mapping, dict):
+            compile_log_format(AccessLogConfig(json_format=mapping))
+    except FormatError as exc:
+        key = "format" if isinstance(text, str) else "json_format"
+        return [_err(("access_log", key, *exc.where), str(exc), "access_log")]
+    return []
+
+
+def _telemetry_errors(doc: dict[str, Any]) -> list[ConfigError]:
+    # A misspelt listener name would silently report that listener's traffic as the
+    # source side: Istio's dashboards would count it twice, or not at all.
+    telemetry = doc.get("telemetry")
+    named = telemetry.get("inbound_listeners") if isinstance(telemetry, dict) else None
+    if not isinstance(named, list):
+        return []
+    listeners = {str(item.get("name")) for _, item in _items(doc, "listeners")}
+    return [_err(("telemetry", "inbound_listeners", i),
+                 f"no listener is named {name!r}{did_you_mean(str(name), sorted(listeners))}",
+                 "listener")
+            for i, name in enumerate(named) if name not in listeners]
+
+
 def semantic_errors(doc: dict[str, Any]) -> list[ConfigError]:
     """Cross-reference checks of the core sections."""
-    return _cluster_errors(doc) + _listener_errors(doc)
+    return (_cluster_errors(doc) + _listener_errors(doc) + _control_errors(doc)
+            + _access_log_errors(doc) + _telemetry_errors(doc))
 
 
 @dataclass(frozen=True)
@@ -243,10 +298,8 @@ def chain_sites(doc: dict[str, Any]) -> Iterator[ChainSite]:
 
 def _unknown(name: str, registry: PluginRegistry) -> str:
     known = registry.names()
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     listing = ", ".join(known) if known else "none installed"
-    return f"unknown plugin {name!r} (installed: {listing}){hint}"
+    return f"unknown plugin {name!r} (installed: {listing}){did_you_mean(name, known)}"
 
 
 def plugin_errors(

@@ -6,6 +6,7 @@ control plane's ``422`` answers, a proxy's NACK) shows the same words.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -15,14 +16,23 @@ from jsonschema.exceptions import ValidationError
 
 from sidemesh.api.durations import DURATION_PATTERN
 
-__all__ = ["ConfigError", "ConfigInvalid", "format_path", "schema_error"]
+__all__ = [
+    "ConfigError",
+    "ConfigInvalid",
+    "did_you_mean",
+    "format_path",
+    "schema_error",
+    "snake_case",
+]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Where camelCase starts a word: before an upper-case letter that follows a lower-case
+# letter or a digit (perTryTimeout), or that starts a word after an acronym (HTTPRetry).
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 # Patterns of the core schema, named so an error says what was expected rather than
 # quoting a regex at the user.
 _PATTERN_MEANING = {
-    DURATION_PATTERN: "a duration: a number and a unit (ms, s, m or h), e.g. 250ms, 2s, 1m",
     r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}$": (
         "a host:port address, e.g. 127.0.0.1:15001 or [::1]:8080"
     ),
@@ -35,7 +45,10 @@ _PATTERN_MEANING = {
     ),
     "^/": "a path starting with '/'",
     r"^[A-Z]+$": "an upper-case HTTP method such as GET",
-    r"^https?://[^\s/]+(/\S*)?$": "an http:// or https:// URL",
+    r"^https?://[^\s/,]+(/[^\s,]*)?$": "an http:// or https:// URL",
+    r"^https?://[^\s/,]+(/[^\s,]*)?(\s*,\s*https?://[^\s/,]+(/[^\s,]*)?)*$": (
+        "an http:// or https:// URL, or several separated by single commas"
+    ),
 }
 _JSON_TYPES = {
     dict: "an object",
@@ -109,6 +122,23 @@ def format_path(parts: Iterable[str | int]) -> str:
     return out
 
 
+def snake_case(key: str) -> str:
+    """``perTryTimeout`` -> ``per_try_timeout``, ``max-retries`` -> ``max_retries``:
+    the spelling of a key as Istio's YAML (camelCase) or a flag (kebab) has it, in ours."""
+    return _CAMEL_BOUNDARY.sub("_", key).replace("-", "_").lower()
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str:
+    """``"; did you mean 'per_try_timeout'?"`` for an unknown ``key``: its snake_case
+    form when that is allowed, else the closest allowed key (``difflib``), else ``""``."""
+    snake = snake_case(key)
+    if snake != key and snake in allowed:
+        return f"; did you mean {snake!r}?"
+    # 0.75 rather than difflib's 0.6: "per_try_timeout" is not a typo of "timeout".
+    close = difflib.get_close_matches(snake, allowed, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -137,9 +167,10 @@ def schema_error(
     if keyword == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(props)
         extras = [k for k in instance if k not in props]
-        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        listing = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return [
-            ConfigError(format_path([*parts, key]), f"unknown key {key!r}{hint}",
+            ConfigError(format_path([*parts, key]),
+                        f"unknown key {key!r}{listing}{did_you_mean(str(key), allowed)}",
                         plugin, plugin_version, "additionalProperties")
             for key in extras
         ] or [ConfigError(format_path(parts), message, plugin, plugin_version, keyword)]
@@ -154,13 +185,18 @@ def schema_error(
              "null": "null"}.get(t, f"a {t}") for t in expected
         )
         message = f"expected {names}, got {_kind(instance)} {_short(instance)}"
+        if sub.get("pattern") == DURATION_PATTERN and type(instance) in (int, float):
+            # YAML reads `timeout: 5` as a number: a duration needs its unit.
+            message += f"; write a duration with its unit, e.g. '{instance}s'"
     elif keyword == "enum":
         choices = ", ".join(str(v) for v in value)
         message = f"{_short(instance)} is not one of: {choices}"
+    elif keyword == "pattern" and value == DURATION_PATTERN:
+        # The checks' validator asked parse_duration, whose message says what is wrong
+        # (not a duration, or longer than Go allows).
+        rule = "duration"
     elif keyword == "pattern":
         meaning = _PATTERN_MEANING.get(str(value))
-        if value == DURATION_PATTERN:
-            rule = "duration"
         if meaning is not None:
             message = f"{_short(instance)} is not {meaning}"
     elif keyword == "dependentSchemas" or (

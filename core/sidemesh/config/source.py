@@ -9,7 +9,9 @@ exhaust Python's stack).
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -18,7 +20,14 @@ from yaml.nodes import MappingNode, Node
 
 from sidemesh.config.errors import ConfigError, ConfigInvalid
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_NESTING", "check_nesting", "parse_yaml"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_NESTING",
+    "check_nesting",
+    "istio_error",
+    "parse_documents",
+    "parse_yaml",
+]
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 #: Lists and mappings inside each other, the document itself being level 1. Real
@@ -88,39 +97,103 @@ def _where(error: yaml.YAMLError, source: str) -> str:
     return f"{source}:{mark.line + 1}:{mark.column + 1}"
 
 
-def parse_yaml(text: str | bytes, source: str = "<config>") -> dict[str, Any]:
-    """Parse one YAML document that must be a mapping.
-
-    :param source: the file name (or other origin) used in error messages.
-    :raises ConfigInvalid: with the line and column of a syntax error, or what is wrong
-        with the document as a whole.
-    """
+def _text(text: str | bytes, source: str) -> str:
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigInvalid([ConfigError(
             "", f"{source}: config is {len(text)} bytes, more than the "
             f"{MAX_CONFIG_BYTES} allowed", rule="size")])
     if isinstance(text, bytes):
         try:
-            text = text.decode("utf-8")
+            return text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigInvalid([ConfigError(
                 "", f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})",
                 rule="yaml")]) from None
+    return text
+
+
+def _syntax_error(exc: yaml.YAMLError, source: str) -> ConfigInvalid:
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    detail = f"{context}, {problem}" if context and "expected a single" not in context \
+        else problem
+    if "expected a single document" in str(exc):
+        detail = "more than one YAML document ('---'); put one config per file"
+    detail = re.sub(r"\s+", " ", str(detail)).strip()
+    rule = "nesting" if isinstance(exc, _TooDeep) else "yaml"
+    return ConfigInvalid([ConfigError("", f"{_where(exc, source)}: {detail}", rule=rule)])
+
+
+def parse_documents(text: str | bytes, source: str = "<config>") -> list[Any]:
+    """Parse every document of a YAML stream (``---`` between them) with the same rules
+    as :func:`parse_yaml`; empty documents are left out.
+
+    :raises ConfigInvalid: with the line and column of a syntax error.
+    """
+    loader = _StrictLoader(_text(text, source))
+    documents: list[Any] = []
+    try:
+        while loader.check_data():
+            document = loader.get_data()
+            if document is not None:
+                documents.append(document)
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc, source) from None
+    finally:
+        loader.dispose()
+    return documents
+
+
+#: The API groups of Istio's resources: networking.istio.io, security.istio.io, ...
+_ISTIO_API = re.compile(r"^[a-z0-9.-]*\.istio\.io/")
+
+
+def istio_error(
+    documents: Sequence[Any], where: str = "", command_file: str = "FILE"
+) -> ConfigError | None:
+    """The error for documents that are Istio resources rather than a sidemesh config
+    (``None`` when none is): it names the resource and the command that converts it,
+    instead of the schema errors such a document would otherwise get.
+
+    :param where: prefix of the message, e.g. the file name and ``": "``.
+    """
+    found = [d for d in documents if isinstance(d, dict) and isinstance(d.get("apiVersion"), str)
+             and _ISTIO_API.match(d["apiVersion"])]
+    if not found:
+        return None
+    first = found[0]
+    kind = first.get("kind") if isinstance(first.get("kind"), str) else "resource"
+    more = len(found) - 1
+    others = f" and {more} more Istio resource{'s' if more != 1 else ''}" if more else ""
+    return ConfigError(
+        "", f"{where}this is an Istio {kind} ({first['apiVersion']}){others}, not a sidemesh "
+        f"config; convert it with `sidemesh import istio {command_file}`", rule="istio")
+
+
+def parse_yaml(
+    text: str | bytes, source: str = "<config>", command_file: str = "FILE"
+) -> dict[str, Any]:
+    """Parse one YAML document that must be a mapping.
+
+    :param source: the file name (or other origin) used in error messages.
+    :param command_file: how ``sidemesh import istio`` would name the input, in the
+        error for an Istio resource.
+    :raises ConfigInvalid: with the line and column of a syntax error, or what is wrong
+        with the document as a whole.
+    """
+    text = _text(text, source)
     loader = _StrictLoader(text)
     try:
         doc = loader.get_single_data()
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        detail = f"{context}, {problem}" if context and "expected a single" not in context \
-            else problem
+        error = _syntax_error(exc, source)
         if "expected a single document" in str(exc):
-            detail = "more than one YAML document ('---'); put one config per file"
-        detail = re.sub(r"\s+", " ", str(detail)).strip()
-        rule = "nesting" if isinstance(exc, _TooDeep) else "yaml"
-        raise ConfigInvalid(
-            [ConfigError("", f"{_where(exc, source)}: {detail}", rule=rule)]
-        ) from None
+            # Istio's YAML usually comes several resources to a file.
+            with contextlib.suppress(ConfigInvalid):
+                istio = istio_error(parse_documents(text, source), f"{source}: ", command_file)
+                if istio is not None:
+                    error = ConfigInvalid([istio])
+        raise error from None
     finally:
         loader.dispose()
     if doc is None:
@@ -130,6 +203,9 @@ def parse_yaml(text: str | bytes, source: str = "<config>") -> dict[str, Any]:
         raise ConfigInvalid([ConfigError(
             "", f"{source}: the document must be a mapping (node:, clusters:, "
             f"listeners: ...), got a {kind}", rule="yaml")])
+    istio = istio_error([doc], f"{source}: ", command_file)
+    if istio is not None:
+        raise ConfigInvalid([istio])
     return doc
 
 

@@ -26,7 +26,7 @@ from sidemesh.config.build import (
 from sidemesh.config.checks import ChainSite, SchemaValidator, plugin_errors, semantic_errors
 from sidemesh.config.errors import ConfigError, ConfigInvalid, format_path, schema_error
 from sidemesh.config.registry import PluginRegistry, PolicyType, core_schema
-from sidemesh.config.source import MAX_CONFIG_BYTES, parse_yaml
+from sidemesh.config.source import MAX_CONFIG_BYTES, istio_error, parse_yaml
 from sidemesh.datapath.model import NodeConfig, SidecarConfig
 
 __all__ = [
@@ -106,6 +106,10 @@ def validate(doc: Any, registry: PluginRegistry) -> list[ConfigError]:
     if not isinstance(doc, dict):
         return [ConfigError("", f"the config must be a mapping, got {type(doc).__name__}",
                             rule="type")]
+    istio = istio_error([doc])
+    if istio is not None:
+        # Not a broken sidemesh config: its schema errors would only hide what it is.
+        return [istio]
     _, validator = _core()
     errors: list[ConfigError] = []
     for error in validator.iter_errors(doc):
@@ -147,7 +151,7 @@ def load_file(path: str | Path, registry: PluginRegistry) -> SidecarConfig:
         reason = exc.strerror or str(exc)
         raise ConfigInvalid([ConfigError("", f"{source}: cannot read: {reason}",
                                          rule="file")]) from None
-    return build(parse_yaml(data, source), registry)
+    return build(parse_yaml(data, source, command_file=source), registry)
 
 
 def config_digest(doc: Any) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -11,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sidemesh import __version__
 from sidemesh.control.auth import TokenRefused
 from sidemesh.control.http import ApiError, ControlState, error, require
 from sidemesh.control.openapi import openapi_document
@@ -19,7 +22,11 @@ from sidemesh.control.routes_proxies import proxy_routes
 from sidemesh.control.routes_tokens import token_routes
 from sidemesh.control.store import StoreUnavailable
 
-__all__ = ["create_app"]
+__all__ = ["HEALTH_TIMEOUT", "create_app"]
+
+#: Seconds the store has to answer a ``GET /healthz``: a probe must not hang on a store
+#: that does not answer (etcd without quorum), it must fail.
+HEALTH_TIMEOUT = 2.0
 
 log = logging.getLogger("sidemesh.control")
 
@@ -79,10 +86,36 @@ async def _openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
+async def _healthz(request: Request) -> Response:
+    """No token: load balancers and kubelets probe it. Healthy when the store answers.
+    The version is for ``sidemesh version`` (istiod's and Envoy's tell theirs unasked too)."""
+    state: ControlState = request.app.state.control
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await state.store.ping()
+    except StoreUnavailable as exc:
+        reason = str(exc)
+    except TimeoutError:
+        reason = f"the store did not answer within {HEALTH_TIMEOUT:g}s"
+    else:
+        return JSONResponse({"status": "ok", "store": state.store_kind, "version": __version__})
+    log.warning("health check failed: %s", reason)
+    return JSONResponse({"status": "unavailable", "store": state.store_kind,
+                         "version": __version__, "error": reason}, status_code=503)
+
+
+async def _metrics(request: Request) -> Response:
+    """No token, as Istio's and Envoy's: counts and service names, no config, no secret
+    (docs/security.md)."""
+    state: ControlState = request.app.state.control
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(state: ControlState) -> Starlette:
     app = Starlette(
         routes=[*config_routes(), *token_routes(), *proxy_routes(),
-                Route("/openapi.json", _openapi)],
+                Route("/openapi.json", _openapi), Route("/healthz", _healthz),
+                Route("/metrics", _metrics)],
         exception_handlers={ApiError: _api_error, TokenRefused: _token_refused,
                             StoreUnavailable: _store_unavailable, HTTPException: _http_error},
     )

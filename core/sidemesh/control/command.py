@@ -7,14 +7,12 @@ import asyncio
 import importlib.util
 import json
 import logging
-import ssl
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 
 from sidemesh.config.build import split_address
@@ -31,6 +29,7 @@ from sidemesh.control.auth import (
 )
 from sidemesh.control.backends import open_store
 from sidemesh.control.ca import CertificateAuthorityError
+from sidemesh.control.client import ControlClient, ControlError, read_admin_token
 from sidemesh.control.files import private_dir
 from sidemesh.control.http import ControlState, Hub
 from sidemesh.control.routes_proxies import DEFAULT_TRUST_DOMAIN
@@ -169,33 +168,17 @@ async def _local_token(args: argparse.Namespace) -> Any:
 
 def _remote_token(args: argparse.Namespace) -> Any:
     """The same through ``--control URL``'s API, with the admin token."""
-    admin, _, _ = load_admin_token(
-        Path(args.data), args.admin_token_file or str(Path(args.data) / ADMIN_TOKEN_FILE))
-    ca_file = getattr(args, "control_ca", None)
-    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
-    with httpx.Client(base_url=args.control.rstrip("/"), timeout=10, verify=verify,
-                      headers={"authorization": f"Bearer {admin}"}) as client:
-        try:
-            if args.revoke:
-                response = client.delete(f"/v1/tokens/{args.revoke}")
-            elif args.list:
-                params = {"service": args.service} if args.service else {}
-                response = client.get("/v1/tokens", params=params)
-            else:
-                body: dict[str, Any] = {"service": args.service}
-                if args.ttl is not None:
-                    body["ttl"] = args.ttl
-                response = client.post("/v1/tokens", json=body)
-        except httpx.HTTPError as exc:
-            raise TokenError(f"control plane {args.control}: {exc}") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = {"error": response.text[:200]}
-    if response.status_code != 200:
-        raise TokenError(f"control plane {args.control} answered {response.status_code}: "
-                         f"{answer.get('error', answer)}")
-    return answer
+    admin = read_admin_token(args.admin_token_file, Path(args.data) / ADMIN_TOKEN_FILE)
+    with ControlClient(args.control, admin, getattr(args, "control_ca", None)) as client:
+        if args.revoke:
+            return client.call("DELETE", f"/v1/tokens/{args.revoke}")
+        if args.list:
+            params = {"service": args.service} if args.service else {}
+            return client.call("GET", "/v1/tokens", params=params)
+        body: dict[str, Any] = {"service": args.service}
+        if args.ttl is not None:
+            body["ttl"] = args.ttl
+        return client.call("POST", "/v1/tokens", json=body)
 
 
 def _print_tokens(tokens: list[dict[str, Any]]) -> None:
@@ -211,7 +194,7 @@ def _print_tokens(tokens: list[dict[str, Any]]) -> None:
 def main_token(args: argparse.Namespace) -> int:
     try:
         answer = _remote_token(args) if args.control else asyncio.run(_local_token(args))
-    except (TokenError, OSError, ValueError) as exc:
+    except (TokenError, ControlError, OSError, ValueError) as exc:
         print(f"sidemesh token: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -145,8 +145,9 @@ class EtcdStore:
                         await handle(event)
                         revision = int(event.kv.mod_revision) + 1
                 finally:
+                    # Bounded: aetcd's cancel waits for the stream, which may be gone.
                     with contextlib.suppress(Exception):
-                        await watch.cancel()
+                        await asyncio.wait_for(watch.cancel(), 1.0)
             except asyncio.CancelledError:
                 raise
             except etcd_errors.RevisionCompactedError:
@@ -373,9 +374,8 @@ class EtcdStore:
     async def close(self) -> None:
         for task in self._watches:
             task.cancel()
-        for task in self._watches:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._watches:
+            await asyncio.wait(self._watches, timeout=2.0)
         self._watches = []
         await self.cluster.close()
 

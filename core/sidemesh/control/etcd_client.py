@@ -10,6 +10,7 @@ it raises :class:`~sidemesh.control.store.StoreUnavailable` (the API answers 503
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -141,7 +142,9 @@ class EtcdCluster:
 
     async def close(self) -> None:
         for client in self._clients:
-            await client.close()
+            # Bounded: a client whose member is gone may wait on its streams.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 2.0)
 
 
 def _show(endpoint: tuple[str, int]) -> str:

@@ -14,15 +14,12 @@ from sidemesh.control.proxy_ids import (
     MAX_PROXIES_PER_SERVICE,
     PROXY_STALE_AFTER,
     ProxyIdTaken,
+    RecentTouches,
     TooManyProxies,
 )
 from sidemesh.control.store import ProxyStatus
 
-__all__ = ["TOUCH_INTERVAL", "EtcdProxies"]
-
-#: Seconds between two writes of one proxy's "last seen" by one replica: every long
-#: poll marks its proxy seen, and a fleet's polls should not all be etcd writes.
-TOUCH_INTERVAL = 60.0
+__all__ = ["EtcdProxies"]
 
 
 def _status(value: bytes) -> ProxyStatus:
@@ -35,7 +32,7 @@ class EtcdProxies:
     def __init__(self, cluster: EtcdCluster, key: Callable[..., bytes]) -> None:
         self.cluster = cluster
         self.key = key
-        self._touched: dict[str, float] = {}
+        self._touched = RecentTouches()
 
     async def _claim(self, proxy_id: str, service: str, limit: int, now: float) -> None:
         """As :func:`sidemesh.control.proxy_ids.claim`, on etcd: the owner key is created
@@ -69,7 +66,7 @@ class EtcdProxies:
     async def _forget(self, status: ProxyStatus) -> None:
         await self.cluster.txn([], [tx.Delete(self.key("proxy-owner", status.id)),
                              tx.Delete(self.key("proxies", status.service, status.id))])
-        self._touched.pop(status.id, None)
+        self._touched.forget(status.id, status.service)
 
     async def record_status(self, status: ProxyStatus,
                             limit: int = MAX_PROXIES_PER_SERVICE) -> None:
@@ -81,12 +78,11 @@ class EtcdProxies:
             applied = _status(before.value).applied if before is not None else None
         value = dumps({**status.__dict__, "applied": applied})
         await self.cluster.call(lambda c: c.put(key, value))
-        self._touched[status.id] = time.monotonic()
+        self._touched.record(status.id, status.service)
 
     async def touch(self, proxy_id: str, service: str,
-                          limit: int = MAX_PROXIES_PER_SERVICE) -> None:
-        now = time.monotonic()
-        if now - self._touched.get(proxy_id, -TOUCH_INTERVAL) < TOUCH_INTERVAL:
+                    limit: int = MAX_PROXIES_PER_SERVICE) -> None:
+        if self._touched.recent(proxy_id, service):
             return
         wall = time.time()
         await self._claim(proxy_id, service, limit, wall)
@@ -95,10 +91,7 @@ class EtcdProxies:
         if before is not None:
             value = dumps({**json.loads(before.value), "last_seen": wall})
             await self.cluster.call(lambda c: c.put(key, value))
-        if len(self._touched) > 4 * MAX_PROXIES_PER_SERVICE:
-            self._touched = {k: v for k, v in self._touched.items()
-                             if now - v < TOUCH_INTERVAL}
-        self._touched[proxy_id] = now
+        self._touched.record(proxy_id, service)
 
     async def all(self) -> list[ProxyStatus]:
         found = await self.cluster.call(lambda c: c.get_prefix(self.key("proxies", "")))

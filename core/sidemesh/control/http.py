@@ -15,8 +15,9 @@ from starlette.responses import JSONResponse
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.source import check_nesting
 from sidemesh.config.validate import ConfigInvalid, parse_yaml
-from sidemesh.control.auth import Principal, authenticate
+from sidemesh.control.auth import Principal, TokenRefused, authenticate, token_id
 from sidemesh.control.ca import CertificateAuthority
+from sidemesh.control.metrics import ControlMetrics, MeteredStore
 from sidemesh.control.openapi import request_validator
 from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 from sidemesh.control.store import Store
@@ -59,12 +60,27 @@ class Hub:
 
 @dataclass
 class ControlState:
+    """What the handlers share. ``store`` becomes a :class:`MeteredStore` of the store
+    given, kept as ``backend``: every call the API makes is timed and its failures
+    counted."""
+
     store: Store
     registry: PluginRegistry
     admin_token: str
     data_dir: Path
     hub: Hub = field(default_factory=Hub)
     max_proxies_per_service: int = MAX_PROXIES_PER_SERVICE
+    metrics: ControlMetrics = field(default_factory=ControlMetrics)
+    backend: Store = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.backend = self.store
+        self.store = MeteredStore(self.store, self.metrics)
+
+    @property
+    def store_kind(self) -> str:
+        """``sqlite`` or ``etcd``: the name of the backend's module."""
+        return type(self.backend).__module__.rpartition(".")[2]
 
     async def start(self) -> None:
         """Wake the long polls of every change the store reports (other replicas' too)."""
@@ -97,9 +113,14 @@ async def require(request: Request, service: str | None = None, admin: bool = Fa
     :raises ApiError: 401 without a valid token, 403 when the token may not do this.
     """
     state: ControlState = request.app.state.control
-    principal = await authenticate(request.headers.get("authorization"), state.admin_token,
-                                   state.store)
+    header = request.headers.get("authorization")
+    try:
+        principal = await authenticate(header, state.admin_token, state.store)
+    except TokenRefused:
+        state.metrics.tokens_refused.labels(await _refusal(state, header)).inc()
+        raise
     if principal is None:
+        state.metrics.tokens_refused.labels("invalid" if header else "missing").inc()
         raise ApiError(401, "missing or invalid token (Authorization: Bearer <token>)")
     if principal.admin:
         return principal
@@ -108,6 +129,13 @@ async def require(request: Request, service: str | None = None, admin: bool = Fa
     if service is not None and principal.service != service:
         raise ApiError(403, f"{principal.name} may not access service {service!r}")
     return principal
+
+
+async def _refusal(state: ControlState, header: str | None) -> str:
+    """``expired`` or ``revoked``: why :func:`authenticate` refused this genuine token."""
+    assert header is not None
+    record = await state.store.get_token(token_id(header.partition(" ")[2]))
+    return "revoked" if record is None or record.revoked_at is not None else "expired"
 
 
 async def _read_body(request: Request) -> bytes:

@@ -136,6 +136,15 @@ SCHEMAS: dict[str, Any] = {
         "state": {"enum": ["active", "expired", "revoked"]},
     }),
     "Tokens": _obj({"tokens": {"type": "array", "items": _ref("TokenInfo")}}),
+    "Health": _obj({"status": {"const": "ok"},
+                    "store": {"type": "string", "description": "sqlite or etcd"},
+                    "version": {"type": "string",
+                                "description": "the control plane's sidemesh version"}}),
+    "Unhealthy": _obj({"status": {"const": "unavailable"}, "store": {"type": "string"},
+                       "version": {"type": "string"},
+                       "error": {"type": "string",
+                                 "description": "the store's error, or that it did not "
+                                                "answer in time"}}),
 }
 
 
@@ -296,6 +305,19 @@ def _paths() -> dict[str, Any]:
                 "404": _resp("no such token", "Error"),
                 "422": _resp("not a token id", "Error"), **_ERRORS, **_STORE_ERRORS,
             }),
+        },
+        "/healthz": {
+            "get": _op("whether the control plane can serve: its store answers a read "
+                       "within 2 s (no token: for load balancers and probes)", {
+                "200": _resp("healthy", "Health"),
+                "503": _resp("the store is unavailable", "Unhealthy"),
+            }, security=[]),
+        },
+        "/metrics": {
+            "get": _op("Prometheus metrics (no token: docs/security.md)", {
+                "200": {"description": "Prometheus text format", "content": {
+                    "text/plain": {"schema": {"type": "string"}}}},
+            }, security=[]),
         },
         "/openapi.json": {
             "get": _op("this document", {"200": {"description": "OpenAPI 3.1", "content": {

@@ -14,11 +14,14 @@ that old, a new id is refused (``429``). Ids are never forgotten otherwise.
 from __future__ import annotations
 
 import sqlite3
+import time
 
 __all__ = [
     "MAX_PROXIES_PER_SERVICE",
     "PROXY_STALE_AFTER",
+    "TOUCH_INTERVAL",
     "ProxyIdTaken",
+    "RecentTouches",
     "TooManyProxies",
     "claim",
 ]
@@ -26,6 +29,10 @@ __all__ = [
 MAX_PROXIES_PER_SERVICE = 10_000
 #: Seconds; a live proxy is seen at least once per long poll (25 s).
 PROXY_STALE_AFTER = 3600.0
+#: Seconds between two writes of one proxy's "last seen" by one control plane: every
+#: long poll marks its proxy seen, and a fleet's polls should not all be store writes
+#: (each one an fsync with SQLite, a raft round with etcd).
+TOUCH_INTERVAL = 60.0
 
 
 class ProxyIdTaken(Exception):
@@ -67,3 +74,26 @@ def claim(db: sqlite3.Connection, proxy_id: str, service: str, limit: int, now: 
         raise TooManyProxies(service, limit)
     db.execute("INSERT INTO proxies (id, service, plugins, last_seen) VALUES (?, ?, '[]', ?)",
                (proxy_id, service, now))
+
+
+class RecentTouches:
+    """The (proxy id, service) pairs this process recorded as seen within
+    :data:`TOUCH_INTERVAL`: such an id is its service's (it was claimed then, and an id
+    is only forgotten after :data:`PROXY_STALE_AFTER`), so seeing it again needs no
+    write. Another service using the id is a new pair, and is checked."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def recent(self, proxy_id: str, service: str) -> bool:
+        when = self._seen.get((proxy_id, service))
+        return when is not None and time.monotonic() - when < TOUCH_INTERVAL
+
+    def record(self, proxy_id: str, service: str) -> None:
+        now = time.monotonic()
+        if len(self._seen) > MAX_PROXIES_PER_SERVICE:
+            self._seen = {k: v for k, v in self._seen.items() if now - v < TOUCH_INTERVAL}
+        self._seen[(proxy_id, service)] = now
+
+    def forget(self, proxy_id: str, service: str) -> None:
+        self._seen.pop((proxy_id, service), None)

@@ -67,6 +67,8 @@ async def put_config(request: Request) -> Response:
     head = await state.store.get_config(service)
     stored = await state.store.put_config(service, doc, principal.name)
     unchanged = head is not None and head.version == stored.version
+    if not unchanged:
+        state.metrics.config_writes.labels(service, "put").inc()
     return JSONResponse({"service": service, "version": stored.version,
                          "digest": stored.digest, "unchanged": unchanged})
 
@@ -108,6 +110,7 @@ async def rollback(request: Request) -> Response:
         stored = await state.store.rollback(service, body["version"], principal.name)
     except VersionNotFound as exc:
         raise ApiError(404, str(exc)) from None
+    state.metrics.config_writes.labels(service, "rollback").inc()
     return JSONResponse({"service": service, "version": stored.version,
                          "digest": stored.digest, "rollback_of": body["version"]})
 
@@ -168,27 +171,46 @@ async def watch(request: Request) -> Response:
                 await state.store.touch_proxy(proxy, service,
                                               limit=state.max_proxies_per_service)
     deadline = time.monotonic() + timeout
-    while True:
-        # Take the event before reading the store: a version stored in between still
-        # wakes this waiter.
-        event = state.hub.event(service)
-        current = await state.store.get_config(service)
-        if current is not None and current.version != after:
-            return JSONResponse(_config_body(current))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or state.hub.closing.is_set():
-            return Response(status_code=304)
-        closing = asyncio.ensure_future(state.hub.closing.wait())
-        woken = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({closing, woken}, timeout=remaining,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            woken.cancel()
-        # A token revoked (or expired) while this poll waited is refused here, before it
-        # is handed anything (a revocation wakes the service's polls for this).
-        await require(request, service)
+    gone = asyncio.ensure_future(_disconnected(request))
+    watchers = state.metrics.watchers.labels(service)
+    watchers.inc()
+    try:
+        while True:
+            # Take the event before reading the store: a version stored in between still
+            # wakes this waiter.
+            event = state.hub.event(service)
+            current = await state.store.get_config(service)
+            if current is not None and current.version != after:
+                state.metrics.pushes.labels(service).inc()
+                return JSONResponse(_config_body(current))
+            # Not kept while parked: a thousand polls would hold a thousand copies.
+            current = None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or state.hub.closing.is_set() or gone.done():
+                return Response(status_code=304)
+            closing = asyncio.ensure_future(state.hub.closing.wait())
+            woken = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({closing, woken, gone}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closing.cancel()
+                woken.cancel()
+            if gone.done():
+                # Nobody to answer: stop waiting now, not at the timeout.
+                return Response(status_code=304)
+            # A token revoked (or expired) while this poll waited is refused here, before
+            # it is handed anything (a revocation wakes the service's polls for this).
+            await require(request, service)
+    finally:
+        gone.cancel()
+        watchers.dec()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has closed its connection (a body it sent is dropped)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def config_routes() -> list[Route]:

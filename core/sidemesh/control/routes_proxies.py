@@ -56,6 +56,8 @@ async def report_status(request: Request) -> Response:
         await state.store.record_status(ProxyStatus(
             proxy_id, body["service"], body["state"], body["version"], applied, error,
             body["plugins"], time.time()), limit=state.max_proxies_per_service)
+    counter = state.metrics.acks if body["state"] == "ACK" else state.metrics.nacks
+    counter.labels(body["service"]).inc()
     return JSONResponse({"id": proxy_id, "recorded": True})
 
 
@@ -88,9 +90,12 @@ async def certificates(request: Request) -> Response:
             body["csr"].encode(), namespace=namespace, service=principal.service,
             ttl=float(body.get("ttl", DEFAULT_TTL)))
     except (CertificateRequestError, SpiffeIdError) as exc:
+        state.metrics.certificate_errors.inc()
         raise ApiError(422, str(exc)) from None
     except CertificateAuthorityError as exc:
+        state.metrics.certificate_errors.inc()
         raise ApiError(500, f"certificate authority unavailable: {exc}") from None
+    state.metrics.certificates_issued.labels(trust_domain).inc()
     return JSONResponse(answer)
 
 

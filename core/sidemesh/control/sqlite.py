@@ -17,7 +17,7 @@ from typing import Any
 from sidemesh.config.validate import config_digest
 from sidemesh.control.ca import CertificateAuthority
 from sidemesh.control.files import private_dir, private_file
-from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE, claim
+from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE, RecentTouches, claim
 from sidemesh.control.store import (
     ConfigVersion,
     OnChange,
@@ -142,6 +142,7 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._on_change: OnChange = _ignore
         self._authorities: dict[str, CertificateAuthority] = {}
+        self._touched = RecentTouches()
         self._db = connect(self.path)
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):
@@ -300,13 +301,17 @@ class SQLiteStore:
                 (status.state, status.version, status.applied, status.error,
                  json.dumps(status.plugins), status.last_seen, status.id),
             )
+        self._touched.record(status.id, status.service)
 
     async def touch_proxy(self, proxy_id: str, service: str,
-                    limit: int = MAX_PROXIES_PER_SERVICE) -> None:
+                          limit: int = MAX_PROXIES_PER_SERVICE) -> None:
+        if self._touched.recent(proxy_id, service):
+            return
         now = time.time()
         with self._tx() as db:
             claim(db, proxy_id, service, limit, now)
             db.execute("UPDATE proxies SET last_seen = ? WHERE id = ?", (now, proxy_id))
+        self._touched.record(proxy_id, service)
 
     async def proxies(self) -> list[ProxyStatus]:
         with self._lock:
@@ -316,6 +321,15 @@ class SQLiteStore:
             ).fetchall()
         return [ProxyStatus(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7])
                 for r in rows]
+
+    async def ping(self) -> None:
+        try:
+            with self._lock:
+                # A table, not "SELECT 1": that one never reads the file.
+                self._db.execute("SELECT 1 FROM heads LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            # ProgrammingError too: a closed connection answers nothing.
+            raise StoreUnavailable(f"the store cannot read: {exc}") from exc
 
     async def close(self) -> None:
         with self._lock:

@@ -175,5 +175,13 @@ class Store(Protocol):
     async def proxies(self) -> list[ProxyStatus]:
         ...
 
+    async def ping(self) -> None:
+        """Return once the store answered a cheap read from the backend itself (never
+        from a cache), for ``GET /healthz``.
+
+        :raises StoreUnavailable: when it cannot.
+        """
+        ...
+
     async def close(self) -> None:
         ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 __all__ = ["NO_BODY", "BodyNotReplayable", "BodyReader", "RequestBody"]
@@ -32,6 +33,7 @@ class RequestBody:
         "_unread",
         "_waiter",
         "chunked",
+        "ended",
         "eof",
         "keep",
         "limit",
@@ -51,6 +53,9 @@ class RequestBody:
         self.size = 0
         self._unread = 0
         self.eof = False
+        #: ``time.monotonic()`` when the last byte arrived (0.0 until then, or if the
+        #: client went away first): the access log's REQUEST_DURATION.
+        self.ended = 0.0
         self.keep = True
         self.limit = HIGH_WATER
         self._waiter: asyncio.Future[None] | None = None
@@ -84,6 +89,7 @@ class RequestBody:
 
     def feed_eof(self) -> None:
         self.eof = True
+        self.ended = time.monotonic()
         self._wake()
 
     def abort(self) -> None:

@@ -19,18 +19,21 @@ class ConnectionInfo:
     """The downstream connection a request came on.
 
     :ivar client_address: ``host:port`` of the peer.
+    :ivar local_address: ``host:port`` the connection was accepted on, when the access
+        log names it (``%DOWNSTREAM_LOCAL_ADDRESS%``); "" otherwise.
     :ivar tls: whether the connection is TLS.
     :ivar peer_certificate: the client's DER certificate, when it presented one.
     :ivar stash: per-connection state for policies (cache a parsed identity here), keyed
         by :class:`~sidemesh.StashKey`.
     """
 
-    __slots__ = ("client_address", "peer_certificate", "stash", "tls")
+    __slots__ = ("client_address", "local_address", "peer_certificate", "stash", "tls")
 
     def __init__(
         self, client_address: str, tls: bool = False, peer_certificate: bytes | None = None
     ) -> None:
         self.client_address = client_address
+        self.local_address = ""
         self.tls = tls
         self.peer_certificate = peer_certificate
         self.stash = Stash()

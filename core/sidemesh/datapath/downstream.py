@@ -87,6 +87,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.limits = limits
         #: at the listener's connection cap: closed as soon as it is made.
         self.refused = False
+        #: fill in ``info.local_address`` (a system call: only when the access log uses it).
+        self.wants_local_address = False
         #: told of each request refused before it reached the handler (status, reason).
         self.on_rejected: Callable[[DownstreamConnection, int, str], None] | None = None
         self.transport: asyncio.Transport | None = None
@@ -138,6 +140,9 @@ class DownstreamConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.info = ConnectionInfo(address, tls=ssl_object is not None, peer_certificate=cert)
+        local = transport.get_extra_info("sockname") if self.wants_local_address else None
+        if isinstance(local, tuple):
+            self.info.local_address = f"{local[0]}:{local[1]}"
         if ssl_object is not None:
             self.scheme = "https"
 
@@ -325,6 +330,7 @@ class DownstreamConnection(asyncio.Protocol):
                 self.response_done = False
                 await self.handler(self, request, body)
                 self.busy = False
+                self.bytes_sent = 0
                 if not self.keep_alive or not self.response_done:
                     self.close()
                     break
@@ -374,8 +380,6 @@ class DownstreamConnection(asyncio.Protocol):
     def _answer_error(self) -> None:
         if self._error is not None and not self.closed:
             status, message = self._error
-            if self.on_rejected is not None:
-                self.on_rejected(self, status, message)
             self.keep_alive = False
             if not self.response_started or self.response_done:
                 self.write_simple(
@@ -383,11 +387,14 @@ class DownstreamConnection(asyncio.Protocol):
                         status, {"error": REASONS.get(status, "error"), "message": message}
                     )
                 )
+            if self.on_rejected is not None:
+                self.on_rejected(self, status, message)
         self.close()
 
     # writing ----------------------------------------------------------------------
     response_started = False
     response_done = False
+    bytes_sent = 0
 
     def start_response(
         self, status: int, headers: Headers | bytes, reason: str = "", chunked: bool = False
@@ -402,9 +409,15 @@ class DownstreamConnection(asyncio.Protocol):
     def flush_head(self) -> None:
         """Send a held-back response head now (the body is slow to come)."""
         if self._head:
-            self.write_body(b"")
+            self.write_raw(b"")
 
     def write_body(self, data: bytes) -> None:
+        if not self.closed:
+            self.bytes_sent += len(data)
+        self.write_raw(data)
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes after the held-back head that are not body: chunk framing, 100 Continue."""
         if self._head:
             # Head and first body bytes in one write: one system call, one packet.
             data, self._head = self._head + data, b""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
-from sidemesh.datapath.body import RequestBody
+from sidemesh.datapath.body import NO_BODY, RequestBody
 from sidemesh.datapath.codec import (
     BODY_CHUNKED,
     BODY_CLOSE,
@@ -44,6 +44,7 @@ from sidemesh.datapath.messages import (
     Response,
 )
 from sidemesh.datapath.mirror import MIRROR_BUFFER, send_mirrors
+from sidemesh.datapath.outcome import Outcome
 from sidemesh.datapath.pool import ConnectionPool, UpstreamConnection, UpstreamError
 
 if TYPE_CHECKING:
@@ -65,19 +66,6 @@ FAILURE_STATUS = {
     ResponseFlag.NO_CLUSTER_FOUND: (503, "cluster not found"),
 }
 OVERLOADED = (OVERLOADED_HEADER, "true")
-
-
-class Outcome:
-    """What happened to one request, for the access log and metrics."""
-
-    __slots__ = ("flags", "response", "status", "upstream")
-
-    def __init__(self) -> None:
-        self.status = 0
-        #: the response head sent to the client, if one was.
-        self.response: Response | None = None
-        self.flags: list[ResponseFlag] = []
-        self.upstream = ""
 
 
 class Forwarder:
@@ -120,6 +108,9 @@ class Forwarder:
                 conn.keep_alive = False
             request.log["error"] = f"{type(exc).__name__}: {exc}"
         finally:
+            outcome.bytes_received = body.size
+            outcome.bytes_sent = conn.bytes_sent
+            outcome.request_end = request.start if body is NO_BODY else body.ended
             self._on_done(request, outcome, snapshot)
             if route is not None:
                 if request.mirrors:
@@ -148,7 +139,7 @@ class Forwarder:
         core = request._core
         if not body.eof and expects_continue(core.get("expect")):
             # As Envoy does by default: answer 100 Continue here, not upstream.
-            conn.write_body(CONTINUE)
+            conn.write_raw(CONTINUE)
         client_ip = conn.info.client_address.rsplit(":", 1)[0]
         xff = core.get("x-forwarded-for")
         # Fields a Connection header named are gone already (downstream.py).
@@ -204,6 +195,7 @@ class Forwarder:
             if response is None or upstream is None:
                 self._fail(conn, attempt, outcome)
                 return
+            outcome.response_at = time.monotonic()
             try:
                 done, chunked = self._start_stream(conn, request, response, upstream, outcome)
                 if not done:
@@ -217,6 +209,8 @@ class Forwarder:
     def _fail(self, conn: DownstreamConnection, attempt: Attempt, outcome: Outcome) -> None:
         flag = attempt.flag or ResponseFlag.UPSTREAM_CONNECTION_FAILURE
         outcome.flags.append(flag)
+        if flag == ResponseFlag.UPSTREAM_CONNECTION_FAILURE:
+            outcome.failure = attempt.error or ""
         status, message = FAILURE_STATUS.get(flag, (503, attempt.error or "upstream error"))
         headers = [OVERLOADED] if flag == ResponseFlag.UPSTREAM_OVERFLOW else []
         self._answer(conn, Response.text(status, message, headers), outcome)
@@ -402,7 +396,7 @@ class Forwarder:
         conn: DownstreamConnection, upstream: UpstreamConnection, chunked: bool
     ) -> None:
         if chunked:
-            conn.write_body(LAST_CHUNK)
+            conn.write_raw(LAST_CHUNK)
         conn.finish_response()
         if upstream.body_done():
             upstream.release()

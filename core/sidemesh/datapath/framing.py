@@ -34,7 +34,10 @@ class ChunkedSink:
 
     def write_body(self, data: bytes) -> None:
         if data:
-            self._conn.write_body(encode_chunk(data))
+            conn = self._conn
+            if not conn.closed:
+                conn.bytes_sent += len(data)
+            conn.write_raw(encode_chunk(data))
 
     def pause_source(self) -> bool:
         return self._conn.pause_source()

@@ -1,5 +1,9 @@
 """Prometheus metrics of the data path (served by the admin API's ``/metrics``).
 
+Requests are counted in sidemesh's families or, with ``telemetry: {metrics: istio}``, in
+Istio's (``istio_metrics.py``); the clusters' connection and request gauges use Envoy's
+names in both.
+
 prometheus-client's ``Counter.labels(...).inc()`` takes a lock and looks the child up on
 every call; at tens of thousands of requests a second that is a measurable share of the
 proxy's CPU. The per-request figures are therefore plain integers in dictionaries,
@@ -10,13 +14,25 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from sidemesh._version import __version__
 from sidemesh.datapath import state as compiled_state
+from sidemesh.datapath.istio_metrics import IstioMetrics
+
+if TYPE_CHECKING:
+    from sidemesh.datapath.messages import Request
+    from sidemesh.datapath.outcome import Outcome
+    from sidemesh.datapath.snapshot import Snapshot
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -84,6 +100,36 @@ class _RequestCollector(Collector):
             yield family
 
 
+class _ClusterCollector(Collector):
+    """The applied config's clusters as ``/clusters`` shows them, under Envoy's names."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        label = ["envoy_cluster_name"]
+        connections = GaugeMetricFamily(
+            "envoy_cluster_upstream_cx_active", "Open connections to the cluster.", labels=label
+        )
+        requests = GaugeMetricFamily(
+            "envoy_cluster_upstream_rq_active", "Requests in flight to the cluster.", labels=label
+        )
+        pending = GaugeMetricFamily(
+            "envoy_cluster_upstream_rq_pending_active",
+            "Requests waiting for a connection (the cluster's max_connections reached).",
+            labels=label,
+        )
+        snapshot = self.snapshot
+        if snapshot is not None:
+            for cluster in list(snapshot.clusters.values()):
+                connections.add_metric([cluster.name], cluster.connections.open)
+                requests.add_metric([cluster.name], cluster.active_requests)
+                pending.add_metric([cluster.name], cluster.connections.pending)
+        yield connections
+        yield requests
+        yield pending
+
+
 class Metrics:
     """The core's metric families, registered once per process."""
 
@@ -91,6 +137,10 @@ class Metrics:
         self.registry = registry
         self._collector = _RequestCollector()
         registry.register(self._collector)
+        self._clusters = _ClusterCollector()
+        registry.register(self._clusters)
+        self.istio = IstioMetrics()
+        registry.register(self.istio)
         self.build_info = Gauge(
             "sidemesh_build_info",
             "1, labelled with this sidecar's sidemesh version and whether its request "
@@ -143,10 +193,34 @@ class Metrics:
             flag_key = (listener, route, cluster, flag)
             c.flags[flag_key] = c.flags.get(flag_key, 0) + 1
         if attempts:
-            c.attempts[cluster] = c.attempts.get(cluster, 0) + attempts
-            if attempts > 1:
-                c.retries[cluster] = c.retries.get(cluster, 0) + attempts - 1
+            self._attempts(cluster, attempts)
 
-    def set_config(self, version: str, source: str) -> None:
+    def observe_request(self, request: Request, outcome: Outcome, duration: float) -> None:
+        """Count one answered request in the families the applied config asks for."""
+        if self.istio.enabled:
+            self.istio.observe(request, outcome, duration)
+            if request.attempts:
+                self._attempts(request.cluster, request.attempts)
+            return
+        self.observe(
+            request.listener,
+            request.route,
+            request.cluster,
+            outcome.status,
+            duration,
+            outcome.flags,
+            request.attempts,
+        )
+
+    def _attempts(self, cluster: str, attempts: int) -> None:
+        c = self._collector
+        c.attempts[cluster] = c.attempts.get(cluster, 0) + attempts
+        if attempts > 1:
+            c.retries[cluster] = c.retries.get(cluster, 0) + attempts - 1
+
+    def set_config(self, version: str, source: str, snapshot: Snapshot | None = None) -> None:
         self.config_version.clear()
         self.config_version.labels(version, source).set(1)
+        if snapshot is not None:
+            self._clusters.snapshot = snapshot
+            self.istio.configure(snapshot.config.node, snapshot.config.telemetry)

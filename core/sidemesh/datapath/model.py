@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
+    "AccessLogConfig",
     "ChainEntry",
     "ClusterConfig",
     "ConnectionLimits",
@@ -23,6 +24,7 @@ __all__ = [
     "RouteMatch",
     "SidecarConfig",
     "SubsetConfig",
+    "TelemetryConfig",
 ]
 
 LoadBalancer = Literal["round_robin", "least_request", "random"]
@@ -140,12 +142,33 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class TelemetryConfig:
+    """Which request metrics ``/metrics`` shows: sidemesh's own or Istio's standard ones."""
+
+    metrics: Literal["sidemesh", "istio"] = "sidemesh"
+    #: listeners whose requests Istio's metrics report as the server's
+    #: (``reporter="destination"``); the others report as the client's.
+    inbound_listeners: tuple[str, ...] = ("inbound",)
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    """The shape of access-log lines: an Envoy ``format`` string or ``json_format``
+    object of command operators; neither is sidemesh's own JSON line."""
+
+    format: str | None = None
+    json_format: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class SidecarConfig:
     node: NodeConfig
     clusters: tuple[ClusterConfig, ...]
     listeners: tuple[ListenerConfig, ...]
     admin: str | None = None
     control: ControlConfig | None = None
+    telemetry: TelemetryConfig = TelemetryConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
     #: the document as written (after YAML parsing), for ``/config_dump``.
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 

@@ -9,17 +9,19 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sidemesh.datapath.accesslog import AccessLog
+from sidemesh.datapath.accesslog import SIDEMESH_JSON, AccessLog, LineFormat
 from sidemesh.datapath.body import RequestBody
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.downstream import DownstreamConnection
 from sidemesh.datapath.flags import ResponseFlag
-from sidemesh.datapath.forward import Forwarder, Outcome
+from sidemesh.datapath.forward import Forwarder
 from sidemesh.datapath.hygiene import Sweeper
 from sidemesh.datapath.listener import ListenerServer
-from sidemesh.datapath.messages import Request
+from sidemesh.datapath.logformat import compile_log_format
+from sidemesh.datapath.messages import Headers, Request
 from sidemesh.datapath.metrics import Metrics
 from sidemesh.datapath.model import SidecarConfig
+from sidemesh.datapath.outcome import Outcome
 from sidemesh.datapath.snapshot import Snapshot
 
 __all__ = ["ApplyError", "Sidecar", "SnapshotBuilder"]
@@ -49,6 +51,8 @@ class Sidecar:
         self._build = build
         self._on_applied = on_applied
         self.access_log = access_log or AccessLog(None)
+        #: the applied config's access-log format (compiled once per config).
+        self.log_format: LineFormat = SIDEMESH_JSON
         self.metrics = metrics or _shared_metrics()
         self.snapshot: Snapshot | None = None
         self.servers: dict[str, ListenerServer] = {}
@@ -86,6 +90,7 @@ class Sidecar:
         async with self._apply_lock:
             try:
                 snapshot = self._build(config, version, source, self.snapshot)
+                log_format = compile_log_format(config.access_log)
             except Exception as exc:
                 self.metrics.config_applies.labels("rejected").inc()
                 raise ApplyError(f"cannot apply config {version}: {exc}") from exc
@@ -96,8 +101,9 @@ class Sidecar:
                 await snapshot.close()
                 raise ApplyError(f"cannot apply config {version}: {exc}") from exc
             previous, self.snapshot = self.snapshot, snapshot
+            self.log_format = log_format
             self.metrics.config_applies.labels("ok").inc()
-            self.metrics.set_config(version, source)
+            self.metrics.set_config(version, source, snapshot)
             if previous is not None:
                 self._retired.append(previous)
                 self._close_retired()
@@ -175,6 +181,7 @@ class Sidecar:
                     self.metrics.downstream_overflow.labels(listener).inc()
                     return conn
             conn.on_rejected = self._rejected
+            conn.wants_local_address = self.log_format.local_address
             self.connections.add(conn)
             self._open[listener] = self._open.get(listener, 0) + 1
             self._sweeper.watch(asyncio.get_running_loop())
@@ -213,36 +220,10 @@ class Sidecar:
         if self.active == 0 and self._idle is not None:
             self._idle.set()
         duration = time.monotonic() - request.start
-        self.metrics.observe(
-            request.listener,
-            request.route,
-            request.cluster,
-            outcome.status,
-            duration,
-            outcome.flags,
-            request.attempts,
-        )
-        if not self.access_log.enabled:
-            return
-        entry: dict[str, Any] = {
-            "method": request.method,
-            "path": request.path,
-            "host": request.host,
-            "listener": request.listener,
-            "route": request.route or None,
-            "cluster": request.cluster or None,
-            "upstream": outcome.upstream or None,
-            "status": outcome.status,
-            "attempts": request.attempts,
-            "duration_ms": round(duration * 1000, 3),
-            "response_flags": ",".join(outcome.flags) or "-",
-            "request_id": request.request_id,
-            "trace_id": None,
-            "client": request.connection.client_address,
-        }
-        if request.log:
-            entry.update({k: v for k, v in request.log.items() if k != "response_flags"})
-        self.access_log.log(entry)
+        self.metrics.observe_request(request, outcome, duration)
+        if self.access_log.enabled:
+            outcome.duration = duration
+            self.access_log.record(self.log_format, request, outcome)
 
     def _rejected(self, conn: DownstreamConnection, status: int, message: str) -> None:
         """A request refused before routing (malformed, too large, a bad path): logged and
@@ -250,14 +231,15 @@ class Sidecar:
         flags = [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR]
         self.metrics.observe(conn.listener, "", "", status, 0.0, flags, 0)
         if self.access_log.enabled:
-            # The same fields as every other line: log pipelines expect one shape.
-            self.access_log.log({
-                "method": None, "path": None, "host": None, "listener": conn.listener,
-                "route": None, "cluster": None, "upstream": None, "status": status,
-                "attempts": 0, "duration_ms": 0.0, "response_flags": "DPE",
-                "request_id": None, "trace_id": None, "client": conn.info.client_address,
-                "error": message,
-            })  # fmt: skip
+            # In the same format as every other line: log pipelines expect one shape. The
+            # request never parsed, so its method, path, host and protocol are not set.
+            request = Request("", "", "", Headers(), conn.info, conn.listener, version="")
+            request.log["error"] = message
+            outcome = Outcome()
+            outcome.status = status
+            outcome.flags.extend(flags)
+            outcome.bytes_sent = conn.bytes_sent
+            self.access_log.record(self.log_format, request, outcome)
 
     # shutdown ----------------------------------------------------------------------
     async def drain(self, timeout: float) -> bool:

@@ -20,12 +20,22 @@ if TYPE_CHECKING:
     from sidemesh.config.registry import PluginRegistry
     from sidemesh.datapath.sidecar import Sidecar
 
-__all__ = ["AdminServer", "admin_app"]
+__all__ = ["AdminServer", "EmbeddedApp", "admin_app", "metrics_response", "not_ready"]
+
+
+def not_ready(sidecar: Sidecar) -> str | None:
+    """Why ``sidecar`` must not be sent traffic (``GET /ready``'s reason), or ``None``."""
+    return "draining" if sidecar.draining else sidecar.waiting_for()
+
+
+def metrics_response(sidecar: Sidecar) -> Response:
+    """The sidecar's metrics in the Prometheus text format."""
+    return Response(generate_latest(sidecar.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def admin_app(sidecar: Sidecar, registry: PluginRegistry) -> Starlette:
     async def ready(_: Request) -> Response:
-        reason = "draining" if sidecar.draining else sidecar.waiting_for()
+        reason = not_ready(sidecar)
         if reason is None and sidecar.snapshot is not None:
             return JSONResponse({"ready": True, "version": sidecar.snapshot.version})
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
@@ -70,7 +80,7 @@ def admin_app(sidecar: Sidecar, registry: PluginRegistry) -> Starlette:
         )
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(sidecar.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(sidecar)
 
     return Starlette(
         routes=[
@@ -91,10 +101,14 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-class AdminServer:
-    def __init__(self, sidecar: Sidecar, registry: PluginRegistry, host: str, port: int) -> None:
+class EmbeddedApp:
+    """A Starlette ``app`` served by uvicorn on the sidecar's loop; ``what`` names it in
+    errors."""
+
+    def __init__(self, app: Starlette, host: str, port: int, what: str) -> None:
+        self.what = what
         config = uvicorn.Config(
-            admin_app(sidecar, registry),
+            app,
             host=host,
             port=port,
             log_level="warning",
@@ -114,7 +128,7 @@ class AdminServer:
             # uvicorn exits the process when it cannot bind; here that is an error to report.
             await self.server.startup()
         except SystemExit:
-            raise OSError(f"admin API cannot listen on {address}") from None
+            raise OSError(f"{self.what} cannot listen on {address}") from None
 
     @property
     def port(self) -> int:
@@ -124,3 +138,8 @@ class AdminServer:
     async def stop(self) -> None:
         self.server.should_exit = True
         await self.server.shutdown()
+
+
+class AdminServer(EmbeddedApp):
+    def __init__(self, sidecar: Sidecar, registry: PluginRegistry, host: str, port: int) -> None:
+        super().__init__(admin_app(sidecar, registry), host, port, "admin API")

@@ -1,11 +1,14 @@
-"""``sidemesh proxy --control URL``: a sidecar that takes its config from the control plane.
+"""``sidemesh proxy --control URL[,URL...]``: a sidecar that takes its config from the
+control plane.
 
 It long-polls ``/v1/services/{service}/watch``, applies each new version atomically
 (a config the local plugins cannot run is NACKed and the running one stays), reports
 ACK/NACK with its installed plugin versions, and keeps the last applied config on disk
 so a restart while the control plane is down still serves. The control plane is never
 in the data path: when it is unreachable the sidecar keeps serving and reconnects with
-jittered exponential back-off.
+jittered exponential back-off. With several replicas it uses one at a time and moves to
+the next (round-robin) when the one in use fails to answer: a connection error, a
+timeout or a ``5xx``; any other answer (a ``401``, a ``403``) is the control plane's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from sidemesh.api.policy import ControlPlane
+from sidemesh.config.build import control_urls
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid, build
 from sidemesh.datapath.accesslog import AccessLog
@@ -33,6 +38,7 @@ from sidemesh.datapath.sidecar import ApplyError, Sidecar
 from sidemesh.process.admin import AdminServer
 from sidemesh.process.lifecycle import install_signals, log_ready, shut_down, start_admin
 from sidemesh.process.sidecar import control_plane, new_sidecar, read_token
+from sidemesh.process.status import start_status, status_target
 
 __all__ = ["WATCH_TIMEOUT", "Agent", "Backoff", "StateCache", "rebind", "run_agent"]
 
@@ -133,7 +139,7 @@ class Agent:
         sidecar: Sidecar,
         registry: PluginRegistry,
         client: httpx.AsyncClient,
-        control: str,
+        plane: ControlPlane,
         service: str,
         proxy_id: str,
         cache: StateCache,
@@ -142,12 +148,11 @@ class Agent:
         self.sidecar = sidecar
         self.registry = registry
         self.client = client
-        self.control = control
+        self.plane = plane
         self.service = service
         self.proxy_id = proxy_id
         self.cache = cache
         self.bind_host = bind_host
-        self.source = f"control:{control}"
         self.applied: int | None = None
         self.seen: int = 0
         self.nacked: dict[int, str] = {}
@@ -155,6 +160,17 @@ class Agent:
         self.admin_address: str | None = None
         self.pending: dict[str, Any] | None = None
         self.tried_cache = False
+        #: replicas that failed to answer since one last did.
+        self.failed: set[str] = set()
+
+    @property
+    def control(self) -> str:
+        """The replica in use."""
+        return self.plane.url
+
+    @property
+    def replicas(self) -> str:
+        return ", ".join(self.plane.urls)
 
     @property
     def plugins(self) -> list[dict[str, str]]:
@@ -176,7 +192,7 @@ class Agent:
             except OSError as exc:
                 return str(exc)
         try:
-            await self.sidecar.apply(config, str(version), self.source)
+            await self.sidecar.apply(config, str(version), f"control:{self.control}")
         except ApplyError as exc:
             if new_admin is not None:
                 await new_admin.stop()
@@ -215,13 +231,13 @@ class Agent:
         saved = self.cache.load()
         if saved is None:
             log.warning("control plane %s unreachable and no saved config in %s: waiting",
-                        self.control, self.cache.path)
+                        self.replicas, self.cache.path)
             return
         version, doc = saved
         reason = await self.apply(version, doc)
         if reason is None:
             log.info("control plane %s unreachable: serving saved config %s from %s",
-                     self.control, version, self.cache.path)
+                     self.replicas, version, self.cache.path)
             self.seen = version
         else:
             log.error("the saved config %s in %s cannot be applied: %s", version,
@@ -237,57 +253,84 @@ class Agent:
     async def flush_report(self) -> None:
         if self.pending is None:
             return
+        used = self.control
         try:
-            response = await self.client.post(f"/v1/proxies/{self.proxy_id}/status",
+            response = await self.client.post(f"{used}/v1/proxies/{self.proxy_id}/status",
                                               json=self.pending)
         except httpx.HTTPError as exc:
-            log.warning("cannot report status to %s (will retry): %s", self.control, exc)
+            log.warning("cannot report status to %s (will retry): %s", used, exc)
+            self._failed(used, type(exc).__name__)
             return
         if response.status_code == 200:
             self.pending = None
-        else:
-            log.warning("status report refused: %s %s", response.status_code,
-                        response.text[:200])
+            return
+        log.warning("status report refused by %s: %s %s", used, response.status_code,
+                    response.text[:200])
+        if response.status_code >= 500:
+            self._failed(used, f"HTTP {response.status_code}")
+
+    def _failed(self, url: str, reason: str) -> None:
+        """``url`` did not answer: the next replica is used from now on. Said once per
+        replica until one answers, so a long outage does not fill the log."""
+        first = url not in self.failed
+        self.failed.add(url)
+        following = self.plane.fail_over(url)
+        if not first:
+            return
+        if len(self.failed) >= len(self.plane.urls):
+            log.warning("control plane %s unreachable (%s): keeping config %s, retrying",
+                        self.replicas, reason,
+                        self.applied if self.applied is not None else "-")
+        elif following != url:
+            log.warning("control plane %s unreachable (%s): trying %s", url, reason,
+                        following)
 
     async def follow(self) -> None:
         """Watch forever; never raises (except cancellation)."""
         backoff = Backoff()
         connected = False
         while True:
+            used = self.control
             try:
                 response = await self.client.get(
-                    f"/v1/services/{self.service}/watch",
+                    f"{used}/v1/services/{self.service}/watch",
                     params={"after": self.seen, "timeout": WATCH_TIMEOUT,
                             "proxy": self.proxy_id})
             except httpx.HTTPError as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     # Never connected to: it may be a man in the middle. Said every time.
                     log.error("control plane %s presented a certificate that --control-ca "
-                              "does not trust, refusing to connect: %s", self.control, exc)
-                elif connected or backoff.attempt == 0:
-                    log.warning("control plane %s unreachable (%s): keeping config %s, "
-                                "retrying", self.control, type(exc).__name__,
-                                self.applied if self.applied is not None else "-")
+                              "does not trust, refusing to connect: %s", used, exc)
                 connected = False
+                self._failed(used, type(exc).__name__)
                 await self._fallback()
                 await asyncio.sleep(backoff.next())
                 continue
             if response.status_code in (200, 304):
                 if not connected:
-                    log.info("connected to control plane %s", self.control)
+                    log.info("connected to control plane %s", used)
                 connected = True
+                self.failed.clear()
                 backoff.reset()
                 await self.flush_report()
                 if response.status_code == 200:
                     await self._received(response)
                 continue
-            log.error("control plane answered %s: %s", response.status_code,
+            log.error("control plane %s answered %s: %s", used, response.status_code,
                       response.text[:300])
+            if response.status_code >= 500:
+                connected = False
+                self._failed(used, f"HTTP {response.status_code}")
+            else:
+                self.failed.clear()  # an answer (a 401, a 403): this replica is up
             await self._fallback()
             await asyncio.sleep(backoff.next())
 
     async def _fallback(self) -> None:
-        """Nothing applied and no config from the control plane: use the saved one."""
+        """Nothing applied and no config from the control plane (no replica answers, or
+        one refuses): use the saved one."""
+        if 0 < len(self.failed) < len(self.plane.urls):
+            return  # another replica is yet to be tried
         if self.applied is None and not self.tried_cache:
             self.tried_cache = True
             await self.start_from_cache()
@@ -325,30 +368,39 @@ async def run_agent(
     except ValueError as exc:
         log.error("%s", exc)
         return 2
-    control = str(args.control).rstrip("/")
+    try:
+        urls = control_urls(str(args.control))
+    except ValueError as exc:
+        log.error("--control: %s", exc)
+        return 2
     service = str(args.service)
     state_dir = _state_dir(args)
-    plane = control_plane(control, token_file, getattr(args, "control_ca", None))
+    plane = control_plane(urls, token_file, getattr(args, "control_ca", None))
     try:
         verify = plane.verify()
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         log.error("--control-ca %s: %s", plane.ca_file, exc)
         return 2
     sidecar = new_sidecar(registry, access_log, control=plane)
+    try:  # up before any config: kubelet's probe gets 503, not a refused connection
+        status = await start_status(sidecar, *status_target(args))
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
     timeout = httpx.Timeout(5.0, read=WATCH_TIMEOUT + 10.0)
-    async with httpx.AsyncClient(base_url=control, timeout=timeout, verify=verify,
+    async with httpx.AsyncClient(timeout=timeout, verify=verify,
                                  headers={"authorization": f"Bearer {token}"}) as client:
-        agent = Agent(sidecar, registry, client, control, service,
+        agent = Agent(sidecar, registry, client, plane, service,
                       getattr(args, "proxy_id", None) or _default_proxy_id(service),
                       StateCache(state_dir, service), getattr(args, "bind_host", None))
         stop = asyncio.Event()
         install_signals(stop, lambda: log.info(
-            "SIGHUP ignored: the config comes from the control plane %s", control))
-        log.info("sidecar %s (%s) following %s", service, agent.proxy_id, control)
+            "SIGHUP ignored: the config comes from the control plane %s", agent.control))
+        log.info("sidecar %s (%s) following %s", service, agent.proxy_id, agent.replicas)
         follower = asyncio.create_task(agent.follow())
         await stop.wait()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-    await shut_down(sidecar, agent.admin, drain)
+    await shut_down(sidecar, agent.admin, drain, status)
     return 0

@@ -12,7 +12,7 @@ import sidemesh.datapath as compiled  #
 from sidemesh.config.build import split_address
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.datapath.sidecar import Sidecar
-from sidemesh.process.admin import AdminServer
+from sidemesh.process.admin import AdminServer, EmbeddedApp
 
 __all__ = ["install_signals", "log_ready", "shut_down", "start_admin"]
 
@@ -49,10 +49,13 @@ def log_ready(sidecar: Sidecar, service: str, admin: AdminServer | None,
     )
 
 
-async def shut_down(sidecar: Sidecar, admin: AdminServer | None, drain: float) -> None:
-    """Drain in-flight requests (up to ``drain`` seconds), then stop the admin API."""
+async def shut_down(sidecar: Sidecar, admin: AdminServer | None, drain: float,
+                    status: EmbeddedApp | None = None) -> None:
+    """Drain in-flight requests (up to ``drain`` seconds), then stop the admin API and the
+    status port (which answers ``503`` while the sidecar drains, so kubelet sees it)."""
     log.info("draining (up to %ss)", drain)
     finished = await sidecar.drain(drain)
-    if admin is not None:
-        await admin.stop()
+    for server in (admin, status):
+        if server is not None:
+            await server.stop()
     log.info("stopped%s", "" if finished else " (drain timeout: some requests were cut)")

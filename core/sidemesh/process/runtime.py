@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sidemesh.api.durations import parse_duration
+from sidemesh.config.build import control_urls
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid, config_digest, load_file
 from sidemesh.datapath.accesslog import AccessLog
@@ -18,6 +19,7 @@ from sidemesh.datapath.sidecar import ApplyError
 from sidemesh.process.admin import AdminServer
 from sidemesh.process.lifecycle import install_signals, log_ready, shut_down, start_admin
 from sidemesh.process.sidecar import control_plane, new_sidecar
+from sidemesh.process.status import StatusServer, start_status, status_target
 
 __all__ = ["main_proxy", "run_loop", "serve_file", "setup_logging"]
 
@@ -55,12 +57,15 @@ def run_loop(main: Any) -> int:
 
 
 async def serve_file(
-    path: Path, registry: PluginRegistry, access_log: AccessLog, drain: float
+    path: Path, registry: PluginRegistry, access_log: AccessLog, drain: float,
+    status_at: tuple[str, int | None] = ("0.0.0.0", None),
 ) -> int:
     config = load_file(path, registry)
     # Routes come from the file; certificates (mtls) may still come from the CA.
     control = (
-        control_plane(config.control.url, config.control.token_file, config.control.ca_file)
+        control_plane(
+            control_urls(config.control.url), config.control.token_file, config.control.ca_file
+        )
         if config.control is not None
         else None
     )
@@ -71,13 +76,17 @@ async def serve_file(
         log.error("%s", exc)
         return 1
     admin: AdminServer | None = None
-    if config.admin:
-        try:
+    status: StatusServer | None = None
+    try:
+        if config.admin:
             admin = await start_admin(sidecar, registry, config.admin)
-        except OSError as exc:
-            log.error("%s", exc)
-            await sidecar.drain(0)
-            return 1
+        status = await start_status(sidecar, *status_at)
+    except OSError as exc:
+        log.error("%s", exc)
+        await sidecar.drain(0)
+        if admin is not None:
+            await admin.stop()
+        return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -98,7 +107,7 @@ async def serve_file(
     install_signals(stop, lambda: loop.create_task(reload()))
     log_ready(sidecar, config.node.service, admin, config.admin)
     await stop.wait()
-    await shut_down(sidecar, admin, drain)
+    await shut_down(sidecar, admin, drain, status)
     return 0
 
 
@@ -127,6 +136,6 @@ def main_proxy(args: argparse.Namespace) -> int:
             print(f"  - {error}", file=sys.stderr)
         return 1
     try:
-        return run_loop(serve_file(path, registry, access_log, drain))
+        return run_loop(serve_file(path, registry, access_log, drain, status_target(args)))
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,7 @@ the plugins' ``sidemesh_config_applied`` hooks."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from sidemesh.api.policy import ControlPlane
@@ -63,7 +64,10 @@ def read_token(token_file: str | None) -> str:
     return token
 
 
-def control_plane(url: str, token_file: str | None, ca_file: str | None = None) -> ControlPlane:
-    """The control plane as policies see it; the token is read anew on each use, so a
-    rotated token file takes effect without a restart."""
-    return ControlPlane(url.rstrip("/"), lambda: read_token(token_file), ca_file)
+def control_plane(
+    urls: Sequence[str], token_file: str | None, ca_file: str | None = None
+) -> ControlPlane:
+    """The control plane as the agent and policies see it, its replicas ``urls`` in the
+    order they are tried (see :func:`~sidemesh.config.build.control_urls`); the token is
+    read anew on each use, so a rotated token file takes effect without a restart."""
+    return ControlPlane(urls[0], lambda: read_token(token_file), ca_file, tuple(urls))

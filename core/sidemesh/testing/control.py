@@ -63,8 +63,10 @@ class ControlServer:
 
     @property
     def store(self) -> Store:
+        """The store itself (a :class:`~sidemesh.control.sqlite.SQLiteStore` by default);
+        calls made through it are not in the control plane's metrics."""
         assert self.state is not None
-        return self.state.store
+        return self.state.backend
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` (a store call, say) on the control plane's loop."""

@@ -7,15 +7,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from sidemesh.datapath import MANIFEST, MODULES, PACKAGE_DIR, build_dir, check, fingerprint
 
-__all__ = ["build", "main"]
+__all__ = ["BuildProgress", "build", "compile_with_progress", "main"]
+
+BUILD_TIMEOUT = 900.0
+#: setuptools' line as it starts each C extension: mypyc's shared one, then one per module.
+_BUILDING = re.compile(r"building '([^']+)' extension")
 
 MYPY_CONFIG = """[mypy]
 python_version = 3.11
@@ -41,9 +60,8 @@ def build(target: Path) -> None:
             "mypyc",
             *(f"sidemesh/datapath/{name}.py" for name in MODULES),
         ]
-        result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"mypyc failed:\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
+        with BuildProgress(len(MODULES)) as progress:
+            compile_with_progress(command, work, progress)
         staging = Path(f"{target}.new")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "sidemesh" / "datapath").mkdir(parents=True)
@@ -56,6 +74,83 @@ def build(target: Path) -> None:
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
+
+
+class BuildProgress:
+    """Where the build is, on ``stream`` (stderr): a live bar on a terminal, a plain line
+    per step otherwise (a CI log keeps them all)."""
+
+    def __init__(self, modules: int, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        # mypy's type check and C generation, the shared library, then each module's own.
+        self.total = modules + 2
+        self.step = 0
+        self._bar: Progress | None = None
+
+    def __enter__(self) -> BuildProgress:
+        if self.stream.isatty():
+            self._bar = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(file=self.stream), transient=True)
+            self._bar.start()
+            self._bar.add_task("", total=self.total)
+        self._show("type-checking and generating C")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def feed(self, line: str) -> None:
+        """One line of mypyc's output."""
+        match = _BUILDING.search(line)
+        if match is None:
+            return
+        self.step += 1
+        name = match[1]
+        self._show("compiling the C code of all modules" if name.endswith("__mypyc")
+                   else f"building {name}")
+
+    def _show(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._bar.task_ids[0], completed=self.step, description=text)
+        else:
+            print(f"[{self.step + 1}/{self.total}] {text}", file=self.stream, flush=True)
+
+
+def compile_with_progress(command: Sequence[str], cwd: Path, progress: BuildProgress,
+                          timeout: float = BUILD_TIMEOUT) -> None:
+    """Run mypyc's ``command``, its output read as it comes for ``progress``.
+
+    :raises RuntimeError: with the end of the output when it fails.
+    :raises subprocess.TimeoutExpired: when it takes longer than ``timeout`` (it is
+        killed).
+    """
+    tail: deque[str] = deque(maxlen=100)
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as process:
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
+            process.kill()
+
+        # Reading blocks until a line comes: the timer is what ends a hung build.
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                tail.append(line)
+                progress.feed(line)
+        finally:
+            timer.cancel()
+        code = process.wait()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(list(command), timeout)
+    if code != 0:
+        raise RuntimeError(f"mypyc failed:\n{''.join(tail)[-8000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:

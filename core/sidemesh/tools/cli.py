@@ -22,6 +22,9 @@ from typing import Any
 
 from sidemesh import __version__
 from sidemesh.api.durations import parse_duration
+from sidemesh.tools import kube
+from sidemesh.tools.istio import register as register_istio
+from sidemesh.tools.ops import register as register_ops
 
 __all__ = ["COMMANDS_GROUP", "build_parser", "main"]
 
@@ -37,6 +40,8 @@ examples:
   sidemesh proxy -c sidemesh.yaml          run a sidecar from a file (SIGHUP reloads it)
   sidemesh control --data ./sidemesh-data  run the control plane
   sidemesh new-plugin ratelimit            start a plugin: sidemesh-ratelimit/
+  sidemesh import istio bookinfo/*.yaml --out configs/
+                                           Istio resources -> one config per service
 
 Run 'sidemesh COMMAND --help' for a command's options.
 """
@@ -150,14 +155,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     registry = _registry()
     try:
-        config = load_file(args.config, registry)
+        if args.admin:
+            from sidemesh.tools.ops.proxy_config import live_config
+
+            config = live_config(args.admin, registry)
+        else:
+            config = load_file(args.config, registry)
+        result = explain(config, registry, args.method, args.url, args.header)
     except ConfigInvalid as exc:
-        print(f"sidemesh explain: {args.config} is not a valid config:", file=sys.stderr)
+        print(f"sidemesh explain: {args.config or args.admin} is not a valid config:",
+              file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
         return 1
-    try:
-        result = explain(config, registry, args.method, args.url, args.header)
     except ExplainError as exc:
         print(f"sidemesh explain: {exc}", file=sys.stderr)
         return 1
@@ -190,6 +200,13 @@ def _check_proxy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("give either -c/--config FILE or --control URL (with --service)")
     if args.control is not None and not args.service:
         parser.error("--control needs --service NAME")
+    if args.control is not None:
+        from sidemesh.config.build import control_urls
+
+        try:
+            control_urls(args.control)
+        except ValueError as exc:
+            parser.error(f"--control: {exc}")
 
 
 def _check_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -239,8 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster's endpoints.",
         epilog="examples:\n"
         "  sidemesh explain -c sidemesh.yaml GET http://reviews/reviews/1\n"
-        "  sidemesh explain -c sidemesh.yaml POST /api -H 'host: ratings' -H 'x-user: jason'")
-    p.add_argument("-c", "--config", required=True, metavar="FILE", help="sidemesh.yaml")
+        "  sidemesh explain -c sidemesh.yaml POST /api -H 'host: ratings' -H 'x-user: jason'\n"
+        "  sidemesh explain --admin 127.0.0.1:15000 GET http://reviews/reviews/1")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--config", metavar="FILE", help="sidemesh.yaml")
+    source.add_argument("--admin", metavar="URL", help="instead of a file: the config a "
+                        "running sidecar applied, from its admin API")
     p.add_argument("method", metavar="METHOD", help="GET, POST, ...")
     p.add_argument("url", metavar="URL", help="http://host/path?query, or /path with -H 'host: x'")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
@@ -255,12 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
         "config if the new one is invalid); from a control plane it follows config updates.",
         epilog="examples:\n  sidemesh proxy -c sidemesh.yaml\n"
         "  sidemesh proxy --control http://127.0.0.1:15010 --service reviews "
-        "--token-file reviews.token")
+        "--token-file reviews.token\n"
+        "  sidemesh proxy --control https://cp-1:15010,https://cp-2:15010 --control-ca ca.pem "
+        "--service reviews --token-file reviews.token")
     p.add_argument("-c", "--config", metavar="FILE", help="sidemesh.yaml to run")
-    p.add_argument("--control", metavar="URL", help="control plane URL instead of a file")
+    p.add_argument("--control", metavar="URL[,URL...]",
+                   help="control plane URL instead of a file; several replicas separated by "
+                   "commas: the first is used, the next when it does not answer")
     p.add_argument("--control-ca", metavar="FILE",
                    help="with an https:// --control: the CA bundle its certificate must "
-                   "chain to (sidemesh control --print-ca)")
+                   "chain to, for every replica (sidemesh control --print-ca)")
     p.add_argument("--service", metavar="NAME", help="service name (with --control)")
     p.add_argument("--token-file", metavar="FILE",
                    help="sidecar token file (default: $SIDEMESH_TOKEN)")
@@ -284,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", default="-", metavar="TARGET",
                    help="where the JSON access log goes: - (stdout, default), a file "
                    "path (appended to), or off")
+    kube.status_arguments(p)
     p.set_defaults(handler=_lazy("sidemesh.process.runtime", "main_proxy"), check=_check_proxy,
                    parser=p)
 
@@ -352,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where sidemesh-NAME/ is created (default: the current directory)")
     p.set_defaults(handler=_lazy("sidemesh.tools.scaffold", "main"))
 
+    p = sub.add_parser("import", help="convert another mesh's resources into sidecar configs",
+                       description="Convert another mesh's configuration into sidecar "
+                       "configs; run 'sidemesh import SOURCE --help' for one source.")
+    register_istio(p.add_subparsers(dest="source", metavar="SOURCE", required=True))
+    kube.register(sub)
+
+    register_ops(sub, parser)
     _add_contributed_commands(sub)
     return parser
 

@@ -254,6 +254,9 @@ def render_hooks_reference() -> str:
     lines += ["## What the hooks receive", ""]
     lines += _dataclass_section(policy.PolicyContext)
     lines += _dataclass_section(policy.ControlPlane)
+    for name in ("fail_over", "verify"):
+        member = getattr(policy.ControlPlane, name)
+        lines += _callable_section("####", f"ControlPlane.{name}", member)
     lines += _dataclass_section(policy.Explanation)
     lines += _dataclass_section(connections.ConnectionSetup)
     lines += _class_section(messages.Request, ("mirror", "path_only"))

@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sidemesh.api.durations import DURATION_PATTERN
+
 __all__ = ["PluginSchema", "Row", "code", "render_config_reference", "rows"]
 
 GENERATED_NOTE = (
@@ -118,6 +120,9 @@ def _bounds(node: dict[str, Any]) -> str:
             value = node[key]
             if key == "enum":
                 shown = ", ".join(code(_json(v)) for v in value)
+            elif key == "pattern" and value == DURATION_PATTERN:
+                parts.append("a duration")
+                continue
             elif key in ("pattern", "const", "format"):
                 shown = code(value if isinstance(value, str) else _json(value))
             else:
@@ -204,8 +209,10 @@ def render_config_reference(core: dict[str, Any], plugins: Sequence[PluginSchema
         "checks a file against all of them and names the path of every error.",
         "",
         "Paths: `a.b` is key `b` inside `a`, `a[]` an item of list `a`, `<key>` any key of a "
-        "map. **required** marks keys without a default that must be given. Durations are "
-        "strings such as `250ms`, `2s`, `1m`, `1h`; addresses are `host:port`.",
+        "map. **required** marks keys without a default that must be given. A duration is a "
+        "string in Go's syntax (as Istio writes them): numbers with units `h`, `m`, `s`, "
+        "`ms`, `us` (or `µs`), `ns`, such as `250ms`, `2s`, `1m30s`, `1.5h`; no sign; `0` "
+        "alone is zero. Addresses are `host:port`.",
         "",
         "- [The sidecar config](#the-sidecar-config)",
     ]

@@ -125,7 +125,7 @@ class OutlierDetector:
         settings = self.settings
         seconds = min(
             settings.base_ejection_time * (endpoint.ejection_count + 1),
-            max(settings.max_ejection_time, settings.base_ejection_time),
+            settings.max_ejection_time,
         )
         endpoint.eject(seconds)
         host.ejected_until = endpoint.ejected_until

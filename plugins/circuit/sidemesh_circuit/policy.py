@@ -21,6 +21,9 @@ from .outlier import OutlierDetector, OutlierSettings
 
 __all__ = ["CircuitPolicy"]
 
+# max_ejection_time when not given, unless base_ejection_time is longer (Envoy's).
+_DEFAULT_MAX_EJECTION_TIME = 300.0
+
 
 def _schema() -> dict[str, Any]:
     text = resources.files(__package__).joinpath("schema.json").read_text(encoding="utf-8")
@@ -51,12 +54,18 @@ class CircuitPolicy(Policy):
         limit.max_pending = _tighter(limit.max_pending, config["max_pending_requests"])
         cluster.retries.max_active = _tighter(cluster.retries.max_active, config["max_retries"])
         watch(cluster)
+        base = parse_duration(config["base_ejection_time"])
+        longest = config["max_ejection_time"]
         settings = OutlierSettings(
             consecutive_5xx=config["consecutive_5xx"],
             consecutive_gateway_failure=config["consecutive_gateway_failure"],
             interval=parse_duration(config["interval"]),
-            base_ejection_time=parse_duration(config["base_ejection_time"]),
-            max_ejection_time=parse_duration(config["max_ejection_time"]),
+            base_ejection_time=base,
+            max_ejection_time=(
+                parse_duration(longest)
+                if longest is not None
+                else max(_DEFAULT_MAX_EJECTION_TIME, base)
+            ),
             max_ejection_percent=config["max_ejection_percent"],
         )
         self._detector = OutlierDetector(settings, cluster, context.shared)
@@ -67,6 +76,14 @@ class CircuitPolicy(Policy):
         for key in ("interval", "base_ejection_time"):
             if parse_duration(config[key]) <= 0:
                 errors.append(f"{key} must be greater than 0")
+        base, longest = config["base_ejection_time"], config["max_ejection_time"]
+        if longest is not None and parse_duration(longest) < parse_duration(base):
+            # Envoy refuses the cluster ("max_ejection_time cannot be smaller than
+            # base_ejection_time"); clamping instead would hide the typo.
+            errors.append(
+                f"max_ejection_time ({longest}) must not be shorter than base_ejection_time "
+                f"({base}); leave it out for 300s, or base_ejection_time when that is longer"
+            )
         return errors
 
     def on_request(self, request: Request) -> Response | None:

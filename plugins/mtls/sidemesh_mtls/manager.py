@@ -215,8 +215,8 @@ def manager_for(
     more user (give it back with :func:`release`).
 
     Files (``cert_file``/``key_file``/``bundle_file``) win; otherwise the CA of the
-    control plane the sidecar runs under (``PolicyContext.control``), authenticated
-    with the sidecar's token.
+    control plane the sidecar runs under (``PolicyContext.control``, any of its
+    replicas), authenticated with the sidecar's token.
 
     :raises IdentityError: when neither is configured or the files are unusable.
     """
@@ -236,14 +236,9 @@ def manager_for(
             )
         service = str(node.get("service") or "")
         namespace = str(node.get("namespace") or "default")
-        key = ("ca", trust_domain, control.url, service, namespace)
-        source = CAIdentitySource(
-            control.url,
-            control.token,
-            service=service,
-            namespace=namespace,
-            verify=control.verify(),
-        )
+        # Keyed by every replica: moving to another one keeps the same manager.
+        key = ("ca", trust_domain, *control.urls, service, namespace)
+        source = CAIdentitySource(control, service=service, namespace=namespace)
     manager = _MANAGERS.get(key)
     if manager is None:
         manager = _MANAGERS[key] = IdentityManager(source, trust_domain)

@@ -14,13 +14,15 @@ The control-plane contract (implemented by ``sidemesh control``)::
     4xx/5xx {"error": "<message>"}
 
 The identity in the certificate is the one bound to the token, never one the CSR asks
-for. The private key is generated here and never leaves the process.
+for. The private key is generated here and never leaves the process. A control plane of
+several replicas is asked at the one in use; one that does not answer (a connection
+error, a timeout, a ``5xx``) hands the request to the next, as the sidecar's own
+connection to the control plane moves with it.
 """
 
 from __future__ import annotations
 
-import ssl
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sidemesh import ControlPlane
+
 from .identity import IdentityError, Material
+
+log = logging.getLogger("sidemesh.mtls")
 
 __all__ = [
     "CERTIFICATES_PATH",
@@ -78,26 +84,31 @@ class FileIdentitySource:
 
 
 class CAIdentitySource:
-    """Certificates signed by the control plane's CA from a locally generated key."""
+    """Certificates signed by the control plane's CA from a locally generated key.
+
+    :param control: the control plane the sidecar runs under (its replicas, the one in
+        use, its token and the CA bundle its certificate must chain to).
+    """
 
     def __init__(
         self,
-        control_url: str,
-        token: Callable[[], str],
+        control: ControlPlane,
         *,
         service: str,
         namespace: str,
         timeout: float = 10.0,
-        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        self.url = control_url.rstrip("/") + CERTIFICATES_PATH
+        self.control = control
         #: how the control plane's HTTPS certificate is checked (its CA, from the core).
-        self.verify = verify
-        # Read anew for each request: the sidecar's token file may have been rotated.
-        self._token = token
+        self.verify = control.verify()
         self.service = service
         self.namespace = namespace
         self.timeout = timeout
+
+    @property
+    def url(self) -> str:
+        """Where the next request goes (on the replica in use)."""
+        return self.control.url + CERTIFICATES_PATH
 
     @property
     def description(self) -> str:
@@ -119,38 +130,57 @@ class CAIdentitySource:
         """Generate a key, have the CA sign it, return the result.
 
         :raises IdentityError: when the control plane refuses or answers nonsense.
-        :raises httpx.HTTPError: when it cannot be reached.
+        :raises httpx.HTTPError: when no replica can be reached.
         """
         try:
-            token = self._token()
+            # Read anew for each request: the sidecar's token file may have been rotated.
+            token = self.control.token()
         except ValueError as exc:  # no token file, or an empty one
             raise IdentityError(f"cannot ask {self.url} for a certificate: {exc}") from None
         csr_pem, key_pem = self._csr()
         async with httpx.AsyncClient(timeout=self.timeout, verify=self.verify) as client:
-            response = await client.post(
-                self.url,
-                json={"csr": csr_pem.decode("ascii")},
-                headers={"authorization": f"Bearer {token}"},
-            )
+            response = await self._post(client, {"csr": csr_pem.decode("ascii")}, token)
+        url = str(response.request.url)
         payload = _json(response)
         if response.status_code != 200:
             detail = payload.get("error") if isinstance(payload, dict) else None
             raise IdentityError(
-                f"{self.url} refused the certificate request: {response.status_code} "
+                f"{url} refused the certificate request: {response.status_code} "
                 f"{detail or response.text[:200]}"
             )
         if not isinstance(payload, dict) or not all(
             isinstance(payload.get(k), str) for k in ("certificate", "trust_bundle")
         ):
-            raise IdentityError(
-                f"{self.url} answered without 'certificate' and 'trust_bundle' strings"
-            )
+            raise IdentityError(f"{url} answered without 'certificate' and 'trust_bundle' strings")
         return Material(
             payload["certificate"].encode("ascii"),
             key_pem,
             payload["trust_bundle"].encode("ascii"),
-            source=self.description,
+            source=f"control plane {url}",
         )
+
+    async def _post(
+        self, client: httpx.AsyncClient, body: dict[str, str], token: str
+    ) -> httpx.Response:
+        """The answer of the replica in use, or of the next ones while it does not answer
+        (each asked once: the caller retries with back-off)."""
+        headers = {"authorization": f"Bearer {token}"}
+        base = self.control.url
+        for _ in range(len(self.control.urls) - 1):
+            try:
+                response = await client.post(base + CERTIFICATES_PATH, json=body, headers=headers)
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            else:
+                if response.status_code < 500:
+                    return response
+                reason = f"HTTP {response.status_code}"
+            following = self.control.fail_over(base)
+            log.warning("mtls: control plane %s unreachable (%s): trying %s", base, reason,
+                        following)
+            base = following
+        # The last replica of the round: its answer or its error, as they are.
+        return await client.post(base + CERTIFICATES_PATH, json=body, headers=headers)
 
 
 def _json(response: httpx.Response) -> Any:

@@ -91,9 +91,7 @@ async def control_plane(
 def test_fetch_gets_the_identity_bound_to_the_token(pki: Pki) -> None:
     async def main() -> None:
         async with control_plane(pki.ca) as plane:
-            source = CAIdentitySource(
-                plane.url, lambda: "tok-reviews", service="reviews", namespace="default"
-            )
+            source = CAIdentitySource(control(plane.url), service="reviews", namespace="default")
             identity = build_identity(await source.fetch(), TD)
             assert identity.spiffe_id == sid("reviews")
             # The key stays here: the request carried a CSR and nothing else.
@@ -101,7 +99,7 @@ def test_fetch_gets_the_identity_bound_to_the_token(pki: Pki) -> None:
             assert "PRIVATE KEY" not in json.dumps(plane.bodies[0])
 
             bad = CAIdentitySource(
-                plane.url, lambda: "stolen", service="reviews", namespace="default"
+                control(plane.url, "stolen"), service="reviews", namespace="default"
             )
             with pytest.raises(IdentityError, match="401 invalid token"):
                 await bad.fetch()
@@ -142,7 +140,9 @@ def test_rotation_from_the_ca_drops_no_connection(
             inbound = listener_policy({"allow": [sid("productpage")]}, control=control(plane.url))
             outbound = IdentityManager(
                 CAIdentitySource(
-                    plane.url, lambda: "tok-productpage", service="productpage", namespace="default"
+                    control(plane.url, "tok-productpage"),
+                    service="productpage",
+                    namespace="default",
                 ),
                 TD,
             )

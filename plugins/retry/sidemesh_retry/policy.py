@@ -25,10 +25,13 @@ from sidemesh import (
 from .conditions import IDEMPOTENT, RetryOn, backoff, retry_after
 from .metrics import RETRY_ATTEMPTS, RETRY_OVERFLOW, RETRY_SUCCESS
 
-__all__ = ["ATTEMPT_COUNT_HEADER", "RetryPolicy"]
+__all__ = ["ATTEMPT_COUNT_HEADER", "OVERLOADED_HEADER", "RetryPolicy"]
 
 #: sent on every upstream request: 1 on the first try (Envoy: x-envoy-attempt-count).
 ATTEMPT_COUNT_HEADER = "x-sidemesh-attempt-count"
+#: on a limit's answer from any sidecar (the core's ``Response.overflow()``; Envoy:
+#: x-envoy-overloaded): a response carrying it is never retried, whatever its status.
+OVERLOADED_HEADER = "x-sidemesh-overloaded"
 
 
 def _schema() -> dict[str, Any]:
@@ -121,6 +124,11 @@ class RetryPolicy(Policy):
         if not self._retry_on(attempt):
             if attempt.number > 1:
                 self._inc(RETRY_SUCCESS, request.cluster)
+            return
+        if attempt.response is not None and OVERLOADED_HEADER in attempt.response.headers:
+            # Another sidecar shed this request: retrying would add to its overload
+            # (Envoy never retries a response with x-envoy-overloaded).
+            request.log["retry"] = f"not retried: {OVERLOADED_HEADER}"
             return
         cluster = self.context.clusters.get(request.cluster)
         if cluster is None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from prometheus_client import REGISTRY
 
-from sidemesh import testing
+from sidemesh import Response, testing
 
 
 def script(*replies: testing.Reply) -> Callable[[testing.SeenRequest], testing.Reply]:
@@ -97,6 +97,39 @@ def test_retry_on_5xx_gateway_error_and_retriable_4xx() -> None:
             r = httpx.get(sc.url("main") + "/", timeout=10)
             assert r.status_code == (200 if retried else status), (retry_on, status)
             assert len(up.requests) == (2 if retried else 1)
+
+
+def test_a_response_from_an_overloaded_sidecar_is_never_retried() -> None:
+    # What another sidecar's limit answers (the core's own overflow response), as it
+    # arrives over the wire: 503 with x-sidemesh-overloaded: true.
+    shed = Response.overflow()
+    overloaded = testing.Reply(shed.status, shed.body, dict(shed.headers))
+    config = {"attempts": 3, "retry_on": ["5xx", "gateway-error", "retriable-status-codes"]}
+    with (
+        testing.Upstream(lambda _: overloaded) as up,
+        sidecar(up.address, retry=config) as (sc, log),
+    ):
+        r = httpx.get(sc.url("main") + "/", timeout=10)
+        assert (r.status_code, r.headers["x-sidemesh-overloaded"]) == (503, "true")
+        assert len(up.requests) == 1
+        line = access_lines(log, 1)[0]
+        assert (line["attempts"], line["retry"]) == (1, "not retried: x-sidemesh-overloaded")
+    # Whatever its status: the header alone says the upstream is shedding load.
+    with (
+        testing.Upstream(
+            lambda _: testing.Reply(502, headers={"X-Sidemesh-Overloaded": "1"})
+        ) as up,
+        sidecar(up.address, retry=config) as (sc, _),
+    ):
+        assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 502
+        assert len(up.requests) == 1
+    # The same 503 without the header is retried as usual.
+    with (
+        testing.Upstream(lambda _: testing.Reply(503, shed.body)) as up,
+        sidecar(up.address, retry=config) as (sc, _),
+    ):
+        assert httpx.get(sc.url("main") + "/", timeout=10).status_code == 503
+        assert len(up.requests) == 4
 
 
 def test_retriable_status_codes_list() -> None:

@@ -1,7 +1,8 @@
-"""Zipkin v2 JSON export in batches, from a background asyncio task.
+"""Span export in batches, from a background asyncio task: Zipkin v2 JSON here, OTLP in
+:mod:`.otlp`, both on the same queue and back-off.
 
-The request path only appends to a bounded queue (:meth:`ZipkinExporter.submit` is
-sync and never waits): a slow or unreachable collector costs dropped spans, counted in
+The request path only appends to a bounded queue (:meth:`BatchExporter.submit` is sync
+and never waits): a slow or unreachable collector costs dropped spans, counted in
 ``sidemesh_tracing_spans_dropped_total``, never request latency.
 """
 
@@ -13,14 +14,24 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httpx
 
 from .metrics import SPANS_DROPPED, SPANS_EXPORTED
 from .spans import SpanRecord
 
-__all__ = ["ExporterSettings", "ZipkinExporter", "acquire_exporter", "release_exporter"]
+__all__ = [
+    "ZIPKIN_PATH",
+    "BatchExporter",
+    "ExporterSettings",
+    "ZipkinExporter",
+    "acquire_exporter",
+    "release_exporter",
+    "zipkin_url",
+]
 
 log = logging.getLogger("sidemesh.tracing")
 
@@ -31,6 +42,18 @@ RETRY_MIN = 0.5
 RETRY_MAX = 30.0
 #: Bound on shutdown: a final POST plus some slack.
 CLOSE_TIMEOUT = 6.0
+ZIPKIN_PATH = "/api/v2/spans"
+
+#: Sends one batch; returns ``None`` when the collector took it, else what went wrong.
+Sender = Callable[[list[SpanRecord]], Awaitable[str | None]]
+
+
+def zipkin_url(endpoint: str) -> str:
+    """The collector's POST URL: a base URL (``http://zipkin:9411``) gets Zipkin's path,
+    a full one (``http://zipkin:9411/api/v2/spans``, as ``OTEL_EXPORTER_ZIPKIN_ENDPOINT``
+    is written) is kept."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith(ZIPKIN_PATH) else base + ZIPKIN_PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +63,12 @@ class ExporterSettings:
     flush_interval: float = 1.0
     max_queue: int = 10000
 
-    @property
-    def url(self) -> str:
-        return self.endpoint.rstrip("/") + "/api/v2/spans"
 
+class BatchExporter:
+    """Queues finished spans and sends them in batches; subclasses say how to send."""
 
-class ZipkinExporter:
-    """Queues finished spans and POSTs them to ``{endpoint}/api/v2/spans``."""
+    #: the ``exporter`` label of the plugin's counters.
+    kind: ClassVar[str]
 
     def __init__(self, settings: ExporterSettings) -> None:
         self.settings = settings
@@ -61,10 +83,22 @@ class ZipkinExporter:
         self.refs = 0
         self.key: tuple[ExporterSettings, asyncio.AbstractEventLoop | None] = (settings, None)
 
+    @property
+    def target(self) -> str:
+        """The collector, as log lines name it."""
+        return self.settings.endpoint
+
+    def _session(self) -> contextlib.AbstractAsyncContextManager[Sender]:
+        """A sender for one run of the export task (or one flush)."""
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        """Release what the exporter holds, once the queue is drained."""
+
     def submit(self, span: SpanRecord) -> None:
         """Queue one finished span. Sync, never waits; drops (and counts) when full."""
         if len(self._queue) >= self.settings.max_queue:
-            SPANS_DROPPED.labels("queue_full").inc()
+            SPANS_DROPPED.labels(self.kind, "queue_full").inc()
             return
         self._queue.append(span)
         self._kick(len(self._queue) >= self.settings.batch_size)
@@ -92,64 +126,57 @@ class ZipkinExporter:
         self._wake = asyncio.Event()
         if full:
             self._wake.set()
-        self._task = loop.create_task(self._run(), name="sidemesh-tracing-zipkin")
+        self._task = loop.create_task(self._run(), name=f"sidemesh-tracing-{self.kind}")
 
     async def _run(self) -> None:
         wake = self._wake
         assert wake is not None
-        async with httpx.AsyncClient(timeout=POST_TIMEOUT) as client:
+        async with self._session() as send:
             while not self._closing:
                 if len(self._queue) < self.settings.batch_size:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), self.settings.flush_interval)
                 wake.clear()
-                await self._drain(client)
-            await self._drain(client)
+                await self._drain(send)
+            await self._drain(send)
 
-    async def _drain(self, client: httpx.AsyncClient) -> None:
+    async def _drain(self, send: Sender) -> None:
         while self._queue:
             size = min(self.settings.batch_size, len(self._queue))
             batch = [self._queue.popleft() for _ in range(size)]
-            await self._post(client, batch)
+            await self._post(send, batch)
 
-    async def _post(self, client: httpx.AsyncClient, batch: list[SpanRecord]) -> None:
+    async def _post(self, send: Sender, batch: list[SpanRecord]) -> None:
         if self._failing and time.monotonic() < self._retry_at:
             # The collector is down: drop without serialising, and only try it again
             # after a back-off, so a dead collector costs the proxy next to nothing.
-            SPANS_DROPPED.labels("export_failed").inc(len(batch))
+            SPANS_DROPPED.labels(self.kind, "export_failed").inc(len(batch))
             return
-        body = json.dumps([span.to_zipkin() for span in batch], separators=(",", ":"))
         try:
-            reply = await client.post(
-                self.settings.url, content=body, headers={"content-type": "application/json"}
-            )
-            ok = reply.status_code < 300
-            problem = f"HTTP {reply.status_code}"
-        except httpx.HTTPError as exc:
-            ok, problem = False, f"{type(exc).__name__}: {exc}"
+            problem = await send(batch)
         except asyncio.CancelledError:
-            SPANS_DROPPED.labels("export_failed").inc(len(batch))
+            SPANS_DROPPED.labels(self.kind, "export_failed").inc(len(batch))
             raise
-        if ok:
-            SPANS_EXPORTED.inc(len(batch))
+        if problem is None:
+            SPANS_EXPORTED.labels(self.kind).inc(len(batch))
             if self._failing:
-                log.info("zipkin collector %s reachable again", self.settings.url)
+                log.info("%s collector %s reachable again", self.kind, self.target)
             self._failing = False
             self._backoff = 0.0
             return
-        SPANS_DROPPED.labels("export_failed").inc(len(batch))
+        SPANS_DROPPED.labels(self.kind, "export_failed").inc(len(batch))
         self._backoff = min(max(self._backoff * 2, RETRY_MIN), RETRY_MAX)
         self._retry_at = time.monotonic() + self._backoff
         # One warning per outage, not one per batch.
         if not self._failing:
-            log.warning("zipkin export to %s failed (%s); dropping spans until it recovers",
-                        self.settings.url, problem)
+            log.warning("%s export to %s failed (%s); dropping spans until it recovers",
+                        self.kind, self.target, problem)
         self._failing = True
 
     async def flush(self) -> None:
         """Send everything queued now (used on shutdown and by tests)."""
-        async with httpx.AsyncClient(timeout=POST_TIMEOUT) as client:
-            await self._drain(client)
+        async with self._session() as send:
+            await self._drain(send)
 
     async def close(self) -> None:
         """Send what is queued and stop the background task; bounded by one POST's
@@ -157,6 +184,7 @@ class ZipkinExporter:
         task, self._task = self._task, None
         if task is None or task.done():
             await self.flush()
+            await self._stop()
             return
         self._closing = True
         if self._wake is not None:
@@ -164,15 +192,46 @@ class ZipkinExporter:
         try:
             await asyncio.wait_for(task, CLOSE_TIMEOUT)
         except TimeoutError:
-            log.warning("zipkin export to %s did not finish in time on shutdown",
-                        self.settings.url)
+            log.warning("%s export to %s did not finish in time on shutdown", self.kind,
+                        self.target)
         finally:
             self._closing = False
         # Spans submitted while the final drain was running.
         await self.flush()
+        await self._stop()
 
 
-_exporters: dict[tuple[ExporterSettings, asyncio.AbstractEventLoop | None], ZipkinExporter] = {}
+class ZipkinExporter(BatchExporter):
+    """POSTs Zipkin v2 JSON to the collector's ``/api/v2/spans``."""
+
+    kind = "zipkin"
+
+    def __init__(self, settings: ExporterSettings) -> None:
+        super().__init__(settings)
+        self.url = zipkin_url(settings.endpoint)
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[Sender]:
+        async with httpx.AsyncClient(timeout=POST_TIMEOUT) as client:
+
+            async def send(batch: list[SpanRecord]) -> str | None:
+                body = json.dumps([span.to_zipkin() for span in batch], separators=(",", ":"))
+                try:
+                    reply = await client.post(
+                        self.url, content=body, headers={"content-type": "application/json"}
+                    )
+                except httpx.HTTPError as exc:
+                    return f"{type(exc).__name__}: {exc}"
+                return None if reply.status_code < 300 else f"HTTP {reply.status_code}"
+
+            yield send
+
+
+_exporters: dict[tuple[ExporterSettings, asyncio.AbstractEventLoop | None], BatchExporter] = {}
 
 
 def _current_loop() -> asyncio.AbstractEventLoop | None:
@@ -182,20 +241,23 @@ def _current_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def acquire_exporter(settings: ExporterSettings) -> ZipkinExporter:
-    """The exporter for these settings on this event loop: every route (and every config
-    generation) of a sidecar sending to the same collector shares one queue and one
-    task. Keyed by loop too, so two sidecars in one process (tests) stay independent."""
+def acquire_exporter(
+    settings: ExporterSettings, make: Callable[[ExporterSettings], BatchExporter]
+) -> BatchExporter:
+    """The exporter for these settings on this event loop (``make`` builds it the first
+    time): every route (and every config generation) of a sidecar sending to the same
+    collector shares one queue and one task. Keyed by loop too, so two sidecars in one
+    process (tests) stay independent."""
     key = (settings, _current_loop())
     exporter = _exporters.get(key)
     if exporter is None:
-        exporter = _exporters[key] = ZipkinExporter(settings)
+        exporter = _exporters[key] = make(settings)
         exporter.key = key
     exporter.refs += 1
     return exporter
 
 
-async def release_exporter(exporter: ZipkinExporter) -> None:
+async def release_exporter(exporter: BatchExporter) -> None:
     exporter.refs -= 1
     if exporter.refs <= 0:
         if _exporters.get(exporter.key) is exporter:

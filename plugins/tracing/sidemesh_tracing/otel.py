@@ -8,6 +8,8 @@ propagate upstream is the SDK's own and both views of the trace agree.
 
 from __future__ import annotations
 
+import re
+
 from opentelemetry import trace
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -24,9 +26,21 @@ from opentelemetry.trace import (
 
 from .spans import SpanRecord
 
-__all__ = ["end_otel_span", "otel_tracer", "start_otel_span"]
+__all__ = ["end_otel_span", "otel_trace_state", "otel_tracer", "start_otel_span"]
 
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+# OpenTelemetry's TraceState still checks keys against Trace Context's older grammar
+# ("tenant@system", one "@" at most) and logs a warning for every member it refuses.
+_OTEL_KEY = re.compile(
+    r"[a-z][a-z0-9_\-*/]{0,255}|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}"
+)
+
+
+def otel_trace_state(members: list[tuple[str, str]]) -> TraceState:
+    """The caller's tracestate for OpenTelemetry's span contexts, less the members its
+    older grammar refuses (they would cost a warning per request). Only the spans' record
+    of it loses them: the request still carries every member upstream."""
+    return TraceState([(key, value) for key, value in members if _OTEL_KEY.fullmatch(key)])
 
 
 def otel_tracer(provider: TracerProvider | None) -> Tracer | None:
@@ -58,7 +72,7 @@ def start_otel_span(
             int(parent_id, 16),
             is_remote=True,
             trace_flags=TraceFlags(flags & 0xFF),
-            trace_state=TraceState(tracestate),
+            trace_state=otel_trace_state(tracestate),
         )
         context = trace.set_span_in_context(NonRecordingSpan(remote))
     else:

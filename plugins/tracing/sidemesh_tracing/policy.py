@@ -24,12 +24,23 @@ from sidemesh import (
 )
 
 from .attributes import client_tags, finish_client, finish_server, server_tags
-from .exporter import ExporterSettings, ZipkinExporter, acquire_exporter, release_exporter
+from .exporter import (
+    BatchExporter,
+    ExporterSettings,
+    ZipkinExporter,
+    acquire_exporter,
+    release_exporter,
+)
 from .otel import end_otel_span, otel_tracer, start_otel_span
+from .otlp import OtlpExporter, OtlpSettings
 from .propagation import Incoming, Propagation, extract, inject, new_span_id, ratio_sampled
 from .spans import SpanRecord, now_us
 
 __all__ = ["TRACE", "RequestTrace", "TracingPolicy"]
+
+#: The exporters' config keys, checked alike.
+_EXPORTERS = ("zipkin", "otlp")
+
 
 def _load_schema() -> dict[str, Any]:
     text = resources.files(__package__).joinpath("schema.json").read_text("utf-8")
@@ -64,7 +75,7 @@ TRACE = StashKey[RequestTrace]("tracing")
 
 class TracingPolicy(Policy):
     """Extracts the caller's context (W3C, B3), records spans, propagates upstream and
-    exports to Zipkin."""
+    exports to Zipkin and/or OTLP."""
 
     name: ClassVar[str] = "tracing"
     schema: ClassVar[dict[str, Any]] = _load_schema()
@@ -79,26 +90,35 @@ class TracingPolicy(Policy):
         self.service_name = str(
             config.get("service_name") or context.node.get("service") or "sidemesh"
         )
-        zipkin = config.get("zipkin")
-        self.exporter: ZipkinExporter | None = None
+        zipkin, otlp = config.get("zipkin"), config.get("otlp")
+        #: the Zipkin exporter, when ``zipkin`` is configured.
+        self.exporter: BatchExporter | None = None
+        #: the OTLP exporter, when ``otlp`` is configured.
+        self.otlp: BatchExporter | None = None
         if zipkin is not None:
-            self.exporter = acquire_exporter(ExporterSettings(
-                endpoint=zipkin["endpoint"],
-                batch_size=int(zipkin.get("batch_size", 100)),
-                flush_interval=parse_duration(zipkin.get("flush_interval", "1s")),
-                max_queue=int(zipkin.get("max_queue", 10000)),
-            ))
+            self.exporter = acquire_exporter(
+                ExporterSettings(zipkin["endpoint"], *_batching(zipkin)), ZipkinExporter
+            )
+        if otlp is not None:
+            headers = tuple(sorted((otlp.get("headers") or {}).items()))
+            self.otlp = acquire_exporter(
+                OtlpSettings(otlp.get("endpoint", ""), *_batching(otlp), headers=headers),
+                OtlpExporter,
+            )
+        self._exporters = tuple(e for e in (self.exporter, self.otlp) if e is not None)
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
-        zipkin = config.get("zipkin") or {}
-        if "flush_interval" in zipkin:
-            try:
-                if parse_duration(zipkin["flush_interval"]) <= 0:
-                    return ["zipkin.flush_interval must be greater than 0s"]
-            except ValueError as exc:
-                return [f"zipkin.flush_interval: {exc}"]
-        return []
+        problems = []
+        for key in _EXPORTERS:
+            section = config.get(key) or {}
+            if "flush_interval" in section:
+                try:
+                    if parse_duration(section["flush_interval"]) <= 0:
+                        problems.append(f"{key}.flush_interval must be greater than 0s")
+                except ValueError as exc:
+                    problems.append(f"{key}.flush_interval: {exc}")
+        return problems
 
     def on_request(self, request: Request) -> Response | None:
         incoming = extract(request.headers)
@@ -134,7 +154,7 @@ class TracingPolicy(Policy):
             server = SpanRecord(
                 incoming.trace_id, server_id, incoming.parent_id, self._server_name(request),
                 "SERVER", start, self.service_name, tags=tags, remote=remote,
-                debug=incoming.debug,
+                debug=incoming.debug, tracestate=incoming.tracestate,
             )
         # Written upstream by select_upstream, which runs before every attempt.
         first_id = new_span_id()
@@ -187,8 +207,9 @@ class TracingPolicy(Policy):
             self._emit(state.server, state.otel_server)
 
     async def close(self) -> None:
-        exporter, self.exporter = self.exporter, None
-        if exporter is not None:
+        exporters, self._exporters = self._exporters, ()
+        self.exporter = self.otlp = None
+        for exporter in exporters:
             await release_exporter(exporter)
 
     def _server_name(self, request: Request) -> str:
@@ -217,11 +238,20 @@ class TracingPolicy(Policy):
         inject(request.headers, state.incoming, span_id, state.server_id, True, self.formats)
         state.client = SpanRecord(
             state.incoming.trace_id, span_id, state.server_id, name, "CLIENT", start,
-            self.service_name, debug=state.incoming.debug,
+            self.service_name, debug=state.incoming.debug, tracestate=state.incoming.tracestate,
         )
 
     def _emit(self, span: SpanRecord, otel_span: Span | None) -> None:
         if otel_span is not None:
             end_otel_span(otel_span, span)
-        if self.exporter is not None:
-            self.exporter.submit(span)
+        for exporter in self._exporters:
+            exporter.submit(span)
+
+
+def _batching(section: dict[str, Any]) -> tuple[int, float, int]:
+    """An exporter section's batch size, flush interval (seconds) and queue bound."""
+    return (
+        int(section.get("batch_size", 100)),
+        parse_duration(section.get("flush_interval", "1s")),
+        int(section.get("max_queue", 10000)),
+    )

@@ -65,6 +65,8 @@ class SpanRecord:
     remote: dict[str, Any] = field(default_factory=dict)
     debug: bool = False
     error: bool = False
+    #: the caller's tracestate members (shared, never changed), for OTLP's span record.
+    tracestate: list[tuple[str, str]] = field(default_factory=list)
 
     def finish(self, end_us: int | None = None) -> None:
         end = now_us() if end_us is None else end_us

@@ -1,8 +1,9 @@
 """W3C Trace Context (level 2): ``traceparent`` and ``tracestate``, parsed to the letter.
 
 Written by hand rather than borrowed from OpenTelemetry because OpenTelemetry's
-tracestate parser is stricter than the spec (it rejects empty list members and some
-valid values), and a sidecar must forward what the spec allows.
+tracestate parser follows an older grammar (``tenant@system`` keys with length limits
+on each part, the whole header dropped for a duplicated key), and a sidecar must
+forward what the current spec allows.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ _HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
-_KEY_CHARS = r"[a-z0-9_\-*/]"
-_SIMPLE_KEY = rf"[a-z]{_KEY_CHARS}{{0,255}}"
-_MULTI_TENANT_KEY = rf"[a-z0-9]{_KEY_CHARS}{{0,240}}@[a-z]{_KEY_CHARS}{{0,13}}"
-_KEY_RE = re.compile(rf"(?:{_SIMPLE_KEY}|{_MULTI_TENANT_KEY})")
+#: Flags this version defines; the others are reserved and must be sent as zero.
+_KNOWN_FLAGS = FLAG_SAMPLED | FLAG_RANDOM
+# key = ( lcalpha / DIGIT ) 0*255 ( keychar ); keychar = lcalpha / DIGIT / "_" / "-" / "*"
+# / "/" / "@". The older "tenant@system" rule (at most one "@", 241 + 14 characters) is gone.
+_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_\-*/@]{0,255}")
 # value = 0*255(chr) nblk-chr; chr = SP / nblk-chr; nblk-chr = printable ASCII but "," and "="
 _VALUE_RE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 
@@ -91,7 +93,7 @@ def parse_traceparent(values: list[str]) -> TraceParent | None:
         return None
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
-    return TraceParent(trace_id, parent_id, int(flags, 16))
+    return TraceParent(trace_id, parent_id, int(flags, 16) & _KNOWN_FLAGS)
 
 
 def format_traceparent(trace_id: str, span_id: str, flags: int) -> str:
@@ -103,9 +105,11 @@ def parse_tracestate(values: list[str]) -> list[tuple[str, str]] | None:
     """Parse the ``tracestate`` field lines of a request (combined in order, as HTTP
     allows a list header to be split over several lines).
 
-    :returns: the list members as ``(key, value)`` in order (empty members dropped), or
-        ``None`` when the header is invalid as a whole (a bad key or value, a duplicated
-        key, more than 32 members): the spec then says to discard all of it.
+    :returns: the list members as ``(key, value)`` in order, or ``None`` when the header
+        cannot be parsed: a member that is not ``key=value`` by the grammar, or more than
+        32 members. The spec lets a vendor drop such a header whole, and the W3C test suite
+        (strictness 2) expects it. Empty members are dropped, and so is every repeat of a
+        key after its first (the spec lets a vendor discard duplicates it did not make).
     """
     members: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -118,11 +122,11 @@ def parse_tracestate(values: list[str]) -> list[tuple[str, str]] | None:
             if not sep or not _KEY_RE.fullmatch(key) or not _VALUE_RE.fullmatch(val):
                 return None
             if key in seen:
-                return None
+                continue
             seen.add(key)
             members.append((key, val))
-    if len(members) > TRACESTATE_MAX_MEMBERS:
-        return None
+            if len(members) > TRACESTATE_MAX_MEMBERS:
+                return None
     return truncate_tracestate(members)
 
 

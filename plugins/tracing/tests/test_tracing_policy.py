@@ -270,8 +270,15 @@ def test_ratio_zero_samples_no_root() -> None:
     assert (request.headers.get("traceparent") or "").endswith("-03")
 
 
+ZIPKIN = {"exporter": "zipkin"}
+
+
 def _metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def _dropped(reason: str) -> float:
+    return _metric("sidemesh_tracing_spans_dropped_total", {**ZIPKIN, "reason": reason})
 
 
 def test_unreachable_collector_never_delays_requests_and_counts_drops() -> None:
@@ -279,8 +286,8 @@ def test_unreachable_collector_never_delays_requests_and_counts_drops() -> None:
         assert not inspect.iscoroutinefunction(getattr(TracingPolicy, hook))
 
     async def scenario() -> None:
-        dropped = _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
-        full = _metric("sidemesh_tracing_spans_dropped_total", {"reason": "queue_full"})
+        dropped = _dropped("export_failed")
+        full = _dropped("queue_full")
         policy = make_policy(
             {
                 "zipkin": {
@@ -295,17 +302,17 @@ def test_unreachable_collector_never_delays_requests_and_counts_drops() -> None:
             run_request(policy, make_request([]), [200])
         assert policy.exporter is not None
         assert (
-            _metric("sidemesh_tracing_spans_dropped_total", {"reason": "queue_full"}) == full + 2
+            _dropped("queue_full") == full + 2
         )  # 6 spans, room for 4
         for _ in range(200):
             if (
-                _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+                _dropped("export_failed")
                 >= dropped + 4
             ):
                 break
             await asyncio.sleep(0.05)
         assert (
-            _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+            _dropped("export_failed")
             == dropped + 4
         )
         await asyncio.wait_for(policy.close(), 10)
@@ -315,7 +322,7 @@ def test_unreachable_collector_never_delays_requests_and_counts_drops() -> None:
 
 def test_exported_counter_counts_accepted_spans() -> None:
     async def scenario() -> None:
-        before = _metric("sidemesh_tracing_spans_exported_total")
+        before = _metric("sidemesh_tracing_spans_exported_total", ZIPKIN)
         async with zipkin_receiver() as (receiver, url):
             policy = make_policy(
                 {"zipkin": {"endpoint": url, "batch_size": 2, "flush_interval": "10s"}}
@@ -324,7 +331,7 @@ def test_exported_counter_counts_accepted_spans() -> None:
             # A full batch goes out without waiting for the flush interval.
             await asyncio.wait_for(_until(receiver, 2), 10)
             await policy.close()
-        assert _metric("sidemesh_tracing_spans_exported_total") == before + 2
+        assert _metric("sidemesh_tracing_spans_exported_total", ZIPKIN) == before + 2
 
     asyncio.run(scenario())
 
@@ -339,7 +346,7 @@ def test_a_dead_collector_is_tried_again_only_after_a_back_off() -> None:
 
         server = await asyncio.start_server(refuse, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        dropped = _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+        dropped = _dropped("export_failed")
         policy = make_policy(
             {
                 "zipkin": {
@@ -354,7 +361,7 @@ def test_a_dead_collector_is_tried_again_only_after_a_back_off() -> None:
             await asyncio.sleep(0.02)
         for _ in range(200):
             if (
-                _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+                _dropped("export_failed")
                 >= dropped + 20
             ):
                 break
@@ -362,7 +369,7 @@ def test_a_dead_collector_is_tried_again_only_after_a_back_off() -> None:
         # 20 spans dropped and counted, but the collector was contacted once (a few
         # at most, if the back-off of 0.5 s ran out on a slow machine), not per batch.
         assert (
-            _metric("sidemesh_tracing_spans_dropped_total", {"reason": "export_failed"})
+            _dropped("export_failed")
             == dropped + 20
         )
         assert 1 <= len(attempts) <= 2, attempts

@@ -94,10 +94,23 @@ def test_invalid_traceparent_drops_tracestate_and_restarts() -> None:
 def test_invalid_tracestate_is_dropped_but_trace_continues() -> None:
     incoming = extract(
         Headers(
-            [("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"), ("tracestate", "foo=1,foo=2")]
+            [("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"), ("tracestate", "@foo=1,b=2")]
         )
     )
     assert incoming.trace_id == W3C_TRACE and incoming.tracestate == []
+
+
+def test_duplicated_tracestate_key_keeps_the_rest() -> None:
+    incoming = extract(
+        Headers(
+            [
+                ("traceparent", f"00-{W3C_TRACE}-1234567890123456-01"),
+                ("tracestate", "foo@=1,foo@=2"),
+                ("TraceState", "bar=3"),
+            ]
+        )
+    )
+    assert incoming.tracestate == [("foo@", "1"), ("bar", "3")]
 
 
 def test_inject_formats_and_strips_stale_headers() -> None:
