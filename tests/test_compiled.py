@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import sidemesh
 import sidemesh.datapath as compiled
 import sidemesh.datapath.forward
 
@@ -104,3 +106,37 @@ def test_every_module_of_the_datapath_folder_is_compiled() -> None:
     expected = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
     assert list(compiled.MODULES) == expected
     assert {"messages", "forward", "downstream", "codec", "flags"} <= set(compiled.MODULES)
+
+
+def _copy_with_a_stray_extension(tmp_path: Path, checkout: bool) -> Path:
+    """core/sidemesh copied, with a compiled ``forward`` beside its source that is not a
+    loadable extension (importing it would fail); with the checkout's pyproject.toml at
+    its root or not (then it looks installed, as from a wheel)."""
+    root = tmp_path / "copy"
+    package = Path(sidemesh.__file__).parent
+    shutil.copytree(package, root / "core" / "sidemesh",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    if checkout:
+        (root / "pyproject.toml").write_text("")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    (root / "core" / "sidemesh" / "datapath" / f"forward{suffix}").write_bytes(b"not loadable")
+    return root / "core"
+
+
+@pytest.mark.parametrize("checkout", [True, False], ids=["checkout", "installed"])
+def test_compiled_files_that_cannot_be_trusted_are_passed_over(
+        tmp_path: Path, checkout: bool) -> None:
+    path = _copy_with_a_stray_extension(tmp_path, checkout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDEMESH_COMPILED")}
+    # A checkout with no build of its own, so only the stray file could make it compiled.
+    env.update({"PYTHONPATH": str(path), "SIDEMESH_COMPILED_DIR": str(tmp_path / "none")}
+               if checkout else {"PYTHONPATH": str(path)})
+    result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                            text=True, timeout=60, check=True, cwd=tmp_path)
+    first, _, forward_file = result.stdout.splitlines()
+    active, reason = first.split("|", 1)
+    assert active == "False" and forward_file == str(path / "sidemesh/datapath/forward.py")
+    if checkout:
+        assert reason.startswith("interpreted: no compiled build in")
+    else:
+        assert reason.startswith("interpreted: the installed wheel lacks the compiled ")

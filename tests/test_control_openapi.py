@@ -116,6 +116,14 @@ def test_every_response_matches_the_openapi_document(tmp_path: Path) -> None:
             http.get("/v1/services/web/watch", params={"proxy": "../x"}, headers=web),
             http.post("/v1/tokens", json={"service": "api"}, headers=admin),
             http.post("/v1/tokens", json={"service": "bad name"}, headers=admin),
+            http.put("/v1/services/web/instances/web-1", json={
+                "address": "127.0.0.1:8080", "labels": {"version": "v1"}}, headers=web),
+            http.put("/v1/services/web/instances/web-1", json={"address": "x"}, headers=web),
+            http.put("/v1/services/api/instances/a-1", json={"address": "127.0.0.1:1"},
+                     headers=web),
+            http.get("/v1/services/web/endpoints", headers=web),
+            http.delete("/v1/services/web/instances/web-1", headers=web),
+            http.delete("/v1/services/web/instances/web-1", headers=web),
         ]
         statuses = set()
         for response in responses:

@@ -7,6 +7,7 @@ Defaults come from the schemas (core and plugins) so they are written down once,
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -34,6 +35,7 @@ __all__ = [
     "build_cluster",
     "build_sidecar",
     "control_urls",
+    "destination",
     "effective_chain",
     "fill_defaults",
     "inherit_configs",
@@ -94,6 +96,22 @@ def split_address(address: str, default_host: str = "") -> tuple[str, int]:
     return host or default_host, int(port)
 
 
+def destination(text: str) -> str:
+    """A route's ``match.destination`` as original destinations are written: the address
+    in its short form, IPv6 in brackets, and ``:port`` if it had one.
+
+    :raises ValueError: when the host is not an IP address or the port is out of range.
+    """
+    host, port = text, ""
+    if text.count(":") == 1 or (text.startswith("[") and "]:" in text):
+        host, _, port = text.rpartition(":")
+    ip = ipaddress.ip_address(host.strip("[]"))
+    if port and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    shown = f"[{ip.compressed}]" if ip.version == 6 else ip.compressed
+    return f"{shown}:{int(port)}" if port else shown
+
+
 # One URL of several: the schema's `control.url` item pattern (no commas inside).
 _CONTROL_URL = re.compile(r"^https?://[^\s/,]+(/[^\s,]*)?$")
 
@@ -141,7 +159,8 @@ def node_dict(node: NodeConfig) -> dict[str, Any]:
 
 def build_cluster(doc: Mapping[str, Any]) -> ClusterConfig:
     endpoints = []
-    for item in doc["endpoints"]:
+    # A `service:` cluster has none until the control plane's endpoints are set.
+    for item in doc.get("endpoints", ()):
         host, port = split_address(item["address"])
         endpoints.append(EndpointConfig(item["address"], host, port, dict(item["labels"])))
     return ClusterConfig(
@@ -217,6 +236,8 @@ def _match(doc: Mapping[str, Any]) -> RouteMatch:
         regex=doc.get("regex"),
         headers=tuple(headers),
         methods=tuple(doc.get("methods", ())),
+        destination=destination(doc["destination"]) if "destination" in doc else None,
+        destination_port=doc.get("destination_port"),
     )
 
 
@@ -256,6 +277,7 @@ def build_sidecar(doc: Mapping[str, Any], raw: dict[str, Any]) -> SidecarConfig:
                     max_connections=listener["max_connections"],
                     max_requests_per_connection=listener["max_requests_per_connection"],
                 ),
+                use_original_dst=listener["use_original_dst"],
             )
         )
     control = doc.get("control")

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 from sidemesh.api.durations import DURATION_PATTERN, parse_duration
-from sidemesh.config.build import split_address
+from sidemesh.config.build import destination, split_address
 from sidemesh.config.errors import ConfigError, did_you_mean, format_path, schema_error
 from sidemesh.config.registry import PluginRegistry, PolicyType
 from sidemesh.datapath.logformat import FormatError, compile_format, compile_log_format
@@ -113,6 +113,10 @@ def _cluster_errors(doc: dict[str, Any]) -> list[ConfigError]:
     for i, cluster in _items(doc, "clusters"):
         errors += _positive_duration(("clusters", i, "connect_timeout"),
                                      cluster.get("connect_timeout"))
+        if ("endpoints" in cluster) == ("service" in cluster):
+            errors.append(_err(("clusters", i), f"cluster {cluster.get('name')!r} needs "
+                               "exactly one of endpoints (listed) and service (discovered)",
+                               "cluster_endpoints"))
         endpoints = [e for _, e in _items(cluster, "endpoints")]
         errors += _unique(
             [(("clusters", i, "endpoints", j, "address"), e.get("address"))
@@ -199,6 +203,8 @@ def _listener_errors(doc: dict[str, Any]) -> list[ConfigError]:
                                    f"{known})", "cluster_ref"))
             match = route.get("match")
             if isinstance(match, dict):
+                errors += _destination_errors((*base, "match"), match,
+                                              listener.get("use_original_dst") is True)
                 errors += _regex_error((*base, "match", "regex"), match.get("regex"))
                 headers = match.get("headers")
                 if isinstance(headers, dict):
@@ -207,6 +213,27 @@ def _listener_errors(doc: dict[str, Any]) -> list[ConfigError]:
                             errors += _regex_error((*base, "match", "headers", name, "regex"),
                                                    rule.get("regex"))
     return errors
+
+
+#: the schema's pattern of ``match.destination``.
+_DESTINATION_SHAPE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+)(:[0-9]{1,5})?")
+
+
+def _destination_errors(path: Path, match: dict[str, Any], original: bool) -> list[ConfigError]:
+    keys = [key for key in ("destination", "destination_port") if key in match]
+    if keys and not original:
+        return [_err((*path, keys[0]), f"{keys[0]} needs use_original_dst: true on the "
+                     "listener: only there do connections have an original destination, "
+                     "so this route would never match", "original_dst")]
+    wanted = match.get("destination")
+    # Another shape is the schema's error already.
+    if isinstance(wanted, str) and _DESTINATION_SHAPE.fullmatch(wanted):
+        try:
+            destination(wanted)
+        except ValueError as exc:
+            return [_err((*path, "destination"), f"{wanted!r} is not an IP address with an "
+                         f"optional :port ({exc})", "destination")]
+    return []
 
 
 def _control_errors(doc: dict[str, Any]) -> list[ConfigError]:

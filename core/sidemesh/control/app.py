@@ -19,6 +19,7 @@ from sidemesh.control.http import ApiError, ControlState, error, require
 from sidemesh.control.openapi import openapi_document
 from sidemesh.control.routes_config import config_routes
 from sidemesh.control.routes_proxies import proxy_routes
+from sidemesh.control.routes_services import service_routes
 from sidemesh.control.routes_tokens import token_routes
 from sidemesh.control.store import StoreUnavailable
 
@@ -113,7 +114,7 @@ async def _metrics(request: Request) -> Response:
 
 def create_app(state: ControlState) -> Starlette:
     app = Starlette(
-        routes=[*config_routes(), *token_routes(), *proxy_routes(),
+        routes=[*config_routes(), *token_routes(), *proxy_routes(), *service_routes(),
                 Route("/openapi.json", _openapi), Route("/healthz", _healthz),
                 Route("/metrics", _metrics)],
         exception_handlers={ApiError: _api_error, TokenRefused: _token_refused,

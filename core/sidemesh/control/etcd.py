@@ -10,6 +10,7 @@ Everything a replica knows is in etcd, under a key prefix (``--store-prefix``, d
     PREFIX/proxy-owner/<proxy id>                   the service a proxy id belongs to
     PREFIX/proxies/<service>/<proxy id>             what that proxy last reported
     PREFIX/ca/<trust domain>                        the CA's key and certificate (PEM)
+    PREFIX/instances/<service>/<id>                 a registered instance, on its lease
 
 A new version is written in one transaction that compares the head's mod revision, so
 two replicas storing at once cannot both take version N: the loser reads the new head
@@ -42,10 +43,12 @@ from sidemesh.control.etcd_client import (
     contended,
     dumps,
 )
+from sidemesh.control.etcd_instances import EtcdInstances
 from sidemesh.control.etcd_proxies import EtcdProxies
 from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 from sidemesh.control.store import (
     ConfigVersion,
+    Instance,
     OnChange,
     ProxyStatus,
     TokenRecord,
@@ -79,6 +82,7 @@ class EtcdStore:
         self._tokens: dict[str, TokenRecord] = {}
         self._authorities: dict[str, CertificateAuthority] = {}
         self._proxies = EtcdProxies(cluster, self._key)
+        self._instances = EtcdInstances(cluster, self._key)
         self._on_change: OnChange | None = None
         self._watches: list[asyncio.Task[None]] = []
         self._loaded = False
@@ -99,8 +103,11 @@ class EtcdStore:
         self._on_change = on_change
         heads_from = await self._load_heads()
         tokens_from = await self._load_tokens()
+        instances_from, _ = await self._instances.load()
         self._loaded = True
         self._watches = [
+            asyncio.create_task(self._follow(self._instances.prefix, instances_from,
+                                             self._instance_changed)),
             asyncio.create_task(self._follow(self._key("heads", ""), heads_from,
                                              self._head_changed)),
             asyncio.create_task(self._follow(self._key("tokens", ""), tokens_from,
@@ -162,7 +169,9 @@ class EtcdStore:
                 await asyncio.sleep(1.0)
 
     async def _reload(self, prefix: bytes) -> int:
-        if prefix == self._key("heads", ""):
+        if prefix == self._instances.prefix:
+            revision, services = await self._instances.load()
+        elif prefix == self._key("heads", ""):
             revision = await self._load_heads()
             services = list(self._heads)
         else:
@@ -190,6 +199,11 @@ class EtcdStore:
                 return
             self._heads[service] = stored
         self._changed(service)
+
+    async def _instance_changed(self, event: aetcd.rtypes.Event) -> None:
+        service = self._instances.changed(event)
+        if service is not None:
+            self._changed(service)
 
     async def _token_changed(self, event: aetcd.rtypes.Event) -> None:
         if event.kind == aetcd.rtypes.EventKind.DELETE:
@@ -370,6 +384,18 @@ class EtcdStore:
 
     async def proxies(self) -> list[ProxyStatus]:
         return await self._proxies.all()
+
+    # ------------------------------------------------------------------ instances
+
+    async def register_instance(self, instance: Instance, ttl: float) -> None:
+        # The watch calls on_change, on every replica (this one's included).
+        await self._instances.register(instance, ttl)
+
+    async def deregister_instance(self, service: str, instance_id: str) -> bool:
+        return await self._instances.deregister(service, instance_id)
+
+    async def instances(self, service: str) -> list[Instance]:
+        return await self._instances.of(service)
 
     async def close(self) -> None:
         for task in self._watches:

@@ -19,6 +19,7 @@ from sidemesh.control.ca import CertificateAuthority
 from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 from sidemesh.control.store import (
     ConfigVersion,
+    Instance,
     OnChange,
     ProxyStatus,
     Store,
@@ -173,6 +174,18 @@ class MeteredStore:
     async def proxies(self) -> list[ProxyStatus]:
         with self._timed("proxies"):
             return await self.backend.proxies()
+
+    async def register_instance(self, instance: Instance, ttl: float) -> None:
+        with self._timed("register_instance"):
+            await self.backend.register_instance(instance, ttl)
+
+    async def deregister_instance(self, service: str, instance_id: str) -> bool:
+        with self._timed("deregister_instance"):
+            return await self.backend.deregister_instance(service, instance_id)
+
+    async def instances(self, service: str) -> list[Instance]:
+        with self._timed("instances"):
+            return await self.backend.instances(service)
 
     async def ping(self) -> None:
         with self._timed("ping"):

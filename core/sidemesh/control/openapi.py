@@ -75,7 +75,45 @@ SCHEMAS: dict[str, Any] = {
         "author": {"type": "string"},
         "rollback_of": _NULLABLE_INT,
         "config": {"type": "object", "description": "the sidecar config (SPEC section 1)"},
+        "endpoints": {"type": "object", "additionalProperties": {
+            "type": "array", "items": _ref("Endpoint")},
+            "description": "watch only: the live instances of each service the config's "
+                           "clusters name (`service:`)"},
+        "endpoints_version": {"type": "string",
+                              "description": "watch only: a digest of `endpoints`"},
+    }, required=["service", "version", "digest", "created_at", "author", "rollback_of",
+                 "config"]),
+    "Endpoint": _obj({"address": {"type": "string"},
+                      "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                      "id": {"type": "string"}}),
+    "InstanceRequest": _obj({
+        "address": {"type": "string", "minLength": 3, "maxLength": 261,
+                    "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$",
+                    "description": "host:port where the instance takes traffic (its "
+                                   "inbound listener)"},
+        "labels": {"type": "object", "maxProperties": 64, "default": {},
+                   "additionalProperties": {"type": "string", "maxLength": 256},
+                   "description": "e.g. version: v2, for subsets and splits"},
+        "identity": {**_NULLABLE_STR, "maxLength": 2048,
+                     "description": "its SPIFFE id"},
+        "ttl": {"type": "number", "minimum": 1, "maximum": 300, "default": 10,
+                "description": "seconds it stays registered without another PUT"},
+    }, required=["address"]),
+    "Registered": _obj({"service": {"type": "string"}, "id": {"type": "string"},
+                        "ttl": {"type": "number"},
+                        "expires_at": {"type": "number", "description": "Unix time"}}),
+    "Instance": _obj({
+        "id": {"type": "string"}, "address": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "identity": _NULLABLE_STR,
+        "registered_at": {"type": "number", "description": "Unix time"},
+        "expires_at": {"type": "number", "description": "Unix time, unless heartbeated"},
+        "ttl_left": {"type": "number", "description": "seconds until expires_at"},
+        "health": {"enum": ["HEALTHY"], "description": "listed instances are live (one "
+                                                        "past its TTL is removed)"},
     }),
+    "Endpoints": _obj({"service": {"type": "string"},
+                       "endpoints": {"type": "array", "items": _ref("Instance")}}),
     "History": _obj({"service": {"type": "string"},
                      "versions": {"type": "array", "items": _ref("VersionSummary")}}),
     "RollbackRequest": _obj({"version": {"type": "integer", "minimum": 1}}),
@@ -234,7 +272,33 @@ def _paths() -> dict[str, Any]:
                 {"name": "proxy", "in": "query", "description": "the caller's proxy id, "
                  "to update its last-seen time (an id another service has is a 403)",
                  "schema": {"type": "string", "pattern": PROXY_ID_PATTERN}},
+                {"name": "endpoints_version", "in": "query", "description": "the endpoints "
+                 "version the caller has: also answered when the endpoints of the services "
+                 "its config names differ", "schema": {"type": "string"}},
             ]),
+        },
+        "/v1/services/{service}/instances/{id}": {
+            "parameters": [_SERVICE_PARAM, {"name": "id", "in": "path", "required": True,
+                                            "schema": {"type": "string",
+                                                       "pattern": PROXY_ID_PATTERN}}],
+            "put": _op("register an instance of the service, or heartbeat it (admin or the "
+                       "service's token)", {
+                "200": _resp("registered until expires_at", "Registered"),
+                "422": _resp("invalid request", "Error"), **_ERRORS, **_BODY_ERRORS,
+                **_STORE_ERRORS,
+            }, requestBody={"required": True, **_json("InstanceRequest")}),
+            "delete": _op("deregister an instance (admin or the service's token)", {
+                "204": {"description": "deregistered"},
+                "404": _resp("no such instance", "Error"),
+                "422": _resp("invalid service or id", "Error"), **_ERRORS, **_STORE_ERRORS,
+            }),
+        },
+        "/v1/services/{service}/endpoints": {
+            "parameters": [_SERVICE_PARAM],
+            "get": _op("the live registered instances (admin or the service's token)", {
+                "200": _resp("the instances, by id", "Endpoints"),
+                "422": _resp("invalid service", "Error"), **_ERRORS,
+            }),
         },
         "/v1/validate": {
             "post": _op("validate a config without storing it", {

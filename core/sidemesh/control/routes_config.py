@@ -13,6 +13,7 @@ from starlette.routing import Route
 from sidemesh.config.registry import composed_schema
 from sidemesh.config.validate import ConfigError, validate
 from sidemesh.control.auth import SERVICE_NAME
+from sidemesh.control.discovery import referenced_services, resolve
 from sidemesh.control.http import ApiError, ControlState, read_config_body, read_json_body, require
 from sidemesh.control.store import ConfigVersion, VersionNotFound
 from sidemesh.control.validation import check_proxy_id, claimed_proxy
@@ -157,11 +158,14 @@ def _number(request: Request, name: str, default: float) -> float:
 
 async def watch(request: Request) -> Response:
     """Answer as soon as the head differs from ``after`` (newer, or older when the store
-    was reset behind the proxy's back), else ``304`` at the timeout."""
+    was reset behind the proxy's back), or, for a caller that says which
+    ``endpoints_version`` it has, as soon as the endpoints of the services its config
+    names differ; else ``304`` at the timeout."""
     service = _service(request)
     principal = await require(request, service)
     state = _state(request)
     after = int(_number(request, "after", 0))
+    caller_endpoints = request.query_params.get("endpoints_version")
     timeout = min(_number(request, "timeout", DEFAULT_WATCH_TIMEOUT), MAX_WATCH_TIMEOUT)
     proxy = request.query_params.get("proxy")
     if proxy is not None:
@@ -180,22 +184,32 @@ async def watch(request: Request) -> Response:
             # wakes this waiter.
             event = state.hub.event(service)
             current = await state.store.get_config(service)
-            if current is not None and current.version != after:
-                state.metrics.pushes.labels(service).inc()
-                return JSONResponse(_config_body(current))
+            named = referenced_services(current.config) if current is not None else []
+            # The instances of the services it names wake it too (their events are taken
+            # before they are read, as above).
+            events = [event, *(state.hub.event(name) for name in named)]
+            if current is not None:
+                endpoints, endpoints_version = await resolve(state.store, named)
+                if current.version != after or (
+                        named and caller_endpoints is not None
+                        and caller_endpoints != endpoints_version):
+                    state.metrics.pushes.labels(service).inc()
+                    return JSONResponse({**_config_body(current), "endpoints": endpoints,
+                                         "endpoints_version": endpoints_version})
             # Not kept while parked: a thousand polls would hold a thousand copies.
             current = None
             remaining = deadline - time.monotonic()
             if remaining <= 0 or state.hub.closing.is_set() or gone.done():
                 return Response(status_code=304)
             closing = asyncio.ensure_future(state.hub.closing.wait())
-            woken = asyncio.ensure_future(event.wait())
+            woken = [asyncio.ensure_future(e.wait()) for e in events]
             try:
-                await asyncio.wait({closing, woken, gone}, timeout=remaining,
+                await asyncio.wait({closing, *woken, gone}, timeout=remaining,
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
                 closing.cancel()
-                woken.cancel()
+                for waiter in woken:
+                    waiter.cancel()
             if gone.done():
                 # Nobody to answer: stop waiting now, not at the timeout.
                 return Response(status_code=304)

@@ -4,8 +4,10 @@ write transactions that report SQLite's own error. The CAs stay files beside it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +22,7 @@ from sidemesh.control.files import private_dir, private_file
 from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE, RecentTouches, claim
 from sidemesh.control.store import (
     ConfigVersion,
+    Instance,
     OnChange,
     ProxyStatus,
     StoreUnavailable,
@@ -30,6 +33,8 @@ from sidemesh.control.store import (
 __all__ = ["DB_FILE", "SQLiteStore", "connect", "transaction"]
 
 DB_FILE = "sidemesh.db"
+
+log = logging.getLogger("sidemesh.control")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -116,7 +121,21 @@ CREATE TABLE IF NOT EXISTS proxies (
     last_seen   REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS proxies_by_service ON proxies (service, last_seen);
+CREATE TABLE IF NOT EXISTS instances (
+    service       TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    address       TEXT NOT NULL,
+    labels        TEXT NOT NULL,
+    identity      TEXT,
+    registered_at REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    PRIMARY KEY (service, id)
+);
 """
+
+#: Seconds between two sweeps for instances past their TTL (so a silent one is dropped,
+#: and its service's watchers woken, within its TTL plus this).
+EXPIRY_SWEEP = 0.5
 
 
 _TOKEN_SELECT = ("SELECT id, secret_hash, service, created_at, expires_at, revoked_at "
@@ -143,6 +162,7 @@ class SQLiteStore:
         self._on_change: OnChange = _ignore
         self._authorities: dict[str, CertificateAuthority] = {}
         self._touched = RecentTouches()
+        self._sweeper: asyncio.Task[None] | None = None
         self._db = connect(self.path)
         with self._tx() as db:
             for statement in _SCHEMA.split(";"):
@@ -152,6 +172,7 @@ class SQLiteStore:
 
     async def start(self, on_change: OnChange) -> None:
         self._on_change = on_change
+        self._sweeper = asyncio.create_task(self._sweep())
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -322,6 +343,56 @@ class SQLiteStore:
         return [ProxyStatus(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7])
                 for r in rows]
 
+    # instances ---------------------------------------------------------------------
+    async def register_instance(self, instance: Instance, ttl: float) -> None:
+        now = time.time()
+        labels = json.dumps(instance.labels, sort_keys=True)
+        with self._tx() as db:
+            before = db.execute(
+                "SELECT address, labels, identity FROM instances WHERE service = ? AND id = ? "
+                "AND expires_at > ?", (instance.service, instance.id, now)).fetchone()
+            db.execute(
+                "INSERT INTO instances (service, id, address, labels, identity, registered_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(service, id) DO UPDATE "
+                "SET address = excluded.address, labels = excluded.labels, identity = "
+                "excluded.identity, expires_at = excluded.expires_at, registered_at = CASE "
+                "WHEN instances.expires_at > ? THEN instances.registered_at ELSE "
+                "excluded.registered_at END",
+                (instance.service, instance.id, instance.address, labels, instance.identity,
+                 now, now + ttl, now))
+        if before != (instance.address, labels, instance.identity):
+            self._on_change(instance.service)
+
+    async def deregister_instance(self, service: str, instance_id: str) -> bool:
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM instances WHERE service = ? AND id = ?",
+                              (service, instance_id)).rowcount
+        if gone:
+            self._on_change(service)
+        return bool(gone)
+
+    async def instances(self, service: str) -> list[Instance]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT service, id, address, labels, identity, registered_at, expires_at "
+                "FROM instances WHERE service = ? AND expires_at > ? ORDER BY id",
+                (service, time.time())).fetchall()
+        return [Instance(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    async def _sweep(self) -> None:
+        """Drop instances past their TTL and wake their services' watchers."""
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP)
+            try:
+                with self._tx() as db:
+                    rows = db.execute("DELETE FROM instances WHERE expires_at <= ? "
+                                      "RETURNING service", (time.time(),)).fetchall()
+            except StoreUnavailable as exc:
+                log.warning("cannot drop expired instances: %s", exc)
+                continue
+            for service in sorted({str(r[0]) for r in rows}):
+                self._on_change(service)
+
     async def ping(self) -> None:
         try:
             with self._lock:
@@ -332,6 +403,10 @@ class SQLiteStore:
             raise StoreUnavailable(f"the store cannot read: {exc}") from exc
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         with self._lock:
             self._db.close()
 

@@ -20,6 +20,7 @@ from sidemesh.control.proxy_ids import MAX_PROXIES_PER_SERVICE
 
 __all__ = [
     "ConfigVersion",
+    "Instance",
     "OnChange",
     "ProxyStatus",
     "Store",
@@ -28,7 +29,8 @@ __all__ = [
     "VersionNotFound",
 ]
 
-#: Called with a service's name when its head version or one of its tokens changed.
+#: Called with a service's name when its head version, one of its tokens or one of its
+#: registered instances changed.
 OnChange = Callable[[str], None]
 
 
@@ -106,6 +108,28 @@ class ProxyStatus:
     last_seen: float = 0.0
 
 
+@dataclass(frozen=True)
+class Instance:
+    """A registered instance of a service (a sidecar's inbound listener).
+
+    :param expires_at: Unix time after which it counts as gone unless heartbeated again
+        (its TTL after its last registration).
+    """
+
+    service: str
+    id: str
+    address: str
+    labels: dict[str, str] = field(default_factory=dict)
+    identity: str | None = None
+    registered_at: float = 0.0
+    expires_at: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "address": self.address, "labels": dict(self.labels),
+                "identity": self.identity, "registered_at": self.registered_at,
+                "expires_at": self.expires_at}
+
+
 class Store(Protocol):
     """What the control API needs from a store."""
 
@@ -173,6 +197,20 @@ class Store(Protocol):
         ...
 
     async def proxies(self) -> list[ProxyStatus]:
+        ...
+
+    async def register_instance(self, instance: Instance, ttl: float) -> None:
+        """Register (or heartbeat) ``instance``: it is listed until ``ttl`` seconds pass
+        without another registration (etcd: a lease of that TTL), or it is deregistered.
+        A new, changed or removed instance calls ``on_change(instance.service)``."""
+        ...
+
+    async def deregister_instance(self, service: str, instance_id: str) -> bool:
+        """Remove an instance; whether there was one."""
+        ...
+
+    async def instances(self, service: str) -> list[Instance]:
+        """The live instances of ``service`` (none expired), by id."""
         ...
 
     async def ping(self) -> None:

@@ -1,47 +1,69 @@
-"""The data path: every module a request runs through, compiled with mypyc, and the
-compiled build used only while it matches the sources.
+"""The data path: every module a request runs through, compiled with mypyc, and a compiled
+module used only where it is known to match its source.
 
 Every module of this folder (but this one) is plain, fully typed Python that imports
 nothing from the layers above it. mypyc compiles them into C extensions that run the
-same code about 1.5x faster (bench/README.md has the figures). The build lives in the
-environment, not in the source tree
-(``<sys.prefix>/sidemesh-compiled``, or ``$SIDEMESH_COMPILED_DIR``), next to a manifest
-of the sources it was built from. At import this package puts the build first on its
-``__path__`` only when every compiled module's source is unchanged: an edited source is
-never shadowed by a stale build, it just runs interpreted until the next build.
-``SIDEMESH_COMPILED=0`` runs everything interpreted.
+same code about twice as fast (bench/README.md has the figures). A compiled build comes
+one of two ways:
 
-``python -m sidemesh.tools.build_compiled`` (``./dev setup`` runs it) makes or refreshes the
-build; ``--status`` says whether it is in use, and why.
+* **Installed**: the platform wheel (``./dev wheels``; the hatch-mypyc build hook of the
+  root pyproject.toml) puts each compiled module beside its source, where Python's import
+  prefers it; pip records, upgrades and removes them with the rest of the package. The
+  pure-Python wheel has none, and a sidecar then warns that it runs interpreted.
+* **A checkout** (an editable install): ``python -m sidemesh.tools.build_compiled``
+  (``./dev setup`` runs it) builds into the environment, not the source tree
+  (``<sys.prefix>/sidemesh-compiled``, or ``$SIDEMESH_COMPILED_DIR``), next to a manifest
+  of the sources it was built from. This package puts that build first on its
+  ``__path__`` only when every compiled module's source is unchanged: an edited source is
+  never shadowed by a stale build, it just runs interpreted until the next build.
+
+``SIDEMESH_COMPILED=0`` runs everything interpreted, either way. ``sidemesh version`` and
+``python -m sidemesh.tools.build_compiled --status`` say which path runs, and why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import platform
 import sys
 import sysconfig
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 
-__all__ = ["MANIFEST", "MODULES", "State", "activate", "build_dir", "check", "fingerprint", "state"]
+__all__ = ["MANIFEST", "MODULES", "State", "activate", "build_dir", "check", "fingerprint",
+           "in_checkout", "state"]
 
 MANIFEST = "manifest.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: every module of this folder; compiled together, so they call each other natively.
 MODULES = tuple(sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__"))
+EXT_SUFFIX = str(sysconfig.get_config_var("EXT_SUFFIX"))
 
 
 @dataclass(frozen=True)
 class State:
-    """Whether the compiled request path is in use, and why (or why not)."""
+    """Whether the compiled request path is in use, and why (or why not); ``remedy`` says
+    how to get it when it is not (empty when compiled, or interpreted on purpose)."""
 
     active: bool
     reason: str
+    remedy: str = ""
 
 
 _STATE = State(False, "not checked")
+
+
+def in_checkout() -> bool:
+    """Imported from a source checkout (core/sidemesh of the repository), not installed."""
+    core = PACKAGE_DIR.parents[1]
+    return core.name == "core" and (core.parent / "pyproject.toml").is_file()
 
 
 def build_dir() -> Path:
@@ -50,7 +72,7 @@ def build_dir() -> Path:
 
 def fingerprint() -> dict[str, object]:
     return {
-        "python": sysconfig.get_config_var("EXT_SUFFIX"),
+        "python": EXT_SUFFIX,
         "sources": {
             name: hashlib.sha256((PACKAGE_DIR / f"{name}.py").read_bytes()).hexdigest()
             for name in MODULES
@@ -59,6 +81,7 @@ def fingerprint() -> dict[str, object]:
 
 
 def check(directory: Path, honour_env: bool = True) -> State:
+    """Whether the checkout's build in ``directory`` matches the sources."""
     if honour_env and os.environ.get("SIDEMESH_COMPILED", "1") == "0":
         return State(False, "interpreted: SIDEMESH_COMPILED=0")
     manifest_path = directory / MANIFEST
@@ -83,16 +106,58 @@ def check(directory: Path, honour_env: bool = True) -> State:
     return State(True, f"compiled: {len(MODULES)} modules from {directory}")
 
 
+def _installed(beside: list[str]) -> State:
+    """What an installed wheel brought: every module compiled, or none (the pure wheel)."""
+    remedy = (f"install sidemesh's compiled wheel for {platform.python_implementation()} "
+              f"{sys.version_info.major}.{sys.version_info.minor} on "
+              f"{sysconfig.get_platform()} (the README's \"Wheels\")")
+    if not beside:
+        return State(False, "interpreted: installed from the pure-Python wheel, "
+                            "which has no compiled modules", remedy)
+    missing = sorted(set(MODULES) - set(beside))
+    if missing:
+        return State(False, f"interpreted: the installed wheel lacks the compiled "
+                            f"{', '.join(missing)}", remedy)
+    return State(True, f"compiled: {len(MODULES)} modules from the platform wheel")
+
+
+class _Sources(MetaPathFinder):
+    """Imports this folder's modules from their sources, passing over the compiled files
+    beside them (Python's own finder would prefer those)."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, PACKAGE_DIR / f"{name}.py")
+
+
 def activate(package_path: list[str]) -> State:
-    """Put a fresh build first on this package's ``__path__`` (before any of its
-    modules is imported); called once, below."""
+    """Choose the compiled build to run, if any (before any module of this package is
+    imported); called once, below."""
     global _STATE
-    directory = build_dir()
-    _STATE = check(directory)
-    if _STATE.active:
-        # The runtime library every compiled module shares is a top-level module.
-        sys.path.append(str(directory))
-        package_path.insert(0, str(directory / "sidemesh" / "datapath"))
+    beside = [name for name in MODULES if (PACKAGE_DIR / f"{name}{EXT_SUFFIX}").is_file()]
+    if os.environ.get("SIDEMESH_COMPILED", "1") == "0":
+        _STATE = State(False, "interpreted: SIDEMESH_COMPILED=0")
+    elif "SIDEMESH_COMPILED_DIR" in os.environ or in_checkout():
+        directory = build_dir()
+        _STATE = check(directory)
+        if _STATE.active:
+            # The runtime library every compiled module shares is a top-level module.
+            sys.path.append(str(directory))
+            package_path.insert(0, str(directory / "sidemesh" / "datapath"))
+        else:
+            _STATE = State(False, _STATE.reason, "`./dev setup` (or python -m "
+                           "sidemesh.tools.build_compiled) compiles it")
+        # Compiled files beside a checkout's sources are left by a wheel built in the tree
+        # (the hook compiles in place) and go stale as the sources change: never used. A
+        # fresh build comes before them on the path; without one they are passed over.
+        beside = [] if _STATE.active else beside
+    else:
+        _STATE = _installed(beside)
+    if beside and not _STATE.active:
+        sys.meta_path.insert(0, _Sources())
     return _STATE
 
 

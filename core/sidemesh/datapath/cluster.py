@@ -133,21 +133,9 @@ class Cluster:
         self.name = config.name
         self.config = config
         self.connect_timeout = config.connect_timeout
-        kept = {e.address: e for e in previous.endpoints} if previous is not None else {}
         self.endpoints: list[Endpoint] = []
-        for endpoint_config in config.endpoints:
-            endpoint = kept.get(endpoint_config.address)
-            if endpoint is None or endpoint.labels != endpoint_config.labels:
-                endpoint = Endpoint(config.name, endpoint_config)
-            self.endpoints.append(endpoint)
-        self.subsets: dict[str, list[Endpoint]] = {
-            subset.name: [
-                e
-                for e in self.endpoints
-                if all(e.labels.get(k) == v for k, v in subset.labels.items())
-            ]
-            for subset in config.subsets
-        }
+        self.subsets: dict[str, list[Endpoint]] = {}
+        self.set_endpoints(config, previous.endpoints if previous is not None else [])
         self.pick = make_balancer(config.load_balancer)
         # Requests in flight on the previous snapshot count against the previous object.
         self.active_requests = 0
@@ -161,6 +149,28 @@ class Cluster:
         #: retries in flight on this snapshot's cluster: counted by a retry policy,
         #: capped by a circuit policy.
         self.retries = RetryLimit()
+
+    def set_endpoints(self, config: ClusterConfig, kept: list[Endpoint]) -> None:
+        """Take ``config``'s endpoints (and subsets), keeping the objects of ``kept`` that
+        have the same address and labels (their ejection, pools and counters). Both lists
+        are replaced at once: a request picks from the old set or the new one."""
+        known = {e.address: e for e in kept}
+        endpoints: list[Endpoint] = []
+        for endpoint_config in config.endpoints:
+            endpoint = known.get(endpoint_config.address)
+            if endpoint is None or endpoint.labels != endpoint_config.labels:
+                endpoint = Endpoint(config.name, endpoint_config)
+            endpoints.append(endpoint)
+        self.subsets = {
+            subset.name: [
+                e
+                for e in endpoints
+                if all(e.labels.get(k) == v for k, v in subset.labels.items())
+            ]
+            for subset in config.subsets
+        }
+        self.endpoints = endpoints
+        self.config = config
 
     def count_overflow(self, limit: str) -> None:
         self.overflow[limit] = self.overflow.get(limit, 0) + 1

@@ -38,7 +38,7 @@ from sidemesh.datapath.codec import (
     request_target,
     response_head,
 )
-from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.connections import ConnectionInfo, describe_local
 from sidemesh.datapath.messages import Headers, Request, Response
 from sidemesh.datapath.model import ConnectionLimits, PathNormalization
 from sidemesh.datapath.paths import PathRejected, normalize_path
@@ -87,8 +87,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.limits = limits
         #: at the listener's connection cap: closed as soon as it is made.
         self.refused = False
-        #: fill in ``info.local_address`` (a system call: only when the access log uses it).
+        #: fill in ``info.local_address`` (when the access log uses it) and
+        #: ``info.original_destination`` (on ``use_original_dst`` listeners): system calls.
         self.wants_local_address = False
+        self.wants_original_dst = False
         #: told of each request refused before it reached the handler (status, reason).
         self.on_rejected: Callable[[DownstreamConnection, int, str], None] | None = None
         self.transport: asyncio.Transport | None = None
@@ -140,9 +142,7 @@ class DownstreamConnection(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         self.info = ConnectionInfo(address, tls=ssl_object is not None, peer_certificate=cert)
-        local = transport.get_extra_info("sockname") if self.wants_local_address else None
-        if isinstance(local, tuple):
-            self.info.local_address = f"{local[0]}:{local[1]}"
+        describe_local(self.info, transport, self.wants_local_address, self.wants_original_dst)
         if ssl_object is not None:
             self.scheme = "https"
 

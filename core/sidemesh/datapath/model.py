@@ -91,6 +91,10 @@ class RouteMatch:
     regex: str | None = None
     headers: tuple[HeaderMatch, ...] = ()
     methods: tuple[str, ...] = ()
+    #: the connection's original destination (``use_original_dst`` listeners):
+    #: ``host:port``, or a bare host for any port.
+    destination: str | None = None
+    destination_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ class ListenerConfig:
     chain: tuple[ChainEntry, ...] = ()
     paths: PathNormalization = PathNormalization()
     limits: ConnectionLimits = ConnectionLimits()
+    #: accepts connections iptables redirected to it and routes by where they were going.
+    use_original_dst: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class CompiledMatch:
         "_path_prefix",
         "_path_regex",
         "config",
+        "destination",
     )
 
     def __init__(self, match: RouteMatch) -> None:
@@ -71,6 +72,8 @@ class CompiledMatch:
             for h in match.headers
         )
         self._methods = frozenset(m.upper() for m in match.methods) or None
+        #: the original-destination conditions, if any (``destination_ok``).
+        self.destination = match.destination is not None or match.destination_port is not None
 
     def host_ok(self, host: str, bare_host: str | None = None) -> bool:
         """``host`` must already be lower-case; ``bare_host`` is it without its port
@@ -95,6 +98,19 @@ class CompiledMatch:
         if self._path_regex is not None:
             return self._path_regex.fullmatch(path) is not None
         return True
+
+    def destination_ok(self, destination: str | None) -> bool:
+        """``destination``: the connection's original destination, ``host:port``."""
+        if not self.destination:
+            return True
+        if destination is None:
+            return False
+        host, _, port = destination.rpartition(":")
+        wanted = self.config.destination
+        if wanted is not None and wanted != destination and wanted != host:
+            return False
+        wanted_port = self.config.destination_port
+        return wanted_port is None or str(wanted_port) == port
 
     def method_ok(self, method: str) -> bool:
         return self._methods is None or method.upper() in self._methods
@@ -147,11 +163,15 @@ class RouteTable:
         self.routes = tuple(routes)
         self.compiled = tuple(CompiledMatch(route.match) for route in self.routes)
 
-    def match(self, method: str, host: str, path: str, headers: Headers) -> int | None:
+    def match(
+        self, method: str, host: str, path: str, headers: Headers, destination: str | None = None
+    ) -> int | None:
         """Index of the first route matching the request, or ``None``.
 
         :param host: the Host header or authority (any case, port allowed).
         :param path: the request target's path; a query string is ignored.
+        :param destination: the connection's original destination (``host:port``), if it
+            was redirected to the listener.
         """
         host = host.lower()
         query = path.find("?")
@@ -160,6 +180,8 @@ class RouteTable:
         method = method.upper()
         bare_host = strip_port(host)
         for index, compiled in enumerate(self.compiled):
-            if compiled.matches(method, host, bare_host, path, headers):
+            if compiled.matches(method, host, bare_host, path, headers) and (
+                not compiled.destination or compiled.destination_ok(destination)
+            ):
                 return index
         return None

@@ -7,6 +7,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from sidemesh.datapath.accesslog import SIDEMESH_JSON, AccessLog, LineFormat
@@ -20,7 +21,7 @@ from sidemesh.datapath.listener import ListenerServer
 from sidemesh.datapath.logformat import compile_log_format
 from sidemesh.datapath.messages import Headers, Request
 from sidemesh.datapath.metrics import Metrics
-from sidemesh.datapath.model import SidecarConfig
+from sidemesh.datapath.model import EndpointConfig, SidecarConfig
 from sidemesh.datapath.outcome import Outcome
 from sidemesh.datapath.snapshot import Snapshot
 
@@ -111,6 +112,24 @@ class Sidecar:
                 self._on_applied(config, version, source)
             log.info("config %s applied from %s", version, source)
 
+    def update_endpoints(self, clusters: dict[str, tuple[EndpointConfig, ...]]) -> list[str]:
+        """Replace the endpoints of the running config's clusters named in ``clusters``
+        (an endpoint discovery update, Envoy's EDS): listeners, routes and policies stay
+        as they are, and an endpoint that stays keeps its state; requests in flight to
+        one that left finish (it drains). Returns the clusters updated."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return []
+        updated: list[str] = []
+        for name, endpoints in clusters.items():
+            cluster = snapshot.clusters.get(name)
+            if cluster is None:
+                continue
+            cluster.set_endpoints(replace(cluster.config, endpoints=endpoints),
+                                  cluster.endpoints)
+            updated.append(name)
+        return updated
+
     async def _swap_listeners(self, snapshot: Snapshot) -> None:
         wanted: dict[str, ListenerServer] = {}
         for name, listener in snapshot.listeners.items():
@@ -174,6 +193,7 @@ class Sidecar:
                 conn = DownstreamConnection(
                     self.handle, listener, "http", closed, config.paths, config.limits
                 )
+                conn.wants_original_dst = config.use_original_dst
                 cap = config.limits.max_connections or default_max_connections()
                 if self._open.get(listener, 0) >= cap:
                     # Envoy's overload answer: the connection is closed as it arrives.
@@ -202,7 +222,11 @@ class Sidecar:
         route = None
         if listener is not None:
             index = listener.table.match(
-                request.method, request.host, request.path_only, request.headers
+                request.method,
+                request.host,
+                request.path_only,
+                request.headers,
+                conn.info.original_destination,
             )
             if index is not None:
                 route = listener.routes[index]

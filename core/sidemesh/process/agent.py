@@ -22,8 +22,6 @@ import os
 import random
 import re
 import socket
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +34,15 @@ from sidemesh.config.validate import ConfigInvalid, build
 from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import ApplyError, Sidecar
 from sidemesh.process.admin import AdminServer
+from sidemesh.process.discovery import (
+    Registrar,
+    cluster_endpoints,
+    service_clusters,
+    with_endpoints,
+)
 from sidemesh.process.lifecycle import install_signals, log_ready, shut_down, start_admin
 from sidemesh.process.sidecar import control_plane, new_sidecar, read_token
+from sidemesh.process.state_cache import StateCache
 from sidemesh.process.status import start_status, status_target
 
 __all__ = ["WATCH_TIMEOUT", "Agent", "Backoff", "StateCache", "rebind", "run_agent"]
@@ -64,45 +69,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-class StateCache:
-    """The last applied config of one service, on disk (``DIR/<service>.json``)."""
-
-    def __init__(self, directory: Path, service: str) -> None:
-        self.path = directory / f"{service}.json"
-        self.service = service
-
-    def save(self, version: int, config: dict[str, Any], control: str) -> None:
-        # Temp file + fsync + rename: a crash leaves the old copy or the new one whole.
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = json.dumps({"service": self.service, "version": version, "control": control,
-                           "saved_at": time.time(), "config": config})
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def load(self) -> tuple[int, dict[str, Any]] | None:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring the saved config %s: %s", self.path, exc)
-            return None
-        if not isinstance(data, dict) or data.get("service") != self.service or not (
-            isinstance(data.get("version"), int) and isinstance(data.get("config"), dict)
-        ):
-            log.warning("ignoring the saved config %s: not one of %s", self.path, self.service)
-            return None
-        return data["version"], data["config"]
 
 
 def rebind(doc: dict[str, Any], host: str) -> dict[str, Any]:
@@ -160,6 +126,11 @@ class Agent:
         self.admin_address: str | None = None
         self.pending: dict[str, Any] | None = None
         self.tried_cache = False
+        #: the control plane's endpoints of the services the config's clusters name,
+        #: their version, and which clusters of the applied config discover which service.
+        self.endpoints: dict[str, Any] = {}
+        self.endpoints_version = ""
+        self.discovered: dict[str, str] = {}
         #: replicas that failed to answer since one last did.
         self.failed: set[str] = set()
 
@@ -182,7 +153,7 @@ class Agent:
         """Apply ``doc`` as ``version``; the reason it was refused, or ``None``."""
         local = rebind(doc, self.bind_host) if self.bind_host else doc
         try:
-            config = build(local, self.registry)
+            config = with_endpoints(build(local, self.registry), local, self.endpoints)
         except ConfigInvalid as exc:
             return "; ".join(str(e) for e in exc.errors)
         new_admin: AdminServer | None = None
@@ -204,6 +175,7 @@ class Agent:
         if self.applied is None:
             log_ready(self.sidecar, self.service, self.admin, self.admin_address)
         self.applied = version
+        self.discovered = service_clusters(local)
         return None
 
     async def handle(self, version: int, doc: dict[str, Any]) -> None:
@@ -215,7 +187,8 @@ class Agent:
         if reason is None:
             log.info("config %s of %s applied (ACK)", version, self.service)
             try:
-                await asyncio.to_thread(self.cache.save, version, doc, self.control)
+                await asyncio.to_thread(self.cache.save, version, doc, self.control,
+                                        self.endpoints)
             except OSError as exc:
                 log.warning("cannot save the applied config to %s: %s", self.cache.path, exc)
             await self.report("ACK", version, None)
@@ -233,7 +206,7 @@ class Agent:
             log.warning("control plane %s unreachable and no saved config in %s: waiting",
                         self.replicas, self.cache.path)
             return
-        version, doc = saved
+        version, doc, self.endpoints = saved
         reason = await self.apply(version, doc)
         if reason is None:
             log.info("control plane %s unreachable: serving saved config %s from %s",
@@ -295,7 +268,8 @@ class Agent:
                 response = await self.client.get(
                     f"{used}/v1/services/{self.service}/watch",
                     params={"after": self.seen, "timeout": WATCH_TIMEOUT,
-                            "proxy": self.proxy_id})
+                            "proxy": self.proxy_id,
+                            "endpoints_version": self.endpoints_version})
             except httpx.HTTPError as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     # Never connected to: it may be a man in the middle. Said every time.
@@ -346,7 +320,23 @@ class Agent:
         if not isinstance(doc, dict):
             log.error("the control plane sent a config that is not an object")
             return
+        endpoints_version = str(body.get("endpoints_version") or "")
+        fresh = endpoints_version != self.endpoints_version
+        self.endpoints = body.get("endpoints") or {}
+        self.endpoints_version = endpoints_version
+        before = self.applied
         await self.handle(version, doc)
+        if fresh and self.applied == before and self.discovered:
+            # Same config (or a NACKed one): only the endpoints change, in place (EDS).
+            updated = self.sidecar.update_endpoints(
+                cluster_endpoints(self.discovered, self.endpoints))
+            log.info("endpoints %s of %s: clusters %s updated", endpoints_version,
+                     self.service, ", ".join(updated) or "none")
+            try:
+                await asyncio.to_thread(self.cache.save_endpoints, self.endpoints,
+                                        self.control)
+            except OSError as exc:
+                log.warning("cannot save the endpoints to %s: %s", self.cache.path, exc)
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -398,7 +388,14 @@ async def run_agent(
             "SIGHUP ignored: the config comes from the control plane %s", agent.control))
         log.info("sidecar %s (%s) following %s", service, agent.proxy_id, agent.replicas)
         follower = asyncio.create_task(agent.follow())
+        registrar = Registrar(sidecar, client, plane, service, agent.proxy_id,
+                              dict(getattr(args, "label", None) or []),
+                              getattr(args, "register_listener", "inbound"),
+                              getattr(args, "register_ttl", 10.0))
+        registrar.start()
         await stop.wait()
+        # Deregistered first: callers stop sending here before the listener closes.
+        await registrar.stop(min(getattr(args, "deregister_grace", 1.0), drain))
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower

@@ -43,9 +43,13 @@ def log_ready(sidecar: Sidecar, service: str, admin: AdminServer | None,
     listening = {name: f"{s.host}:{s.port}" for name, s in sidecar.servers.items()}
     where = f"{admin_address.rpartition(':')[0]}:{admin.port}" if admin and admin_address \
         else "off"
+    path = compiled.state()
+    if path.remedy:
+        log.warning("request path %s (about half the requests per second of the compiled "
+                    "one); %s", path.reason, path.remedy)
     log.info(
         "sidecar %s ready: listeners %s, admin %s; request path %s",
-        service, listening, where, compiled.state().reason,
+        service, listening, where, path.reason,
     )
 
 

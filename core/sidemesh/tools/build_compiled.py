@@ -1,12 +1,16 @@
-"""Compile the request path with mypyc (see :mod:`sidemesh.datapath`).
+"""Compile a checkout's request path with mypyc (see :mod:`sidemesh.datapath`).
 
 Usage: python -m sidemesh.tools.build_compiled [--if-stale | --status]
+
+A developer's convenience (``./dev setup`` runs it): an installed sidemesh gets its
+compiled modules from the platform wheel, where pip keeps track of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +32,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from sidemesh.datapath import MANIFEST, MODULES, PACKAGE_DIR, build_dir, check, fingerprint
+from sidemesh.datapath import (
+    MANIFEST,
+    MODULES,
+    PACKAGE_DIR,
+    build_dir,
+    check,
+    fingerprint,
+    in_checkout,
+    state,
+)
 
 __all__ = ["BuildProgress", "build", "compile_with_progress", "main"]
 
@@ -163,8 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     target = build_dir()
     if args.status:
-        print(check(target).reason)
+        print(state().reason)
         return 0
+    if not in_checkout() and "SIDEMESH_COMPILED_DIR" not in os.environ:
+        # A build made here would be outside pip's record: left behind by `pip uninstall`,
+        # passed over (its sources differ) after `pip install -U`.
+        print(f"sidemesh is installed in {PACKAGE_DIR.parent.parent}, not a checkout: "
+              f"{state().remedy or 'its compiled modules come with the wheel'}",
+              file=sys.stderr)
+        return 1
     if args.if_stale and check(target, honour_env=False).active:
         return 0
     try:

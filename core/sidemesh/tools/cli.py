@@ -22,7 +22,8 @@ from typing import Any
 
 from sidemesh import __version__
 from sidemesh.api.durations import parse_duration
-from sidemesh.tools import kube
+from sidemesh.process.discovery import registration_arguments
+from sidemesh.tools import capture, kube
 from sidemesh.tools.istio import register as register_istio
 from sidemesh.tools.ops import register as register_ops
 
@@ -310,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the JSON access log goes: - (stdout, default), a file "
                    "path (appended to), or off")
     kube.status_arguments(p)
+    registration_arguments(p)
     p.set_defaults(handler=_lazy("sidemesh.process.runtime", "main_proxy"), check=_check_proxy,
                    parser=p)
 
@@ -383,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "configs; run 'sidemesh import SOURCE --help' for one source.")
     register_istio(p.add_subparsers(dest="source", metavar="SOURCE", required=True))
     kube.register(sub)
+    capture.register(sub)
 
     register_ops(sub, parser)
     _add_contributed_commands(sub)

@@ -61,6 +61,11 @@ def parse_target(url: str, header_lines: Sequence[str]) -> tuple[str, str, Heade
 def _why_not(match: CompiledMatch, method: str, host: str, path: str,
              headers: Headers) -> str | None:
     config = match.config
+    if config.destination is not None or config.destination_port is not None:
+        # Known only from a redirected connection, never from the request alone.
+        wanted = config.destination or f"port {config.destination_port}"
+        return (f"matches only connections redirected to {wanted} (use_original_dst), "
+                "which explain cannot know")
     if not match.host_ok(host.lower()):
         shown = host if config.host and strip_port(config.host) != config.host \
             else strip_port(host)

@@ -42,7 +42,9 @@ def _target_errors(where: str, target: Mapping[str, Any], context: PolicyContext
         known = ", ".join(sorted(cluster.subsets)) or "none"
         return [f"{where}.subset {subset!r} is not a subset of cluster {cluster.name!r} "
                 f"(subsets: {known})"]
-    if not cluster.subsets[subset]:
+    if not cluster.subsets[subset] and cluster.endpoints:
+        # A discovered cluster (`service:`) has no endpoints until they are pushed, and
+        # its subsets fill as instances with their labels register.
         return [f"{where}.subset {subset!r} of cluster {cluster.name!r} selects no endpoint"]
     return []
 

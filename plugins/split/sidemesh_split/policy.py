@@ -42,12 +42,13 @@ class Target:
     :ivar cluster: the cluster requests go to.
     :ivar subset: the subset of it, or ``None`` for the whole cluster.
     :ivar switch: whether the request's cluster must change (another cluster).
-    :ivar members: the subset's endpoints, or ``None`` when there is no subset.
+    :ivar members: the subset's endpoints now, or ``None`` when there is no subset (read
+        from the cluster on each use: a discovered cluster's endpoints change in place).
     :ivar member_set: the same as a set, for the per-attempt membership test.
     :ivar label: ``cluster/subset`` or ``cluster``, for metrics and the access log.
     """
 
-    __slots__ = ("cluster", "label", "member_set", "members", "subset", "switch")
+    __slots__ = ("_members", "_set", "cluster", "label", "subset", "switch", "view")
 
     def __init__(self, spec: Mapping[str, Any], context: PolicyContext, where: str) -> None:
         route_cluster = context.cluster
@@ -58,20 +59,34 @@ class Target:
         self.cluster = cluster.name
         self.subset: str | None = spec.get("subset")
         self.switch = route_cluster is None or cluster.name != route_cluster.name
-        self.members: Sequence[EndpointView] | None = None
-        self.member_set: frozenset[EndpointView] = frozenset()
+        self.view = cluster
+        self._members: Sequence[EndpointView] = ()
+        self._set: frozenset[EndpointView] = frozenset()
         if self.subset is not None:
             members = cluster.subsets.get(self.subset)
-            if not members:
+            # A discovered cluster's subset may be empty until instances register.
+            if members is None or (not members and cluster.endpoints):
                 # Reached only for a listener-level split on a route whose cluster lacks
                 # the subset (validation cannot see which routes a listener entry serves).
                 raise ValueError(
                     f"split {where}.subset {self.subset!r} selects no endpoint of cluster "
                     f"{cluster.name!r} (route {context.route!r})"
                 )
-            self.members = members
-            self.member_set = frozenset(members)
         self.label = f"{self.cluster}/{self.subset}" if self.subset else self.cluster
+
+
+    @property
+    def members(self) -> Sequence[EndpointView] | None:
+        if self.subset is None:
+            return None
+        return self.view.subsets.get(self.subset, ())
+
+    @property
+    def member_set(self) -> frozenset[EndpointView]:
+        members = self.members or ()
+        if members is not self._members:
+            self._members, self._set = members, frozenset(members)
+        return self._set
 
 
 class SplitPolicy(Policy):

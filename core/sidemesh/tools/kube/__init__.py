@@ -75,7 +75,8 @@ def register(sub: Any) -> None:
                    "and does not keep a Job from completing")
     p.add_argument("--capture", action="store_true",
                    help="add the sidemesh-init container that redirects the pod's traffic "
-                   "through the proxy (needs the 'sidemesh iptables' command)")
+                   "through the proxy with 'sidemesh iptables', as istio-init does (the "
+                   "sidecar's listeners need use_original_dst)")
 
     def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         from sidemesh.config.build import control_urls
@@ -84,11 +85,5 @@ def register(sub: Any) -> None:
             control_urls(args.control)
         except ValueError as exc:
             parser.error(f"--control: {exc}")
-        # The init container runs `sidemesh iptables`: a pod injected before that command
-        # exists would never start, so the option waits for it.
-        if args.capture and "iptables" not in sub.choices:
-            parser.error(f"--capture needs the 'sidemesh iptables' command, which sidemesh "
-                         f"{__version__} does not have: inject without it and send traffic "
-                         "to the sidecar's listeners (docs/kubernetes.md)")
 
     p.set_defaults(handler=_run, check=check, parser=p)

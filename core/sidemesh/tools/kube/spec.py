@@ -31,7 +31,7 @@ INIT = "sidemesh-init"
 CREDENTIALS, STATE, TMP = "sidemesh-credentials", "sidemesh-state", "sidemesh-tmp"
 #: Every volume the injector owns: removed and added again on each injection.
 VOLUMES = (CREDENTIALS, STATE, TMP)
-#: Istio's proxy uid: capture rules (issue 16) let this user's traffic out unredirected.
+#: Istio's proxy uid: the capture rules let this user's traffic out unredirected.
 PROXY_UID = 1337
 #: The listeners of the config that ``sidemesh import istio`` writes (Istio's ports).
 INBOUND_PORT, OUTBOUND_PORT = 15006, 15001
@@ -123,10 +123,10 @@ def init_container(options: Options) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "args": [
             "iptables", "--apply",
-            "--proxy-uid", str(PROXY_UID),
+            "--uid", str(PROXY_UID),
             "--inbound-port", str(INBOUND_PORT),
             "--outbound-port", str(OUTBOUND_PORT),
-            "--exclude-inbound-port", str(STATUS_PORT),
+            "--exclude-inbound-ports", str(STATUS_PORT),
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
         "securityContext": _hardened(

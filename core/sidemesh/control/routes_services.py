@@ -1,0 +1,73 @@
+"""The service registry: sidecars register their instances, operators list them."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sidemesh.control.auth import SERVICE_NAME
+from sidemesh.control.discovery import DEFAULT_INSTANCE_TTL
+from sidemesh.control.http import ApiError, ControlState, read_json_body, require
+from sidemesh.control.store import Instance
+from sidemesh.control.validation import check_proxy_id
+
+__all__ = ["service_routes"]
+
+
+def _state(request: Request) -> ControlState:
+    state: ControlState = request.app.state.control
+    return state
+
+
+def _service(request: Request) -> str:
+    service: str = request.path_params["service"]
+    if not SERVICE_NAME.match(service):
+        raise ApiError(422, f"{service!r} is not a service name")
+    return service
+
+
+async def register(request: Request) -> Response:
+    """Register, or heartbeat, an instance: the same PUT again before its TTL passes."""
+    service = _service(request)
+    instance_id = check_proxy_id(request.path_params["id"])
+    await require(request, service)
+    body = await read_json_body(request, "InstanceRequest")
+    ttl = float(body.get("ttl", DEFAULT_INSTANCE_TTL))
+    now = time.time()
+    instance = Instance(service, instance_id, body["address"], dict(body.get("labels", {})),
+                        body.get("identity"), now, now + ttl)
+    await _state(request).store.register_instance(instance, ttl)
+    return JSONResponse({"service": service, "id": instance_id, "ttl": ttl,
+                         "expires_at": instance.expires_at})
+
+
+async def deregister(request: Request) -> Response:
+    service = _service(request)
+    instance_id = check_proxy_id(request.path_params["id"])
+    await require(request, service)
+    if not await _state(request).store.deregister_instance(service, instance_id):
+        raise ApiError(404, f"service {service!r} has no instance {instance_id!r}")
+    return Response(status_code=204)
+
+
+async def endpoints(request: Request) -> Response:
+    """Live instances only: one past its TTL is gone (there is no "unhealthy" state to
+    report, as in Envoy's EDS, where a host that left is removed)."""
+    service = _service(request)
+    await require(request, service)
+    found = await _state(request).store.instances(service)
+    now = time.time()
+    return JSONResponse({"service": service, "endpoints": [
+        {**i.describe(), "health": "HEALTHY", "ttl_left": round(max(0.0, i.expires_at - now), 3)}
+        for i in found]})
+
+
+def service_routes() -> list[Route]:
+    return [
+        Route("/v1/services/{service}/instances/{id}", register, methods=["PUT"]),
+        Route("/v1/services/{service}/instances/{id}", deregister, methods=["DELETE"]),
+        Route("/v1/services/{service}/endpoints", endpoints, methods=["GET"]),
+    ]
