@@ -227,6 +227,13 @@ def test_the_registry_api(mesh: Mesh) -> None:
     assert httpx.put(f"{url}/instances/r-9", json=body, headers=reviews).status_code == 200
     assert httpx.get(f"{url}/endpoints", headers=other).status_code == 403
     assert mesh.endpoints()["r-9"]["labels"] == {"version": "v3"}
+    # the identity listed is the one the service is issued, never one a caller claims
+    assert mesh.endpoints()["r-9"]["identity"] == "spiffe://cluster.local/ns/default/sa/reviews"
+    spoof = {**body, "identity": "spiffe://cluster.local/ns/default/sa/ratings"}
+    refused = httpx.put(f"{url}/instances/r-8", json=spoof, headers=reviews)
+    assert refused.status_code == 422, refused.text
+    assert "is not the one service 'reviews' is issued" in refused.json()["error"]
+    assert "r-8" not in mesh.endpoints()
     for _ in range(4):  # heartbeats keep it past its TTL
         time.sleep(0.5)
         assert httpx.put(f"{url}/instances/r-9", json=body, headers=reviews).status_code == 200

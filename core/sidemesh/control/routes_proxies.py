@@ -15,7 +15,7 @@ from sidemesh.control.http import ApiError, ControlState, read_json_body, requir
 from sidemesh.control.store import ProxyStatus
 from sidemesh.control.validation import check_proxy_id, claimed_proxy
 
-__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_TRUST_DOMAIN", "proxy_routes"]
+__all__ = ["DEFAULT_NAMESPACE", "DEFAULT_TRUST_DOMAIN", "proxy_routes", "service_identity"]
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_NAMESPACE = "default"
@@ -67,7 +67,7 @@ async def proxies(request: Request) -> Response:
     return JSONResponse({"proxies": [_proxy_body(p) for p in found]})
 
 
-async def _identity(state: ControlState, service: str) -> tuple[str, str]:
+async def service_identity(state: ControlState, service: str) -> tuple[str, str]:
     """The trust domain and namespace of ``service``: its stored config's ``node``."""
     current = await state.store.get_config(service)
     node = current.config.get("node", {}) if current is not None else {}
@@ -83,7 +83,7 @@ async def certificates(request: Request) -> Response:
                             "the identity, and the admin token has none")
     body = await read_json_body(request, "CertificateRequest")
     state = _state(request)
-    trust_domain, namespace = await _identity(state, principal.service)
+    trust_domain, namespace = await service_identity(state, principal.service)
     try:
         ca = await state.authority(trust_domain)
         answer = ca.certificate_response(
@@ -106,7 +106,7 @@ async def trust_bundle(request: Request) -> Response:
     except SpiffeIdError as exc:
         raise ApiError(422, str(exc)) from None
     state = _state(request)
-    # Only the trust domains certificates are issued in (see _identity): this call needs
+    # Only the trust domains certificates are issued in (service_identity): this call needs
     # no token, and must never create a CA (key, files, memory) for a name it is sent.
     if (trust_domain != DEFAULT_TRUST_DOMAIN
             and trust_domain not in await state.store.trust_domains()):

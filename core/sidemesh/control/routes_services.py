@@ -8,9 +8,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sidemesh.api.spiffe import SpiffeIdError, workload_id
 from sidemesh.control.auth import SERVICE_NAME
 from sidemesh.control.discovery import DEFAULT_INSTANCE_TTL
 from sidemesh.control.http import ApiError, ControlState, read_json_body, require
+from sidemesh.control.routes_proxies import service_identity
 from sidemesh.control.store import Instance
 from sidemesh.control.validation import check_proxy_id
 
@@ -35,11 +37,24 @@ async def register(request: Request) -> Response:
     instance_id = check_proxy_id(request.path_params["id"])
     await require(request, service)
     body = await read_json_body(request, "InstanceRequest")
+    state = _state(request)
+    # The identity listed is the one this control plane's CA issues to the service (as
+    # for certificates, the token decides it): a caller cannot register an instance that
+    # claims another service's identity, which peers would then expect of it.
+    trust_domain, namespace = await service_identity(state, service)
+    try:
+        identity = workload_id(trust_domain, namespace, service)
+    except SpiffeIdError as exc:
+        raise ApiError(422, str(exc)) from None
+    claimed = body.get("identity")
+    if claimed is not None and claimed != identity:
+        raise ApiError(422, f"identity {claimed!r} is not the one service {service!r} is "
+                            f"issued ({identity})")
     ttl = float(body.get("ttl", DEFAULT_INSTANCE_TTL))
     now = time.time()
     instance = Instance(service, instance_id, body["address"], dict(body.get("labels", {})),
-                        body.get("identity"), now, now + ttl)
-    await _state(request).store.register_instance(instance, ttl)
+                        identity, now, now + ttl)
+    await state.store.register_instance(instance, ttl)
     return JSONResponse({"service": service, "id": instance_id, "ttl": ttl,
                          "expires_at": instance.expires_at})
 
