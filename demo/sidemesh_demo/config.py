@@ -67,13 +67,16 @@ class Layout:
     reviews_inbound: int = field(default_factory=testing.free_port)
     reviews_admin: int = field(default_factory=testing.free_port)
     instances: list[Instance] = field(default_factory=list)
+    #: The pod the demo adds while traffic flows, and later stops.
+    extra: Instance = field(default_factory=lambda: Instance("", "", ""))
 
     def __post_init__(self) -> None:
         if not self.instances:
-            hosts = _pod_hosts(3)
+            hosts = _pod_hosts(4)
             self.instances = [Instance("reviews-v1-a", "v1", hosts[0]),
                               Instance("reviews-v1-b", "v1", hosts[1]),
                               Instance("reviews-v2", "v2", hosts[2])]
+            self.extra = Instance("reviews-v1-c", "v1", hosts[3])
 
     @property
     def control_url(self) -> str:
@@ -134,7 +137,9 @@ def reviews_config(layout: Layout, zipkin_url: str) -> dict[str, Any]:
 
 
 def productpage_config(layout: Layout, zipkin_url: str, policy: bool) -> dict[str, Any]:
-    """productpage's sidecar; ``policy`` adds retry, outlier detection and the split to
+    """productpage's sidecar, calling ``service: reviews`` (found by discovery, no address
+    written down; ``local``, its own app, stays static as Istio's inbound cluster does);
+    ``policy`` adds retry, outlier detection and the split to
     the reviews route (mTLS is there from the start)."""
     chain: list[dict[str, Any]] = [{"name": "mtls", "config": {"expect": spiffe_id("reviews")}}]
     if policy:
@@ -144,10 +149,9 @@ def productpage_config(layout: Layout, zipkin_url: str, policy: bool) -> dict[st
         "node": _node("productpage"),
         "admin": f"127.0.0.1:{layout.pp_admin}",
         "clusters": [
+            # Its endpoints are the live reviews pods, as they register (--label version=).
             {"name": "reviews", "connect_timeout": "1s", "load_balancer": "round_robin",
-             "endpoints": [{"address": layout.endpoint(i),
-                            "labels": {"version": i.version, "instance": i.name}}
-                           for i in layout.instances],
+             "service": "reviews",
              "subsets": [{"name": "v1", "labels": {"version": "v1"}},
                          {"name": "v2", "labels": {"version": "v2"}}]},
             {"name": "local", "connect_timeout": "1s",

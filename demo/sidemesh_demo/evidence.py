@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from cryptography import x509
@@ -22,6 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from .app import ZipkinReceiver
 from .config import SPLIT, Instance, Layout
 from .traffic import ClusterWatcher, EjectionEvent
+
+if TYPE_CHECKING:  # scale.py reads access logs with this module's helpers
+    from .scale import Scaling
 
 __all__ = ["Evidence", "InstanceView", "collect", "percentile", "samples"]
 
@@ -90,6 +93,7 @@ class Evidence:
     spans_total: int
     proxies: list[dict[str, Any]]
     span_exports: float
+    scaling: Scaling
 
     def problems(self) -> list[str]:
         """What the demo promised to show but the mesh's own numbers do not."""
@@ -110,6 +114,14 @@ class Evidence:
             out.append("no reviews sidecar logged a verified peer identity (access-log 'peer')")
         if not self.trace:
             out.append("no trace reached the Zipkin receiver")
+        sc = self.scaling
+        if sc.joined_at is None or sc.served == 0:
+            out.append(f"the added pod {sc.instance.name} never served through productpage")
+        if sc.left_at is None or sc.exit_code != 0:
+            out.append(f"the stopped pod {sc.instance.name} did not leave cleanly "
+                       f"(exit {sc.exit_code}, removed from /clusters: {sc.left_at is not None})")
+        if sc.failed:
+            out.append(f"{sc.failed} requests failed while reviews scaled 3 -> 4 -> 3")
         return out
 
 
@@ -174,7 +186,7 @@ def _pick_trace(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def collect(layout: Layout, zipkin: ZipkinReceiver, watcher: ClusterWatcher,
             access_log: Callable[[str], Path], proxies: list[dict[str, Any]], t0: float,
-            version: int, broken: Instance) -> Evidence:
+            version: int, broken: Instance, scaling: Scaling) -> Evidence:
     pp = _metrics(layout.pp_admin_url)
     split = {lab.get("destination", "?"): v for n, lab, v in pp
              if n == "sidemesh_split_requests_total" and lab.get("route") == "reviews"}
@@ -226,4 +238,4 @@ def collect(layout: Layout, zipkin: ZipkinReceiver, watcher: ClusterWatcher,
     exports = total(pp, "sidemesh_tracing_spans_exported_total")
     return Evidence(version, broken, views, split, configured, retries, entry_codes, reasons,
                     list(watcher.events), latency, _pick_trace(spans), len(spans), proxies,
-                    exports)
+                    exports, scaling)

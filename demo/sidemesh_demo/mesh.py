@@ -3,8 +3,9 @@
 A control plane, productpage calling reviews (two v1 pods and one v2 pod), a sidecar in
 front of each app taking its config from the control plane, mTLS between them with
 certificates from the control plane's CA, tracing to an in-demo Zipkin receiver. It
-pushes a traffic policy, sends traffic, breaks one reviews pod, heals it, and reports
-what the sidecars themselves measured.
+pushes a traffic policy, sends traffic, breaks one reviews pod, heals it, scales reviews
+3 → 4 → 3 (productpage's sidecar finds the pods by service discovery), and reports what
+the sidecars themselves measured.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from rich.markup import escape
 from .app import PRODUCTPAGE_PATH, ZipkinReceiver
 from .config import Instance, Layout, productpage_config, reviews_config
 from .evidence import Evidence, collect
-from .procs import DemoError, Supervisor, Terminated, raise_on_sigterm
+from .procs import Child, DemoError, Supervisor, Terminated, raise_on_sigterm
 from .report import render
+from .scale import Scaler, Scaling
 from .traffic import ClusterWatcher, Phase, drive
 
 __all__ = ["REQUIRED_PLUGINS", "main"]
@@ -76,6 +78,7 @@ class Mesh:
         self.layout = Layout()
         self.data = workdir / "control"
         self.admin_token = ""
+        self.tokens: dict[str, Path] = {}
         self.t0 = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -142,24 +145,20 @@ class Mesh:
         self.put_config("reviews", reviews_config(layout, zipkin))
         version = self.put_config("productpage", productpage_config(layout, zipkin, False))
         self.say(f"configs stored: reviews, productpage v{version} (mTLS, tracing)")
-        tokens = self.issue_tokens([("productpage", "productpage")]
-                                   + [(i.name, "reviews") for i in layout.instances])
-        self.say(f"{len(tokens)} sidecar tokens issued (sidemesh token)")
-        apps = []
-        for inst in layout.instances:
-            apps.append((self.sup.start(f"app-{inst.name}", [
-                "-m", "sidemesh_demo.app", "reviews", "--version", inst.version,
-                "--name", inst.name, "--host", inst.host, "--port", str(layout.reviews_app)]),
-                f"{layout.app_url(inst)}/reviews/1"))
-        apps.append((self.sup.start("app-productpage", [
+        pods = [*layout.instances, layout.extra]
+        self.tokens = self.issue_tokens([("productpage", "productpage")]
+                                        + [(i.name, "reviews") for i in pods])
+        self.say(f"{len(self.tokens)} sidecar tokens issued (sidemesh token)")
+        apps = [(self.sup.start("app-productpage", [
             "-m", "sidemesh_demo.app", "productpage", "--port", str(layout.pp_app),
             "--reviews", f"http://127.0.0.1:{layout.pp_outbound}"]),
-            f"http://127.0.0.1:{layout.pp_app}/healthz"))
-        sidecars = [(self.sidecar("productpage", "productpage", tokens["productpage"], None),
-                     f"{layout.pp_admin_url}/ready")]
+            f"http://127.0.0.1:{layout.pp_app}/healthz")]
+        sidecars = [(self.sidecar("productpage", "productpage", self.tokens["productpage"],
+                                  None), f"{layout.pp_admin_url}/ready")]
         for inst in layout.instances:
-            sidecars.append((self.sidecar(inst.name, "reviews", tokens[inst.name], inst),
-                             f"{layout.admin_url(inst)}/ready"))
+            app, sidecar = self.start_pod(inst, wait=False)
+            apps.append((app, f"{layout.app_url(inst)}/reviews/1"))
+            sidecars.append((sidecar, f"{layout.admin_url(inst)}/ready"))
         for child, url in apps:
             self.sup.wait_http(child, url, ok=range(200, 500))
         self.say("apps up: productpage, " + ", ".join(
@@ -167,6 +166,40 @@ class Mesh:
         for child, url in sidecars:
             self.sup.wait_http(child, url, timeout=30.0)
         self.say("4 sidecars ready, configs from the control plane applied")
+        self.wait_endpoints({layout.endpoint(i) for i in layout.instances})
+        self.say("reviews sidecars registered; productpage's sidecar got their 3 addresses "
+                 "pushed (service: reviews)")
+
+    def start_pod(self, inst: Instance, wait: bool = True) -> tuple[Child, Child]:
+        """A reviews pod: its app and its sidecar; ``wait``: until both are ready."""
+        layout = self.layout
+        app = self.sup.start(f"app-{inst.name}", [
+            "-m", "sidemesh_demo.app", "reviews", "--version", inst.version,
+            "--name", inst.name, "--host", inst.host, "--port", str(layout.reviews_app)])
+        sidecar = self.sidecar(inst.name, "reviews", self.tokens[inst.name], inst)
+        if wait:
+            self.sup.wait_http(app, f"{layout.app_url(inst)}/reviews/1", ok=range(200, 500))
+            self.sup.wait_http(sidecar, f"{layout.admin_url(inst)}/ready", timeout=30.0)
+        return app, sidecar
+
+    def wait_endpoints(self, expected: set[str], timeout: float = 20.0) -> None:
+        """Until productpage's sidecar lists exactly ``expected`` in its reviews cluster."""
+        url = f"{self.layout.pp_admin_url}/clusters"
+        deadline = time.monotonic() + timeout
+        seen: set[str] = set()
+        while time.monotonic() < deadline:
+            self.sup.check_alive()
+            try:
+                clusters = httpx.get(url, timeout=2.0).json().get("clusters", [])
+                seen = {e.get("address") for c in clusters if c.get("name") == "reviews"
+                        for e in c.get("endpoints", [])}
+            except (httpx.HTTPError, ValueError, AttributeError):
+                seen = set()
+            if seen == expected:
+                return
+            time.sleep(0.1)
+        raise DemoError(f"productpage's sidecar lists reviews endpoints {sorted(seen)} after "
+                        f"{timeout:.0f}s, not the registered pods {sorted(expected)}")
 
     def sidecar(self, name: str, service: str, token: Path, inst: Instance | None) -> Any:
         args = ["-m", "sidemesh", "proxy", "--control", self.layout.control_url,
@@ -174,7 +207,9 @@ class Mesh:
                 "--state-dir", str(self.workdir / "state" / name), "--drain-timeout", "2s",
                 "--access-log", str(self.access_log(name))]
         if inst is not None:
-            args += ["--bind-host", inst.host]
+            # Its registered address is its inbound listener's, on the pod's address.
+            args += ["--bind-host", inst.host, "--label", f"version={inst.version}",
+                     "--label", f"instance={inst.name}"]
         return self.sup.start(f"sidecar-{name}", args)
 
     def access_log(self, name: str) -> Path:
@@ -244,9 +279,22 @@ def _scenario(mesh: Mesh) -> Evidence:
         drive(mesh.console, url, Phase("waiting for its return"), until=back, limit=15.0,
               check=alive)
         drive(mesh.console, url, Phase("back in rotation"), requests=100, check=alive)
+        scaling = Scaling(layout.extra, layout.endpoint(layout.extra))
+        scaler = Scaler(mesh.sup, watcher, scaling, lambda: mesh.start_pod(layout.extra),
+                        mesh.access_log(layout.extra.name), mesh.say, mesh.t0)
+        scaler.start()
+
+        def checks() -> None:
+            alive()
+            scaler.check()
+
+        scaling.traffic = drive(mesh.console, url, Phase("reviews scaling 3 → 4 → 3"),
+                                until=scaler.done.is_set, limit=60.0, check=checks)
+        scaler.join(15)
+        scaler.check()
         mesh.sup.check_alive()
     return collect(mesh.layout, mesh.zipkin, watcher, mesh.access_log, mesh.proxies(),
-                   mesh.t0, version, broken)
+                   mesh.t0, version, broken, scaling)
 
 
 def _keep_running(mesh: Mesh) -> None:

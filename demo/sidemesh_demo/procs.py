@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +32,31 @@ class Terminated(BaseException):
     """SIGTERM arrived: unwinds like Ctrl-C so every ``finally`` runs."""
 
 
+class _Deferred:
+    """A SIGTERM or Ctrl-C arriving while the main thread starts a child waits until the
+    child is on the list: raised between Popen and the append, it would leave a process
+    nobody stops. (Blocking the signals instead would leave them blocked in the child,
+    which then never sees its SIGTERM.)"""
+
+    active = False
+    pending: int | None = None
+
+
+def _interrupt(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
 def raise_on_sigterm() -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
+        if _Deferred.active:
+            _Deferred.pending = signum
+        else:
+            _interrupt(signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 @dataclass
@@ -43,6 +64,8 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    #: Being stopped on purpose (a pod scaled down): its exit is no failure.
+    stopping: bool = False
 
     def output(self, tail: int = 15) -> str:
         try:
@@ -63,22 +86,30 @@ class Supervisor:
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.children: list[Child] = []
+        self._lock = threading.Lock()
+        self._closed = False
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Child:
         log = self.logs / f"{name}.log"
-        # SIGTERM waits until the child is on the list: raised between Popen and the
-        # append, it would leave a process nobody stops.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
-                    cwd=self.workdir, start_new_session=True)
-            child = Child(name, proc, log)
-            self.children.append(child)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        # Signal handlers run in the main thread; another thread's start is covered by the
+        # lock, which stop_all takes.
+        main = threading.current_thread() is threading.main_thread()
+        with self._lock:
+            if self._closed:
+                raise DemoError(f"not starting {name}: the demo is stopping")
+            _Deferred.active = main
+            try:
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                        cwd=self.workdir, start_new_session=True)
+                child = Child(name, proc, log)
+                self.children.append(child)
+            finally:
+                pending, _Deferred.active, _Deferred.pending = _Deferred.pending, False, None
+        if pending is not None:
+            _interrupt(pending)
         return child
 
     def run(self, name: str, args: Sequence[str], timeout: float = 30.0) -> str:
@@ -93,9 +124,20 @@ class Supervisor:
             raise DemoError(f"{name} failed (exit {done.returncode}): {text[-800:]}")
         return done.stdout.decode().strip()
 
+    def stop(self, child: Child, grace: float = 10.0) -> int:
+        """SIGTERM to one child, as Kubernetes stops a pod; SIGKILL after ``grace``.
+        Its exit code (negative: killed by that signal)."""
+        child.stopping = True
+        _signal_group(child.proc, signal.SIGTERM)
+        try:
+            return child.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(child.proc, signal.SIGKILL)
+            return child.proc.wait(5)
+
     def check_alive(self) -> None:
-        for child in self.children:
-            if not child.alive():
+        for child in list(self.children):
+            if not child.alive() and not child.stopping:
                 raise DemoError(f"{child.name} exited with code {child.proc.returncode}:\n"
                                 f"{child.output()}")
 
@@ -122,6 +164,8 @@ class Supervisor:
     def stop_all(self, grace: float = 5.0) -> None:
         """SIGTERM to every child's process group (newest first: sidecars drain before
         the control plane goes), then SIGKILL whatever is left after ``grace``."""
+        with self._lock:
+            self._closed = True
         for child in reversed(self.children):
             _signal_group(child.proc, signal.SIGTERM)
         deadline = time.monotonic() + grace

@@ -76,9 +76,10 @@ def _resilience(ev: Evidence, t_scale: str = "s") -> Panel:
     lines.append(f"ejections {reasons} (consecutive_5xx={CIRCUIT['consecutive_5xx']}, "
                  f"base_ejection_time={CIRCUIT['base_ejection_time']}, "
                  f"max_ejection_percent={CIRCUIT['max_ejection_percent']})\n")
+    names = {v.address: v.instance.name for v in ev.instances}
+    names[ev.scaling.address] = ev.scaling.instance.name
     for event in ev.events:
-        name = next((v.instance.name for v in ev.instances if v.address == event.address),
-                    event.address)
+        name = names.get(event.address, event.address)
         if event.returned_at is None:
             back = "still ejected at the end"
         elif event.again:
@@ -89,6 +90,7 @@ def _resilience(ev: Evidence, t_scale: str = "s") -> Panel:
         lines.append(f"  {name} ({event.address}) ejected at t={event.ejected_at:.1f}"
                      f"{t_scale} (ejection #{event.number}, ~{event.seconds:.0f}s), {back}\n",
                      style="red" if event.returned_at is None else "")
+    _scaling(ev, lines)
     lines.append("Latency (productpage sidecar access log, 2xx): ", style="bold")
     parts = []
     for listener, label in (("inbound", "end to end"), ("outbound", "productpage → reviews")):
@@ -98,6 +100,23 @@ def _resilience(ev: Evidence, t_scale: str = "s") -> Panel:
             parts.append(f"{label} p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(values)} requests)")
     lines.append("; ".join(parts) or "no access-log lines")
     return Panel(lines, title="What the mesh absorbed", title_align="left")
+
+
+def _at(t: float | None) -> str:
+    return "never" if t is None else f"t={t:.1f}s"
+
+
+def _scaling(ev: Evidence, lines: Text) -> None:
+    sc = ev.scaling
+    lines.append("Discovery (service: reviews, as productpage's sidecar listed it in /clusters):\n",
+                 style="bold")
+    lines.append(f"  {sc.instance.name} ({sc.address}) registered, added at "
+                 f"{_at(sc.joined_at)}, answered {sc.served} requests\n")
+    lines.append(f"  {sc.instance.name} SIGTERM at {_at(sc.stopped_at)}: deregistered, removed "
+                 f"at {_at(sc.left_at)}, drained, exited {sc.exit_code} at {_at(sc.exited_at)}\n")
+    failed = sc.failed
+    lines.append(f"  while reviews scaled 3 → 4 → 3: {failed} of {sc.traffic.sent} requests "
+                 "failed\n", style="bold red" if failed else "bold green")
 
 
 def _identities(ev: Evidence) -> Panel:

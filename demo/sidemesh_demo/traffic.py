@@ -123,7 +123,8 @@ class EjectionEvent:
 
 class ClusterWatcher:
     """Polls ``GET /clusters`` of a sidecar and records, per endpoint of ``cluster``, when
-    the sidecar reported it ejected and when it reported it back (seconds since ``t0``)."""
+    the sidecar reported it ejected and when it reported it back, and when an endpoint
+    appeared in the cluster (``joined``) or left it (``left``), seconds since ``t0``."""
 
     def __init__(self, admin_url: str, cluster: str, t0: float, interval: float = 0.1) -> None:
         self.url = f"{admin_url}/clusters"
@@ -133,6 +134,9 @@ class ClusterWatcher:
         self.events: list[EjectionEvent] = []
         self.last: dict[str, Any] = {}
         self._open: dict[str, EjectionEvent] = {}
+        self.joined: dict[str, float] = {}
+        self.left: dict[str, float] = {}
+        self._members: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -160,6 +164,12 @@ class ClusterWatcher:
             if cluster.get("name") != self.cluster:
                 continue
             self.last = cluster
+            members = {e.get("address", "?") for e in cluster.get("endpoints", [])}
+            for address in members - self._members:
+                self.joined.setdefault(address, now)
+            for address in self._members - members:
+                self.left.setdefault(address, now)
+            self._members = members
             for endpoint in cluster.get("endpoints", []):
                 address = endpoint.get("address", "?")
                 number = int(endpoint.get("ejection_count") or 0)

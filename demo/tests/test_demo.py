@@ -102,6 +102,14 @@ def test_demo_runs_the_mesh_reports_and_cleans_up() -> None:
     assert re.search(ejected + r", back at t=", output), output
     assert "spiffe://cluster.local/ns/default/sa/productpage on" in output, output
     assert "presents spiffe://cluster.local/ns/default/sa/reviews" in output, output
+    # Discovery: a pod added and one stopped while traffic flows, and no request lost.
+    added = re.search(r"reviews-v1-c \(127\.[\d.]+:\d+\) registered, added at t=[\d.]+s, "
+                      r"answered (\d+) requests", output)
+    assert added and int(added.group(1)) > 0, output
+    assert re.search(r"reviews-v1-c SIGTERM at t=[\d.]+s: deregistered, removed at t=[\d.]+s, "
+                     r"drained, exited 0 at t=[\d.]+s", output), output
+    scaled = re.search(r"while reviews scaled 3 → 4 → 3: (\d+) of (\d+) requests failed", output)
+    assert scaled and scaled.group(1) == "0" and int(scaled.group(2)) > 0, output
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", output), output
     assert re.search(r"trace [0-9a-f]{32} \(\d+ spans\)", output), output
     workdir = re.search(r"(/\S*sidemesh-demo-\w+)", output)
