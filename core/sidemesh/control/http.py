@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.source import check_nesting
 from sidemesh.config.validate import ConfigInvalid, parse_yaml
-from sidemesh.control.auth import Principal, TokenRefused, authenticate, token_id
+from sidemesh.control.auth import SERVICE_NAME, Principal, TokenRefused, authenticate, token_id
 from sidemesh.control.ca import CertificateAuthority
 from sidemesh.control.metrics import ControlMetrics, MeteredStore
 from sidemesh.control.openapi import request_validator
@@ -27,10 +27,12 @@ __all__ = [
     "ApiError",
     "ControlState",
     "Hub",
+    "control_state",
     "error",
     "read_config_body",
     "read_json_body",
     "require",
+    "service_param",
 ]
 
 #: Request bodies larger than this are refused with 413 before being parsed.
@@ -103,6 +105,20 @@ class ApiError(Exception):
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def control_state(request: Request) -> ControlState:
+    """The state of the app serving ``request``."""
+    state: ControlState = request.app.state.control
+    return state
+
+
+def service_param(request: Request) -> str:
+    """The ``{service}`` of the path. :raises ApiError: 422 when it is not a service name."""
+    service: str = request.path_params["service"]
+    if not SERVICE_NAME.match(service):
+        raise ApiError(422, f"{service!r} is not a service name")
+    return service
 
 
 async def require(request: Request, service: str | None = None, admin: bool = False

@@ -12,9 +12,16 @@ from starlette.routing import Route
 
 from sidemesh.config.registry import composed_schema
 from sidemesh.config.validate import ConfigError, validate
-from sidemesh.control.auth import SERVICE_NAME
 from sidemesh.control.discovery import referenced_services, resolve
-from sidemesh.control.http import ApiError, ControlState, read_config_body, read_json_body, require
+from sidemesh.control.http import (
+    ApiError,
+    ControlState,
+    control_state,
+    read_config_body,
+    read_json_body,
+    require,
+    service_param,
+)
 from sidemesh.control.store import ConfigVersion, VersionNotFound
 from sidemesh.control.validation import check_proxy_id, claimed_proxy
 
@@ -22,18 +29,6 @@ __all__ = ["DEFAULT_WATCH_TIMEOUT", "MAX_WATCH_TIMEOUT", "config_routes"]
 
 DEFAULT_WATCH_TIMEOUT = 30.0
 MAX_WATCH_TIMEOUT = 300.0
-
-
-def _state(request: Request) -> ControlState:
-    state: ControlState = request.app.state.control
-    return state
-
-
-def _service(request: Request) -> str:
-    service: str = request.path_params["service"]
-    if not SERVICE_NAME.match(service):
-        raise ApiError(422, f"{service!r} is not a service name")
-    return service
 
 
 def _config_body(version: ConfigVersion) -> dict[str, Any]:
@@ -60,9 +55,9 @@ def _check(doc: Any, state: ControlState, service: str | None) -> None:
 
 
 async def put_config(request: Request) -> Response:
-    service = _service(request)
+    service = service_param(request)
     principal = await require(request, service, admin=True)
-    state = _state(request)
+    state = control_state(request)
     doc = await read_config_body(request)
     _check(doc, state, service)
     head = await state.store.get_config(service)
@@ -75,7 +70,7 @@ async def put_config(request: Request) -> Response:
 
 
 async def get_config(request: Request) -> Response:
-    service = _service(request)
+    service = service_param(request)
     await require(request, service)
     raw = request.query_params.get("version")
     version: int | None = None
@@ -83,7 +78,7 @@ async def get_config(request: Request) -> Response:
         if not raw.isdigit() or int(raw) < 1:
             raise ApiError(422, f"version must be a positive integer, not {raw!r}")
         version = int(raw)
-    found = await _state(request).store.get_config(service, version)
+    found = await control_state(request).store.get_config(service, version)
     if found is None:
         what = f"version {version}" if version is not None else "a config"
         raise ApiError(404, f"service {service!r} has no {what}")
@@ -91,16 +86,16 @@ async def get_config(request: Request) -> Response:
 
 
 async def history(request: Request) -> Response:
-    service = _service(request)
+    service = service_param(request)
     await require(request, service)
-    versions = await _state(request).store.history(service)
+    versions = await control_state(request).store.history(service)
     return JSONResponse({"service": service, "versions": [v.summary() for v in versions]})
 
 
 async def rollback(request: Request) -> Response:
-    service = _service(request)
+    service = service_param(request)
     principal = await require(request, service, admin=True)
-    state = _state(request)
+    state = control_state(request)
     body = await read_json_body(request, "RollbackRequest")
     target = await state.store.get_config(service, body["version"])
     if target is None:
@@ -119,18 +114,18 @@ async def rollback(request: Request) -> Response:
 async def validate_config(request: Request) -> Response:
     await require(request)
     doc = await read_config_body(request)
-    _check(doc, _state(request), None)
+    _check(doc, control_state(request), None)
     return JSONResponse({"valid": True, "errors": []})
 
 
 async def schemas(request: Request) -> Response:
     await require(request)
-    return JSONResponse(composed_schema(_state(request).registry))
+    return JSONResponse(composed_schema(control_state(request).registry))
 
 
 async def plugin_schema(request: Request) -> Response:
     await require(request)
-    registry = _state(request).registry
+    registry = control_state(request).registry
     name = request.path_params["plugin"]
     policy = registry.get(name)
     if policy is None:
@@ -161,9 +156,9 @@ async def watch(request: Request) -> Response:
     was reset behind the proxy's back), or, for a caller that says which
     ``endpoints_version`` it has, as soon as the endpoints of the services its config
     names differ; else ``304`` at the timeout."""
-    service = _service(request)
+    service = service_param(request)
     principal = await require(request, service)
-    state = _state(request)
+    state = control_state(request)
     after = int(_number(request, "after", 0))
     caller_endpoints = request.query_params.get("endpoints_version")
     timeout = min(_number(request, "timeout", DEFAULT_WATCH_TIMEOUT), MAX_WATCH_TIMEOUT)

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from sidemesh.api.spiffe import SpiffeIdError, validate_trust_domain
 from sidemesh.control.ca import DEFAULT_TTL, CertificateAuthorityError, CertificateRequestError
-from sidemesh.control.http import ApiError, ControlState, read_json_body, require
+from sidemesh.control.http import ApiError, ControlState, control_state, read_json_body, require
 from sidemesh.control.store import ProxyStatus
 from sidemesh.control.validation import check_proxy_id, claimed_proxy
 
@@ -19,11 +19,6 @@ __all__ = ["DEFAULT_NAMESPACE", "DEFAULT_TRUST_DOMAIN", "proxy_routes", "service
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_NAMESPACE = "default"
-
-
-def _state(request: Request) -> ControlState:
-    state: ControlState = request.app.state.control
-    return state
 
 
 def _proxy_body(status: ProxyStatus) -> dict[str, Any]:
@@ -46,7 +41,7 @@ async def report_status(request: Request) -> Response:
     if not principal.admin and body["service"] != principal.service:
         raise ApiError(403, f"{principal.name} may not report for service "
                             f"{body['service']!r}")
-    state = _state(request)
+    state = control_state(request)
     applied = body.get("applied_version")
     if applied is None and body["state"] == "ACK":
         applied = body["version"]
@@ -63,7 +58,7 @@ async def report_status(request: Request) -> Response:
 
 async def proxies(request: Request) -> Response:
     await require(request, admin=True)
-    found = await _state(request).store.proxies()
+    found = await control_state(request).store.proxies()
     return JSONResponse({"proxies": [_proxy_body(p) for p in found]})
 
 
@@ -82,7 +77,7 @@ async def certificates(request: Request) -> Response:
         raise ApiError(403, "certificates are issued to sidecar tokens: the token decides "
                             "the identity, and the admin token has none")
     body = await read_json_body(request, "CertificateRequest")
-    state = _state(request)
+    state = control_state(request)
     trust_domain, namespace = await service_identity(state, principal.service)
     try:
         ca = await state.authority(trust_domain)
@@ -105,7 +100,7 @@ async def trust_bundle(request: Request) -> Response:
         validate_trust_domain(trust_domain)
     except SpiffeIdError as exc:
         raise ApiError(422, str(exc)) from None
-    state = _state(request)
+    state = control_state(request)
     # Only the trust domains certificates are issued in (service_identity): this call needs
     # no token, and must never create a CA (key, files, memory) for a name it is sent.
     if (trust_domain != DEFAULT_TRUST_DOMAIN

@@ -9,9 +9,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sidemesh.api.spiffe import SpiffeIdError, workload_id
-from sidemesh.control.auth import SERVICE_NAME
 from sidemesh.control.discovery import DEFAULT_INSTANCE_TTL
-from sidemesh.control.http import ApiError, ControlState, read_json_body, require
+from sidemesh.control.http import (
+    ApiError,
+    control_state,
+    read_json_body,
+    require,
+    service_param,
+)
 from sidemesh.control.routes_proxies import service_identity
 from sidemesh.control.store import Instance
 from sidemesh.control.validation import check_proxy_id
@@ -19,25 +24,13 @@ from sidemesh.control.validation import check_proxy_id
 __all__ = ["service_routes"]
 
 
-def _state(request: Request) -> ControlState:
-    state: ControlState = request.app.state.control
-    return state
-
-
-def _service(request: Request) -> str:
-    service: str = request.path_params["service"]
-    if not SERVICE_NAME.match(service):
-        raise ApiError(422, f"{service!r} is not a service name")
-    return service
-
-
 async def register(request: Request) -> Response:
     """Register, or heartbeat, an instance: the same PUT again before its TTL passes."""
-    service = _service(request)
+    service = service_param(request)
     instance_id = check_proxy_id(request.path_params["id"])
     await require(request, service)
     body = await read_json_body(request, "InstanceRequest")
-    state = _state(request)
+    state = control_state(request)
     # The identity listed is the one this control plane's CA issues to the service (as
     # for certificates, the token decides it): a caller cannot register an instance that
     # claims another service's identity, which peers would then expect of it.
@@ -60,10 +53,10 @@ async def register(request: Request) -> Response:
 
 
 async def deregister(request: Request) -> Response:
-    service = _service(request)
+    service = service_param(request)
     instance_id = check_proxy_id(request.path_params["id"])
     await require(request, service)
-    if not await _state(request).store.deregister_instance(service, instance_id):
+    if not await control_state(request).store.deregister_instance(service, instance_id):
         raise ApiError(404, f"service {service!r} has no instance {instance_id!r}")
     return Response(status_code=204)
 
@@ -71,9 +64,9 @@ async def deregister(request: Request) -> Response:
 async def endpoints(request: Request) -> Response:
     """Live instances only: one past its TTL is gone (there is no "unhealthy" state to
     report, as in Envoy's EDS, where a host that left is removed)."""
-    service = _service(request)
+    service = service_param(request)
     await require(request, service)
-    found = await _state(request).store.instances(service)
+    found = await control_state(request).store.instances(service)
     now = time.time()
     return JSONResponse({"service": service, "endpoints": [
         {**i.describe(), "health": "HEALTHY", "ttl_left": round(max(0.0, i.expires_at - now), 3)}

@@ -18,17 +18,12 @@ from sidemesh.control.auth import (
     token_id,
     token_state,
 )
-from sidemesh.control.http import ApiError, ControlState, read_json_body, require
+from sidemesh.control.http import ApiError, control_state, read_json_body, require
 from sidemesh.control.store import TokenRecord
 
 __all__ = ["token_body", "token_routes"]
 
 log = logging.getLogger("sidemesh.control")
-
-
-def _state(request: Request) -> ControlState:
-    state: ControlState = request.app.state.control
-    return state
 
 
 def token_body(record: TokenRecord, now: float | None = None) -> dict[str, Any]:
@@ -46,7 +41,7 @@ def token_body(record: TokenRecord, now: float | None = None) -> dict[str, Any]:
 async def issue(request: Request) -> Response:
     await require(request, admin=True)
     body = await read_json_body(request, "TokenRequest")
-    store = _state(request).store
+    store = control_state(request).store
     try:
         token = await issue_token(store, body["service"], body.get("ttl"))
     except TokenError as exc:
@@ -64,7 +59,7 @@ async def list_tokens(request: Request) -> Response:
     if service is not None and not SERVICE_NAME.match(service):
         raise ApiError(422, f"{service!r} is not a service name")
     now = time.time()
-    found = [token_body(r, now) for r in await _state(request).store.tokens()
+    found = [token_body(r, now) for r in await control_state(request).store.tokens()
              if service is None or r.service == service]
     return JSONResponse({"tokens": found})
 
@@ -75,7 +70,7 @@ async def revoke(request: Request) -> Response:
     if not TOKEN_ID.match(wanted):
         raise ApiError(422, f"{wanted!r} is not a token id (16 hex digits, as GET /v1/tokens "
                             "lists them)")
-    state = _state(request)
+    state = control_state(request)
     record = await state.store.revoke_token(wanted, time.time())
     if record is None:
         raise ApiError(404, f"no token {wanted}")
