@@ -4,6 +4,7 @@ an etcd member lost costs nothing."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -249,3 +250,23 @@ def test_an_unreachable_or_unknown_store_is_a_clear_error(tmp_path: Path) -> Non
     bad = sidemesh("token", "--store", "etcd://127.0.0.1:notaport", "--data", str(tmp_path),
                    "--service", "web")
     assert bad.returncode == 2 and "'127.0.0.1:notaport' is not host:port" in bad.stderr
+
+
+def test_a_test_cluster_starts_when_a_port_it_picked_was_taken_meanwhile(
+        tmp_path: Path) -> None:
+    # CI once failed on this race: another test bound a picked port before etcd did.
+    cluster = EtcdTestCluster(tmp_path / "etcd", members=1)
+    taken = cluster.client_ports[0]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with cluster as etcd:
+            assert taken not in etcd.client_ports
+            assert etcd.healthy(0)
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range() -> None:
+    # Outgoing connections take ephemeral ports; a picked port there can be gone by
+    # the time etcd (or a sidecar) binds it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(free_port() < low for _ in range(50))

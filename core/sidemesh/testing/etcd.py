@@ -34,6 +34,13 @@ def etcd_binary() -> str:
     return found
 
 
+_START_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    """A member could not bind its port: another process took it after it was picked."""
+
+
 class EtcdTestCluster:
     """``members`` etcd processes forming one cluster; every one is stopped on exit."""
 
@@ -43,10 +50,12 @@ class EtcdTestCluster:
         self.count = members
         self.extra_args = extra_args
         self.start_timeout = start_timeout
-        self.client_ports = [free_port() for _ in range(members)]
-        self.peer_ports = [free_port() for _ in range(members)]
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * members
-        self._logs: list[Path] = []
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        self.client_ports = [free_port() for _ in range(self.count)]
+        self.peer_ports = [free_port() for _ in range(self.count)]
         self.token = f"sidemesh-test-{os.getpid()}-{time.monotonic_ns()}"
 
     @property
@@ -101,7 +110,8 @@ class EtcdTestCluster:
             for i in wanted:
                 proc = self._procs[i]
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"etcd member {i} exited ({proc.returncode}): "
+                    error = _PortTaken if "address already in use" in self.log(i) else RuntimeError
+                    raise error(f"etcd member {i} exited ({proc.returncode}): "
                                        f"{self.log(i)[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd members {wanted} not healthy after "
@@ -120,14 +130,25 @@ class EtcdTestCluster:
             proc.wait(10)
 
     def __enter__(self) -> EtcdTestCluster:
-        try:
-            for index in range(self.count):
-                self.start(index)
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        attempt = 1
+        while True:
+            try:
+                for index in range(self.count):
+                    self.start(index)
+                self.wait_healthy()
+                return self
+            except _PortTaken:
+                # A free port is only free until someone else binds it: on a busy CI
+                # machine another test can take one between free_port() and etcd's bind.
+                self.stop()
+                if attempt == _START_ATTEMPTS:
+                    raise
+                attempt += 1
+                shutil.rmtree(self.directory, ignore_errors=True)
+                self._pick_ports()
+            except BaseException:
+                self.stop()
+                raise
 
     def stop(self) -> None:
         for proc in self._procs:

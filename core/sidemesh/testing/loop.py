@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["BackgroundLoop", "free_port", "raw_exchange", "wait_for"]
@@ -67,7 +69,32 @@ def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for configs that must name one)."""
+    """A TCP port free on 127.0.0.1 right now (for configs that must name one).
+
+    It is drawn below the kernel's ephemeral range: a port from that range can be
+    given to any outgoing connection before the process it was picked for binds it.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(_UNPRIVILEGED_LOW, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_UNPRIVILEGED_LOW = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _UNPRIVILEGED_LOW + 1000)
