@@ -21,6 +21,7 @@ from sidemesh.datapath.model import (
     ControlConfig,
     EndpointConfig,
     HeaderMatch,
+    Http2Settings,
     ListenerConfig,
     NodeConfig,
     PathNormalization,
@@ -169,6 +170,7 @@ def build_cluster(doc: Mapping[str, Any]) -> ClusterConfig:
         subsets=tuple(SubsetConfig(s["name"], dict(s["labels"])) for s in doc["subsets"]),
         connect_timeout=parse_duration(doc["connect_timeout"]),
         load_balancer=doc["load_balancer"],
+        protocol=doc["protocol"],
     )
 
 
@@ -257,6 +259,7 @@ def build_sidecar(doc: Mapping[str, Any], raw: dict[str, Any]) -> SidecarConfig:
                     cluster=route["cluster"],
                     timeout=timeout if timeout > 0 else None,
                     chain=effective_chain(listener["plugins"], route["plugins"]),
+                    upgrades=frozenset(u.lower() for u in route["upgrades"]),
                 )
             )
         host, port = split_address(listener["address"])
@@ -278,6 +281,7 @@ def build_sidecar(doc: Mapping[str, Any], raw: dict[str, Any]) -> SidecarConfig:
                     max_requests_per_connection=listener["max_requests_per_connection"],
                 ),
                 use_original_dst=listener["use_original_dst"],
+                http2=Http2Settings(**listener["http2"]),
             )
         )
     control = doc.get("control")

@@ -17,6 +17,7 @@ __all__ = [
     "ControlConfig",
     "EndpointConfig",
     "HeaderMatch",
+    "Http2Settings",
     "ListenerConfig",
     "NodeConfig",
     "PathNormalization",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 LoadBalancer = Literal["round_robin", "least_request", "random"]
+UpstreamProtocol = Literal["http1", "http2", "auto"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ClusterConfig:
     subsets: tuple[SubsetConfig, ...] = ()
     connect_timeout: float = 1.0
     load_balancer: LoadBalancer = "round_robin"
+    protocol: UpstreamProtocol = "http1"
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class RouteConfig:
     #: the effective chain: listener entries first, overridden by route entries of the
     #: same name, then the route's own entries, in YAML order; disabled ones removed.
     chain: tuple[ChainEntry, ...] = ()
+    #: Upgrade protocols tunnelled after a 101 (lower case); others are stripped.
+    upgrades: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,16 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
+class Http2Settings:
+    """A listener's HTTP/2 settings, with Envoy's defaults."""
+
+    max_concurrent_streams: int = 2147483647
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
+    max_header_list_size: int = 61440
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     address: str
@@ -138,6 +153,7 @@ class ListenerConfig:
     limits: ConnectionLimits = ConnectionLimits()
     #: accepts connections iptables redirected to it and routes by where they were going.
     use_original_dst: bool = False
+    http2: Http2Settings = Http2Settings()
 
 
 @dataclass(frozen=True)
