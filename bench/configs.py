@@ -30,12 +30,12 @@ RESPONSE_BODY = '{"service":"upstream","status":"ok","payload":"' + "x" * 50 + '
 PLACEHOLDERS = ("{upstream}", "{listen}", "{admin}", "{next}", "{certs}", "{deadport}")
 
 
-def _nginx_common(prefix: Path) -> str:
+def _nginx_common(prefix: Path, workers: int = 1) -> str:
     # As root the master would hand workers to "nobody", who cannot write the 0700 prefix.
     user = "user root;\n" if os.geteuid() == 0 else ""
     return (
         f"{user}"
-        "worker_processes 1;\n"
+        f"worker_processes {workers};\n"
         "daemon off;\n"
         f"pid {prefix}/nginx.pid;\n"
         f"error_log {prefix}/error.log warn;\n"
@@ -69,10 +69,10 @@ def nginx_upstream_config(prefix: Path, port: int) -> str:
     )
 
 
-def nginx_proxy_config(prefix: Path, port: int, upstream_port: int) -> str:
+def nginx_proxy_config(prefix: Path, port: int, upstream_port: int, workers: int = 1) -> str:
     """nginx as a reverse proxy with a keep-alive pool to the upstream."""
     return (
-        _nginx_common(prefix)
+        _nginx_common(prefix, workers)
         + "http {\n"
         + _nginx_http_common(prefix)
         + f"  upstream backend {{\n    server 127.0.0.1:{upstream_port};\n"

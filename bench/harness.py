@@ -17,11 +17,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from bench.configs import nginx_upstream_config
+from bench.cpu import CpuMeter, format_scaling
+from bench.http2 import parse_targets, run_h2
 from bench.load import LoadSettings, measure
 from bench.procs import BenchError, ManagedProcess, free_port, peak_rss_kib, wait_for_port
 from bench.report import Delta, Row, add_ratios, deltas, format_deltas, format_table, write_json
@@ -103,6 +106,10 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
                         help="never apt-get install missing tools")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--h2", type=parse_targets, nargs="?", const="all", default=[],
+                        metavar="TARGETS",
+                        help="also run the HTTP/2 targets (h2load; 'all' or a comma-separated "
+                             "list, see bench/README.md) after the scenarios")
     args = parser.parse_args(argv)
     args.selected = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = sorted(set(args.selected) - set(names))
@@ -138,14 +145,19 @@ def _run_scenario(
     except BenchError as exc:
         return Row(scenario.name, f"failed: {exc}")
     try:
-        result = measure(settings, running.url)
+        meter = CpuMeter([proc.pid for proc in running.processes])
+        result = measure(settings, running.url, meter.start)
+        cpu = meter.seconds()
         peaks = [p for proc in running.processes if (p := peak_rss_kib(proc.pid)) is not None]
         dead = [proc for proc in running.processes if proc.exited()]
         if dead:
             return Row(scenario.name, f"failed: {dead[0].name} exited during the run: "
                                       f"{dead[0].log_tail()}")
+        # The fixed-rate client's warm-up is inside the measured CPU: count its requests.
+        served = result.requests + round((settings.rate or 0) * settings.warmup)
         return Row(scenario.name, "ok", measurement=result,
-                   rss_kib=max(peaks) if peaks else None)
+                   rss_kib=max(peaks) if peaks else None,
+                   cpu_us=cpu * 1e6 / served if running.processes and served else None)
     except BenchError as exc:
         return Row(scenario.name, f"failed: {exc}")
     finally:
@@ -216,6 +228,10 @@ def _report_mode(rows: list[Row], titled: bool) -> list[Delta]:
     if titled and rows:
         print(f"{rows[0].mode}:\n")
     print(format_table(rows))
+    scaling = format_scaling(rows)
+    if scaling:
+        print()
+        print(scaling)
     if found:
         print()
         print(format_deltas(found))
@@ -256,9 +272,12 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
                 rows.extend(mode_rows)
         finally:
             upstream.stop()
-    path = write_json(args.results_dir, env, rows, found)
+        h2_rows = run_h2(args, tools, work_dir) if args.h2 else []
+    path = write_json(args.results_dir, env, rows, found,
+                      {"http2": [asdict(row) for row in h2_rows]} if h2_rows else None)
     print(f"\nresults: {path}")
-    return 0 if all(not r.status.startswith("failed") for r in rows) else 1
+    statuses = [r.status for r in rows] + [r.status for r in h2_rows]
+    return 0 if all(not status.startswith("failed") for status in statuses) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

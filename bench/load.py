@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,10 +114,16 @@ def _fixed_rate(settings: LoadSettings, url: str, rate: float) -> Measurement:
     )
 
 
-def measure(settings: LoadSettings, url: str) -> Measurement:
-    """Warm up (discarded), then measure ``url`` once with the configured generator."""
+def measure(
+    settings: LoadSettings, url: str, started: Callable[[], None] = lambda: None
+) -> Measurement:
+    """Warm up (discarded), then measure ``url`` once with the configured generator;
+    ``started`` is called as the measured part begins (the fixed-rate client warms up
+    inside its own run: there, before the warm-up)."""
     if settings.rate is not None:
+        started()
         return _fixed_rate(settings, url, settings.rate)
     if settings.warmup > 0:
         _wrk(settings, url, settings.warmup)
+    started()
     return parse_wrk(_wrk(settings, url, settings.duration))

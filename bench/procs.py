@@ -21,6 +21,7 @@ __all__ = [
     "BenchError",
     "ManagedProcess",
     "cpu_prefix",
+    "descendants",
     "free_port",
     "peak_rss_kib",
     "wait_for_port",
@@ -50,7 +51,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
     found: list[int] = []
     pending = [pid]
     while pending:
@@ -86,7 +88,7 @@ def peak_rss_kib(pid: int) -> int | None:
     The largest rather than the sum: for nginx the worker holds the data path and the
     master is idle, so the worker's figure is the one comparable to a one-process proxy.
     """
-    peaks = [peak for p in _descendants(pid) if (peak := _vm_hwm_kib(p)) is not None]
+    peaks = [peak for p in descendants(pid) if (peak := _vm_hwm_kib(p)) is not None]
     return max(peaks) if peaks else None
 
 

@@ -38,6 +38,8 @@ class Row:
     vs_direct: float | None = None
     #: how the load was generated: "wrk, full speed" or "fixed rate N req/s".
     mode: str = ""
+    #: CPU time of all the proxy's processes per request served, in microseconds.
+    cpu_us: float | None = None
 
     def summary(self) -> str:
         m = self.measurement
@@ -77,16 +79,18 @@ def add_ratios(rows: list[Row]) -> None:
 
 def format_table(rows: list[Row]) -> str:
     """A Markdown table, so it can be pasted into docs as is."""
-    header = ["scenario", "req/s", "p50", "p99", "errors", "peak RSS", "vs nginx", "vs direct"]
+    header = ["scenario", "req/s", "p50", "p99", "errors", "peak RSS", "cpu µs/req",
+              "vs nginx", "vs direct"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         m = row.measurement
         if m is None:
-            cells = [row.scenario, row.status, "", "", "", "", "", ""]
+            cells = [row.scenario, row.status, "", "", "", "", "", "", ""]
         else:
             cells = [
                 row.scenario, f"{m.rps:,.0f}", _ms(m.p50_ms), _ms(m.p99_ms),
                 str(m.bad_status + m.socket_errors), _mib(row.rss_kib),
+                "-" if row.cpu_us is None else f"{row.cpu_us:.1f}",
                 _ratio(row.vs_nginx), _ratio(row.vs_direct),
             ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -152,7 +156,9 @@ def write_json(
     environment: dict[str, Any],
     rows: list[Row],
     found: list[Delta] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> Path:
+    """The run as JSON; ``sections`` are further top-level keys (e.g. ``http2``)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(
@@ -160,6 +166,7 @@ def write_json(
             "environment": environment,
             "results": [asdict(row) for row in rows],
             "deltas": [asdict(delta) for delta in found or []],
+            **(sections or {}),
         },
         indent=2,
     ) + "\n")

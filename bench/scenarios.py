@@ -57,6 +57,8 @@ class Scenario:
     #: sidemesh only: one config template per sidecar, the first one facing the client.
     templates: tuple[str, ...] = ()
     source: str = "built-in"
+    #: nginx's worker_processes, sidemesh's --concurrency.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ BUILTIN: tuple[Scenario, ...] = (
     Scenario(
         "sidemesh", "sidemesh", "sidemesh proxy, one / route, no plugins",
         templates=(_sidemesh_template(),),
+    ),
+    Scenario("nginx-2w", "nginx", "nginx reverse proxy, 2 workers (worker_processes 2)",
+             workers=2),
+    Scenario(
+        "sidemesh-2w", "sidemesh", "sidemesh proxy --concurrency 2, one / route, no plugins",
+        templates=(_sidemesh_template(),), workers=2,
     ),
 )
 
@@ -162,14 +170,14 @@ def check_answers(url: str, timeout: float = 5.0) -> None:
                          f"{body.strip()[:200]!r}")
 
 
-def _start_nginx(ctx: StartContext, running: Running) -> None:
-    prefix = ctx.work_dir / "nginx-proxy"
+def _start_nginx(scenario: Scenario, ctx: StartContext, running: Running) -> None:
+    prefix = ctx.work_dir / f"{scenario.name}-proxy"
     prefix.mkdir()
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_proxy_config(prefix, port, ctx.upstream_port))
+    conf.write_text(nginx_proxy_config(prefix, port, ctx.upstream_port, scenario.workers))
     argv = [ctx.tools.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    process = ManagedProcess("nginx-proxy", argv, ctx.work_dir, ctx.proxy_cpu)
+    process = ManagedProcess(f"{scenario.name}-proxy", argv, ctx.work_dir, ctx.proxy_cpu)
     running.processes.append(process.start())
     wait_for_port("127.0.0.1", port, ctx.start_timeout, process)
     running.url = f"http://127.0.0.1:{port}/"
@@ -251,6 +259,8 @@ def _start_sidemesh(scenario: Scenario, ctx: StartContext, running: Running) -> 
         config = ctx.work_dir / f"{scenario.name}-{index}.yaml"
         config.write_text(yaml.safe_dump(document, sort_keys=False))
         argv = [str(command), "proxy", "-c", str(config), *ctx.sidemesh_args]
+        if scenario.workers > 1:
+            argv += ["--concurrency", str(scenario.workers)]
         process = ManagedProcess(f"{scenario.name}-{index}", argv, ctx.work_dir, ctx.proxy_cpu)
         running.processes.append(process.start())
         host, port = listens[index].rsplit(":", 1)
@@ -266,7 +276,7 @@ def start(scenario: Scenario, ctx: StartContext) -> Running:
     running = Running(f"http://127.0.0.1:{ctx.upstream_port}/")
     try:
         if scenario.kind == "nginx":
-            _start_nginx(ctx, running)
+            _start_nginx(scenario, ctx, running)
         elif scenario.kind == "haproxy":
             _start_haproxy(ctx, running)
         elif scenario.kind == "python-floor":

@@ -213,6 +213,28 @@ spec:
         "endpoints": [{"address": "ratings.default.svc.cluster.local:80"}]}
 
 
+def test_h2_upgrade_policy_makes_the_cluster_speak_http2(istio: Any) -> None:
+    result = istio("""\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: details}
+spec:
+  host: details
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: DO_NOT_UPGRADE,
+                                           useClientProtocol: true}}}
+""", "--service", "productpage")
+    assert result.cluster("productpage", "ratings")["protocol"] == "http2"
+    assert "protocol" not in result.cluster("productpage", "details")
+    assert [loss for loss in result.lost if "useClientProtocol" in loss]
+
+
 def test_service_entry_endpoints_and_ports(istio: Any) -> None:
     result = istio("""\
 apiVersion: networking.istio.io/v1

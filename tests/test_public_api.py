@@ -20,6 +20,7 @@ import pytest
 import sidemesh
 import sidemesh.testing
 import sidemesh.testing.control
+import sidemesh.testing.grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 #: where code that depends on sidemesh from the outside lives
@@ -29,8 +30,9 @@ SKIPPED_DIRS = frozenset({"build", "dist", "__pycache__"})
 #: the public modules and the names each may be used for (submodules included)
 PUBLIC: dict[str, frozenset[str]] = {
     "sidemesh": frozenset({*sidemesh.__all__, "testing"}),
-    "sidemesh.testing": frozenset({*sidemesh.testing.__all__, "control"}),
+    "sidemesh.testing": frozenset({*sidemesh.testing.__all__, "control", "grpc"}),
     "sidemesh.testing.control": frozenset(sidemesh.testing.control.__all__),
+    "sidemesh.testing.grpc": frozenset(sidemesh.testing.grpc.__all__),
 }
 
 

@@ -11,6 +11,7 @@ from sidemesh._version import __version__
 from sidemesh.api.durations import format_duration, parse_duration
 from sidemesh.api.hookspecs import hookimpl
 from sidemesh.api.policy import ControlPlane, Explanation, Policy, PolicyContext
+from sidemesh.api.shared import SharedCounter, shared_counter, worker_count
 from sidemesh.api.spiffe import (
     SpiffeId,
     SpiffeIdError,
@@ -44,6 +45,7 @@ __all__ = [
     "Response",
     "ResponseFlag",
     "RetryCaps",
+    "SharedCounter",
     "SpiffeId",
     "SpiffeIdError",
     "Stash",
@@ -56,7 +58,9 @@ __all__ = [
     "hookimpl",
     "parse_duration",
     "parse_spiffe_id",
+    "shared_counter",
     "spiffe_id_from_cert",
     "validate_trust_domain",
+    "worker_count",
     "workload_id",
 ]

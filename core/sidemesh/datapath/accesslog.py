@@ -16,7 +16,12 @@ import sys
 import time
 from typing import IO, Any
 
-from sidemesh.datapath.logfields import service_time, start_time_default, utc_second
+from sidemesh.datapath.logfields import (
+    grpc_status,
+    service_time,
+    start_time_default,
+    utc_second,
+)
 from sidemesh.datapath.messages import Request
 from sidemesh.datapath.outcome import Outcome
 
@@ -64,6 +69,7 @@ class SidemeshJson(LineFormat):
             "user_agent": headers.get("user-agent"),
             "x_forwarded_for": headers.get("x-forwarded-for"),
             "upstream_service_time": service_time(request, outcome),
+            "grpc_status": grpc_status(request, outcome),
             "start_time": start_time_default(request, outcome),
         }
         if request.log:

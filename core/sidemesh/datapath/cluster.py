@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from mypy_extensions import mypyc_attr
 
+from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.h2_pool import H2Pool
 from sidemesh.datapath.limits import ConnectionLimit, RetryLimit
+from sidemesh.datapath.pool import ConnectionPool
 
 if TYPE_CHECKING:
     from sidemesh.datapath.model import ClusterConfig, EndpointConfig
-    from sidemesh.datapath.pool import ConnectionPool
 
 __all__ = ["Cluster", "Endpoint", "make_balancer"]
 
@@ -171,6 +173,16 @@ class Cluster:
         }
         self.endpoints = endpoints
         self.config = config
+
+    def new_pool(
+        self, endpoint: Endpoint, setup: Callable[[], ConnectionSetup] | None
+    ) -> ConnectionPool:
+        """A pool of connections to ``endpoint`` in the cluster's protocol (``setup``
+        makes each connection's TLS settings; ``None``: plain)."""
+        protocol = self.config.protocol
+        if protocol == "http2" or (protocol == "auto" and setup is not None):
+            return H2Pool(endpoint.host, endpoint.port, setup, protocol == "auto")
+        return ConnectionPool(endpoint.host, endpoint.port, setup)
 
     def count_overflow(self, limit: str) -> None:
         self.overflow[limit] = self.overflow.get(limit, 0) + 1

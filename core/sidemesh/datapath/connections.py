@@ -119,6 +119,10 @@ class ConnectionSetup:
         handshake; return ``None`` to accept or a message naming what was wrong. A
         rejected connection fails the attempt with flag ``UF``
         (:attr:`ResponseFlag.UPSTREAM_CONNECTION_FAILURE`).
+    :param alpn_protocols: the protocols a policy's ``ssl_context`` must offer by ALPN
+        (``ssl.SSLContext.set_alpn_protocols``), set by the core before the policies
+        run: ``("h2", "http/1.1")`` on a listener (it serves both), the cluster's on an
+        upstream connection (``("h2",)`` for ``protocol: http2``, none for ``http1``).
     """
 
     kind: Literal["listener", "upstream"]
@@ -129,3 +133,4 @@ class ConnectionSetup:
     tls_optional: bool = False
     server_hostname: str | None = None
     verify_peer: Callable[[bytes], str | None] | None = None
+    alpn_protocols: tuple[str, ...] = ()

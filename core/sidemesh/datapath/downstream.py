@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import httptools
@@ -36,12 +36,15 @@ from sidemesh.datapath.codec import (
     request_framing,
     request_host,
     request_target,
-    response_head,
 )
 from sidemesh.datapath.connections import ConnectionInfo, describe_local
+from sidemesh.datapath.exchange import ClientSide
+from sidemesh.datapath.h1_response import Http1Responder
+from sidemesh.datapath.h2_downstream import PREFACE, H2Session
 from sidemesh.datapath.messages import Headers, Request, Response
-from sidemesh.datapath.model import ConnectionLimits, PathNormalization
+from sidemesh.datapath.model import ConnectionLimits, Http2Settings, PathNormalization
 from sidemesh.datapath.paths import PathRejected, normalize_path
+from sidemesh.datapath.upgrade_hold import UpgradeHold
 
 __all__ = ["DownstreamConnection"]
 
@@ -53,6 +56,7 @@ CORE_FIELDS = frozenset(
 )  # fmt: skip
 _DEFAULT_PATHS = PathNormalization()
 _DEFAULT_LIMITS = ConnectionLimits()
+_DEFAULT_HTTP2 = Http2Settings()
 
 
 def _parser(protocol: object) -> Any:
@@ -63,10 +67,10 @@ def _parser(protocol: object) -> Any:
     return parser
 
 
-Handler = Callable[["DownstreamConnection", Request, RequestBody], Awaitable[None]]
+Handler = Callable[[ClientSide, Request, RequestBody], Coroutine[Any, Any, None]]
 
 
-class DownstreamConnection(asyncio.Protocol):
+class DownstreamConnection(Http1Responder):
     """One client connection. Requests are handled one at a time, in order (pipelined
     requests wait their turn); the handler writes the response through this object."""
 
@@ -79,9 +83,8 @@ class DownstreamConnection(asyncio.Protocol):
         paths: PathNormalization = _DEFAULT_PATHS,
         limits: ConnectionLimits = _DEFAULT_LIMITS,
     ) -> None:
+        super().__init__(listener, scheme)
         self.handler = handler
-        self.listener = listener
-        self.scheme = scheme
         self._on_close = on_close
         self.paths = paths
         self.limits = limits
@@ -92,9 +95,10 @@ class DownstreamConnection(asyncio.Protocol):
         self.wants_local_address = False
         self.wants_original_dst = False
         #: told of each request refused before it reached the handler (status, reason).
-        self.on_rejected: Callable[[DownstreamConnection, int, str], None] | None = None
-        self.transport: asyncio.Transport | None = None
-        self.info = ConnectionInfo("")
+        self.on_rejected: Callable[[ClientSide, int, str], None] | None = None
+        #: the listener's HTTP/2 settings, and the session once the client speaks it.
+        self.http2 = _DEFAULT_HTTP2
+        self.session: H2Session | None = None
         self.parser = _parser(self)
         #: requests begun, and reads: the hygiene sweeper (hygiene.py) watches them.
         self.requests = 0
@@ -103,8 +107,6 @@ class DownstreamConnection(asyncio.Protocol):
         self.head_since = 0.0
         self.seen = (-1, -1)
         self.since = 0.0
-        self.closed = False
-        self.busy = False
         self._queue: deque[tuple[Request, RequestBody, bool]] = deque()
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -113,15 +115,10 @@ class DownstreamConnection(asyncio.Protocol):
         self._core: dict[str, str] = {}
         self._hosts = 0
         self._current: RequestBody | None = None
-        self._writable: asyncio.Future[None] | None = None
-        self._upstream_resume: Callable[[], None] | None = None
-        self.keep_alive = True
         self._task: asyncio.Task[None] | None = None
         self._reading_paused = False
         self._eof = False
         self._wakeup: asyncio.Future[None] | None = None
-        #: the response head, held back to go out in one write with the first body bytes.
-        self._head = b""
         #: the last complete request asked for "Connection: close".
         self._closing_after = False
         #: a parse error to answer once the requests before it are answered.
@@ -145,21 +142,34 @@ class DownstreamConnection(asyncio.Protocol):
         describe_local(self.info, transport, self.wants_local_address, self.wants_original_dst)
         if ssl_object is not None:
             self.scheme = "https"
+            if ssl_object.selected_alpn_protocol() == "h2":
+                self._start_h2(b"")
+
+    def _start_h2(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        session = self.session = H2Session(self, self.http2)
+        transport.set_protocol(session)
+        session.connection_made(transport)
+        if data:
+            session.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         self.reads += 1
+        if self.reads == 1 and data[:3] == PREFACE[:3]:
+            self._start_h2(data)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Upgrades (h2c, websocket) are not tunnelled: the request (which had no
-            # body: see check_upgrade) was forwarded without its Upgrade headers; what
-            # follows is parsed as HTTP/1.1 again.
+            # What follows an upgrade request (which had no body: see check_upgrade)
+            # waits for its route and answer: a tunnel's bytes, or HTTP/1.1 (tunnel.py).
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self.parser = _parser(self)
-            if offset < len(data):
-                self.data_received(data[offset:])
+            upgrade = self._queue[-1][0] if self._queue else None
+            self.parser = UpgradeHold(_parser(self), upgrade, data[offset:])
+            self._pause_reading()
         except httptools.HttpParserError as exc:
             # httptools wraps what a callback raised, and sets it as the context.
             refused = exc.__context__
@@ -194,17 +204,6 @@ class DownstreamConnection(asyncio.Protocol):
             return True
         self._wake()
         return None
-
-    def pause_writing(self) -> None:
-        if self._writable is None or self._writable.done():
-            self._writable = self._loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        resume = self._upstream_resume
-        if resume is not None:
-            resume()
 
     # httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -391,60 +390,18 @@ class DownstreamConnection(asyncio.Protocol):
                 self.on_rejected(self, status, message)
         self.close()
 
-    # writing ----------------------------------------------------------------------
-    response_started = False
-    response_done = False
-    bytes_sent = 0
-
-    def start_response(
-        self, status: int, headers: Headers | bytes, reason: str = "", chunked: bool = False
-    ) -> None:
-        """Hold the status line and header fields (``Headers``, or encoded field lines
-        without hop-by-hop fields) to go out with the first body bytes; ``chunked``
-        frames the body that follows."""
-        self.response_started = True
-        fields = headers if isinstance(headers, bytes) else headers.encode()
-        self._head = response_head(status, reason, fields, not self.keep_alive, chunked)
-
-    def flush_head(self) -> None:
-        """Send a held-back response head now (the body is slow to come)."""
-        if self._head:
-            self.write_raw(b"")
-
-    def write_body(self, data: bytes) -> None:
-        if not self.closed:
-            self.bytes_sent += len(data)
-        self.write_raw(data)
-
-    def write_raw(self, data: bytes) -> None:
-        """Bytes after the held-back head that are not body: chunk framing, 100 Continue."""
-        if self._head:
-            # Head and first body bytes in one write: one system call, one packet.
-            data, self._head = self._head + data, b""
-        if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def pause_source(self) -> bool:
-        """Whether the upstream should stop reading until the client catches up."""
-        return self._writable is not None and not self._writable.done()
-
-    def finish_response(self) -> None:
-        self.flush_head()
-        self.response_done = True
-
-    def write_simple(self, response: Response) -> None:
-        """Answer with a complete response generated by the proxy itself."""
-        response.headers.set("content-length", str(len(response.body)))
-        response.headers.setdefault("server", "sidemesh")
-        self.start_response(response.status, response.headers, response.reason)
-        if response.body:
-            self.write_body(response.body)
-        self.finish_response()
-
-    def set_upstream_resume(self, resume: Callable[[], None] | None) -> None:
-        self._upstream_resume = resume
-
     def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self.session is not None:
+            self.session.close()
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closed = True
+
+    def stop_serving(self) -> None:
+        """Serve the requests begun, then close (a drain): HTTP/2 clients get a GOAWAY."""
+        if self.session is not None:
+            self.session.goaway()
+        elif not self.busy:
+            self.close()
+        else:
+            self.keep_alive = False

@@ -20,21 +20,15 @@ from typing import TYPE_CHECKING, cast
 
 from sidemesh.datapath.body import NO_BODY, RequestBody
 from sidemesh.datapath.codec import (
-    BODY_CHUNKED,
-    BODY_CLOSE,
-    CONTINUE,
     FORWARDED,
-    LAST_CHUNK,
-    client_fields,
     expects_continue,
-    request_head,
-    response_framing,
     strip_hop_by_hop,
     upstream_framing,
 )
 from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.exchange import ClientSide, UpstreamExchange
 from sidemesh.datapath.flags import ResponseFlag
-from sidemesh.datapath.framing import ChunkedSink, pump_body, request_id
+from sidemesh.datapath.grpc import grpc_reply, grpc_timeout, is_grpc
 from sidemesh.datapath.messages import (
     OVERFLOW_TEXT,
     OVERLOADED_HEADER,
@@ -45,11 +39,12 @@ from sidemesh.datapath.messages import (
 )
 from sidemesh.datapath.mirror import MIRROR_BUFFER, send_mirrors
 from sidemesh.datapath.outcome import Outcome
-from sidemesh.datapath.pool import ConnectionPool, UpstreamConnection, UpstreamError
+from sidemesh.datapath.pool import ConnectionPool, UpstreamError
+from sidemesh.datapath.request_ids import request_id
+from sidemesh.datapath.tunnel import offer_upgrade, refuse_upgrade, tunnel
 
 if TYPE_CHECKING:
     from sidemesh.datapath.cluster import Cluster, Endpoint
-    from sidemesh.datapath.downstream import DownstreamConnection
     from sidemesh.datapath.snapshot import CompiledRoute, Snapshot
 
 __all__ = ["FAILURE_STATUS", "Forwarder", "Outcome"]
@@ -66,6 +61,8 @@ FAILURE_STATUS = {
     ResponseFlag.NO_CLUSTER_FOUND: (503, "cluster not found"),
 }
 OVERLOADED = (OVERLOADED_HEADER, "true")
+#: the protocols offered by ALPN on a TLS connection to a cluster, by its ``protocol``.
+ALPN: dict[str, tuple[str, ...]] = {"http1": (), "http2": ("h2",), "auto": ("h2", "http/1.1")}
 
 
 class Forwarder:
@@ -76,7 +73,7 @@ class Forwarder:
 
     async def handle(
         self,
-        conn: DownstreamConnection,
+        conn: ClientSide,
         request: Request,
         body: RequestBody,
         snapshot: Snapshot,
@@ -94,7 +91,9 @@ class Forwarder:
                 outcome.flags.append(ResponseFlag.NO_ROUTE_FOUND)
                 payload = {"error": "no route", "listener": request.listener}
                 payload.update(host=request.host, path=request.path)
-                self._answer(conn, Response.json(404, payload), outcome)
+                self._answer(conn, request, Response.json(404, payload), outcome)
+                if "upgrade" in request._core:
+                    refuse_upgrade(conn, request)
             else:
                 await self._forward(conn, request, body, snapshot, route, outcome)
         except Exception as exc:  # a policy raised: never a traceback to the client
@@ -103,12 +102,12 @@ class Forwarder:
                 # The exception's text is for the operator's log only: it may hold
                 # internals (paths, addresses, secrets) a client must not see.
                 payload = {"error": "internal error", "request_id": request.request_id}
-                self._answer(conn, Response.json(500, payload), outcome)
+                self._answer(conn, request, Response.json(500, payload), outcome)
             else:
-                conn.keep_alive = False
+                conn.abort()
             request.log["error"] = f"{type(exc).__name__}: {exc}"
         finally:
-            outcome.bytes_received = body.size
+            outcome.bytes_received += body.size  # a tunnel counted its own bytes
             outcome.bytes_sent = conn.bytes_sent
             outcome.request_end = request.start if body is NO_BODY else body.ended
             self._on_done(request, outcome, snapshot)
@@ -127,7 +126,11 @@ class Forwarder:
                 request.log.setdefault("hook_errors", []).append(f"{type(exc).__name__}: {exc}")
 
     @staticmethod
-    def _answer(conn: DownstreamConnection, response: Response, outcome: Outcome) -> None:
+    def _answer(
+        conn: ClientSide, request: Request, response: Response, outcome: Outcome
+    ) -> None:
+        if is_grpc(request._core.get("content-type")):
+            response = grpc_reply(response)
         outcome.status = response.status
         outcome.response = response
         if not conn.closed:
@@ -135,11 +138,11 @@ class Forwarder:
 
     # the request -------------------------------------------------------------------
     @staticmethod
-    def _upstream_headers(conn: DownstreamConnection, request: Request, body: RequestBody) -> None:
+    def _upstream_headers(conn: ClientSide, request: Request, body: RequestBody) -> None:
         core = request._core
         if not body.eof and expects_continue(core.get("expect")):
             # As Envoy does by default: answer 100 Continue here, not upstream.
-            conn.write_raw(CONTINUE)
+            conn.continue_100()
         client_ip = conn.info.client_address.rsplit(":", 1)[0]
         xff = core.get("x-forwarded-for")
         # Fields a Connection header named are gone already (downstream.py).
@@ -153,7 +156,7 @@ class Forwarder:
 
     async def _forward(
         self,
-        conn: DownstreamConnection,
+        conn: ClientSide,
         request: Request,
         body: RequestBody,
         snapshot: Snapshot,
@@ -164,7 +167,15 @@ class Forwarder:
         request.cluster = route.cluster
         if route.timeout:
             request.deadline = request.start + route.timeout
+        allowed = grpc_timeout(request._core.get("grpc-timeout"))
+        if allowed is not None:
+            # A gRPC client's deadline ends the request too, whichever comes first.
+            ends = request.start + allowed
+            if request.deadline is None or ends < request.deadline:
+                request.deadline = ends
         self._upstream_headers(conn, request, body)
+        if "upgrade" in request._core:
+            offer_upgrade(conn, request, route.config.upgrades)
         chain = route.chain
         for hook, is_async in chain.request:
             answer = await hook(request) if is_async else hook(request)
@@ -172,7 +183,7 @@ class Forwarder:
                 # A policy's own flags (UO from a circuit breaker) come first.
                 outcome.flags.extend(request.flags)
                 outcome.flags.append(ResponseFlag.POLICY_ANSWERED)
-                self._answer(conn, answer, outcome)
+                self._answer(conn, request, answer, outcome)
                 return
         limit = request.retry_buffer_limit
         body.set_limit(max(limit, MIRROR_BUFFER) if request.mirrors else limit)
@@ -180,7 +191,7 @@ class Forwarder:
         if cluster is None:
             status, message = FAILURE_STATUS[ResponseFlag.NO_CLUSTER_FOUND]
             outcome.flags.append(ResponseFlag.NO_CLUSTER_FOUND)
-            self._answer(conn, Response.text(status, message), outcome)
+            self._answer(conn, request, Response.text(status, message), outcome)
             return
         deadline = request.deadline
         cluster.active_requests += 1
@@ -193,38 +204,44 @@ class Forwarder:
                 outcome.upstream = endpoint.address
             response = attempt.response
             if response is None or upstream is None:
-                self._fail(conn, attempt, outcome)
+                self._fail(conn, request, attempt, outcome)
                 return
             outcome.response_at = time.monotonic()
+            outcome.upstream_protocol = upstream.protocol
             try:
-                done, chunked = self._start_stream(conn, request, response, upstream, outcome)
-                if not done:
-                    await self._finish_stream(conn, upstream, outcome, chunked)
+                if response.status == 101:  # the only answer that can open a tunnel
+                    if not await tunnel(conn, request, response, upstream, outcome):
+                        attempt.flag = ResponseFlag.UPSTREAM_PROTOCOL_ERROR
+                        self._fail(conn, request, attempt, outcome)
+                elif not self._start_stream(conn, response, request, upstream, outcome):
+                    await self._finish_stream(conn, response, upstream, outcome)
             finally:
                 if endpoint is not None:
                     cast("Endpoint", endpoint).active_requests -= 1
         finally:
             cluster.active_requests -= 1
 
-    def _fail(self, conn: DownstreamConnection, attempt: Attempt, outcome: Outcome) -> None:
+    def _fail(
+        self, conn: ClientSide, request: Request, attempt: Attempt, outcome: Outcome
+    ) -> None:
         flag = attempt.flag or ResponseFlag.UPSTREAM_CONNECTION_FAILURE
         outcome.flags.append(flag)
         if flag == ResponseFlag.UPSTREAM_CONNECTION_FAILURE:
             outcome.failure = attempt.error or ""
         status, message = FAILURE_STATUS.get(flag, (503, attempt.error or "upstream error"))
         headers = [OVERLOADED] if flag == ResponseFlag.UPSTREAM_OVERFLOW else []
-        self._answer(conn, Response.text(status, message, headers), outcome)
+        self._answer(conn, request, Response.text(status, message, headers), outcome)
 
     # attempts ----------------------------------------------------------------------
     async def _attempts(
         self,
-        conn: DownstreamConnection,
+        conn: ClientSide,
         request: Request,
         body: RequestBody,
         route: CompiledRoute,
         cluster: Cluster,
         deadline: float | None,
-    ) -> tuple[Attempt, UpstreamConnection | None]:
+    ) -> tuple[Attempt, UpstreamExchange | None]:
         chain = route.chain
         number = 0
         while True:
@@ -233,7 +250,7 @@ class Forwarder:
             candidates = cluster.available()
             for select in chain.select:
                 candidates = select(request, candidates)
-            upstream: UpstreamConnection | None = None
+            upstream: UpstreamExchange | None = None
             if not candidates:
                 flag = ResponseFlag.NO_HEALTHY_UPSTREAM
                 attempt = Attempt(number, None, flag=flag, error="no healthy upstream")
@@ -272,7 +289,7 @@ class Forwarder:
         cluster: Cluster,
         endpoint: Endpoint,
         deadline: float | None,
-    ) -> tuple[Attempt, UpstreamConnection | None]:
+    ) -> tuple[Attempt, UpstreamExchange | None]:
         """One attempt: a connection, the request out, the response head in."""
         # Durations from the monotonic clock: uvloop's loop.time() moves in whole
         # milliseconds, too coarse for attempt durations (and the spans made of them).
@@ -285,9 +302,8 @@ class Forwarder:
             request, route, cluster, endpoint
         )
         endpoint.active_requests += 1
-        head = request_head(request.method, request.path, request.headers.encode())
         has_body = body.chunked or not body.eof or body.size > 0
-        upstream: UpstreamConnection | None = None
+        upstream: UpstreamExchange | None = None
         try:
             for fresh in (False, True):
                 upstream = None if fresh else pool.take()
@@ -299,9 +315,9 @@ class Forwarder:
                     if limit is not None:
                         # Connecting (or waiting for a connection) spends the same budget.
                         budget = max(0.0, limit - (time.monotonic() - start))
-                head_future = upstream.start(head, request.method == "HEAD", budget)
-                if has_body:
-                    upstream.body_task = asyncio.ensure_future(pump_body(upstream, body))
+                head_future = upstream.start(
+                    request, body if has_body else None, request.method == "HEAD", budget
+                )
                 try:
                     status, raw_headers, _, _ = await head_future
                     break
@@ -346,69 +362,61 @@ class Forwarder:
         key = chain.pool_key
         setup = None
         if key is not None:
+            alpn = ALPN[cluster.config.protocol]
 
             def setup() -> ConnectionSetup:
                 return chain.connection_setup(
                     ConnectionSetup(
-                        "upstream", request.listener, cluster=cluster, endpoint=endpoint
+                        "upstream",
+                        request.listener,
+                        cluster=cluster,
+                        endpoint=endpoint,
+                        alpn_protocols=alpn,
                     )
                 )
 
-        pool = endpoint.pools[key] = ConnectionPool(endpoint.host, endpoint.port, setup)
+        pool = endpoint.pools[key] = cluster.new_pool(endpoint, setup)
         return pool
 
     # the response ------------------------------------------------------------------
     @staticmethod
     def _start_stream(
-        conn: DownstreamConnection,
-        request: Request,
+        conn: ClientSide,
         response: Response,
-        upstream: UpstreamConnection,
+        request: Request,
+        upstream: UpstreamExchange,
         outcome: Outcome,
-    ) -> tuple[bool, bool]:
+    ) -> bool:
         """Send the response head and what body has arrived. Returns whether the
-        exchange is over (the common case for small responses: nothing to await) and
-        whether the body is chunked to the client."""
+        exchange is over (the common case for small responses: nothing to await)."""
         outcome.status = response.status
         outcome.response = response
-        headers, framed = client_fields(response)
-        framing = response_framing(
-            request.method == "HEAD", response.status, framed, request.version
-        )
-        chunked = framing == BODY_CHUNKED
-        if framing == BODY_CLOSE:
-            conn.keep_alive = False
         if conn.closed:
             upstream.close()
             outcome.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
-            return True, False
-        conn.start_response(response.status, headers, response.reason, chunked=chunked)
-        upstream.attach(ChunkedSink(conn) if chunked else conn)
+            return True
+        conn.begin_response(request, response)
+        upstream.attach(conn)
         if not upstream.finished():
             conn.flush_head()
-            conn.set_upstream_resume(upstream.resume)
-            return False, chunked
-        Forwarder._end_stream(conn, upstream, chunked)
-        return True, chunked
+            conn.set_upstream(upstream)
+            return False
+        Forwarder._end_stream(conn, response, upstream)
+        return True
 
     @staticmethod
-    def _end_stream(
-        conn: DownstreamConnection, upstream: UpstreamConnection, chunked: bool
-    ) -> None:
-        if chunked:
-            conn.write_raw(LAST_CHUNK)
-        conn.finish_response()
+    def _end_stream(conn: ClientSide, response: Response, upstream: UpstreamExchange) -> None:
+        trailers = upstream.trailers
+        if trailers is not None:
+            response._set_trailers(trailers)
+        conn.end_response(trailers)
         if upstream.body_done():
             upstream.release()
         else:
             upstream.close()
 
     async def _finish_stream(
-        self,
-        conn: DownstreamConnection,
-        upstream: UpstreamConnection,
-        outcome: Outcome,
-        chunked: bool,
+        self, conn: ClientSide, response: Response, upstream: UpstreamExchange, outcome: Outcome
     ) -> None:
         try:
             await upstream.done_future()
@@ -419,8 +427,8 @@ class Forwarder:
                 exc.flag if timeout else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
             )
             upstream.close()
-            conn.keep_alive = False
+            conn.abort()
             return
         finally:
-            conn.set_upstream_resume(None)
-        self._end_stream(conn, upstream, chunked)
+            conn.set_upstream(None)
+        self._end_stream(conn, response, upstream)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sidemesh.datapath.grpc import is_grpc
 from sidemesh.datapath.model import NodeConfig, TelemetryConfig
 
 if TYPE_CHECKING:
@@ -188,12 +189,11 @@ class IstioMetrics(Collector):
             # Istio: the policy cannot be known from the client side.
             security = UNKNOWN
         protocol, grpc_status = "http", ""
-        content_type = request.headers.get("content-type")
-        if content_type is not None and _is_grpc(content_type):
+        if is_grpc(request.headers.get("content-type")):
             protocol = "grpc"
             response = outcome.response
-            if response is not None:
-                grpc_status = response.headers.get("grpc-status") or ""
+            code = response.grpc_status if response is not None else None
+            grpc_status = "" if code is None else str(code)
         flags = ",".join(outcome.flags) if outcome.flags else "-"
         key = (*head, protocol, str(outcome.status), grpc_status, flags, security)
         series = self.series.get(key)
@@ -229,9 +229,3 @@ class IstioMetrics(Collector):
                 family.add_metric(values, hist.samples(), hist.sum)
         yield requests
         yield from histograms
-
-
-def _is_grpc(content_type: str) -> bool:
-    # Envoy's test: application/grpc, or with a +suffix (+proto, +json); not grpc-web.
-    value = content_type.split(";", 1)[0].strip().lower()
-    return value == "application/grpc" or value.startswith("application/grpc+")

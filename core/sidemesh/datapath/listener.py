@@ -27,12 +27,16 @@ class ListenerServer:
         port: int,
         factory: Callable[[], asyncio.Protocol],
         setup: ConnectionSetup,
+        reuse_port: bool = False,
     ) -> None:
         self.name = name
         self.host = host
         self.port = port
         self.factory = factory
         self.setup = setup
+        #: SO_REUSEPORT, so the workers of ``--concurrency N`` each bind the port and the
+        #: kernel spreads connections over them.
+        self.reuse_port = reuse_port
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
         self._sniffers: set[asyncio.Task[None]] = set()
@@ -45,14 +49,16 @@ class ListenerServer:
         loop = asyncio.get_running_loop()
         ctx = self.setup.ssl_context
         if ctx is not None and self.setup.tls_optional:
-            sock = socket.create_server((self.host, self.port), backlog=1024, reuse_port=False)
+            sock = socket.create_server((self.host, self.port), backlog=1024,
+                                          reuse_port=self.reuse_port)
             sock.setblocking(False)
             self._sock = sock
             self.port = sock.getsockname()[1]
             loop.add_reader(sock.fileno(), self._accept)
             return
         self._server = await loop.create_server(
-            self.factory, self.host, self.port, ssl=ctx, backlog=1024, reuse_address=True
+            self.factory, self.host, self.port, ssl=ctx, backlog=1024, reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         # Any, not the stub's Server: uvloop's gives its sockets as a list where the stub
         # says tuple, and compiled code checks the stub's type.

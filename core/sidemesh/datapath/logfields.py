@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from sidemesh.datapath.grpc import GRPC_STATUS, is_grpc
 from sidemesh.datapath.messages import Request
 from sidemesh.datapath.outcome import Outcome
 
@@ -33,7 +34,7 @@ __all__ = [
 Value = str | int | None
 Field = Callable[[Request, Outcome], Value]
 
-_PROTOCOLS: Final = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_PROTOCOLS: Final = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
 
 
 # times ----------------------------------------------------------------------------------
@@ -236,16 +237,18 @@ def _response_header(name: str) -> Field:
     return field
 
 
-def _no_trailer(request: Request, outcome: Outcome) -> Value:
-    # Response trailers are not relayed (a chunked body ends with an empty last chunk).
-    return None
+def _trailer(name: str) -> Field:
+    def field(request: Request, outcome: Outcome) -> Value:
+        response = outcome.response
+        trailers = response.trailers if response is not None else None
+        return trailers.get(name) if trailers is not None else None
+
+    return field
 
 
 def header_field(kind: str, main: str, alternative: str | None) -> Field:
     """``REQ``, ``RESP`` or ``TRAILER`` of header ``main``, else ``alternative``."""
-    make = {"REQ": _request_header, "RESP": _response_header}.get(kind)
-    if make is None:
-        return _no_trailer
+    make = {"REQ": _request_header, "RESP": _response_header, "TRAILER": _trailer}[kind]
     first = make(main.lower())
     if alternative is None:
         return first
@@ -300,6 +303,35 @@ def _local_reply_body(request: Request, outcome: Outcome) -> Value:
     return response.body.decode("utf-8", "replace")
 
 
+def grpc_status(request: Request, outcome: Outcome) -> int | None:
+    """The gRPC status a gRPC request ended with (``None`` for other requests)."""
+    if not is_grpc(request._core.get("content-type")):
+        return None
+    response = outcome.response
+    return response.grpc_status if response is not None else None
+
+
+_GRPC_NAMES: Final = {code: name for name, code in GRPC_STATUS.items()}
+GRPC_STATUS_FORMS: Final = ("CAMEL_STRING", "SNAKE_STRING", "NUMBER")
+
+
+def grpc_status_field(form: str) -> Field:
+    """Envoy's ``%GRPC_STATUS(X)%``: ``Unavailable``, ``UNAVAILABLE`` or ``14``."""
+
+    def field(request: Request, outcome: Outcome) -> Value:
+        code = grpc_status(request, outcome)
+        if code is None or form == "NUMBER":
+            return code
+        name = _GRPC_NAMES.get(code)
+        if name is None:
+            return str(code)
+        if form == "SNAKE_STRING":
+            return name.upper().replace("-", "_")
+        return "".join(part.capitalize() for part in name.split("-"))
+
+    return field
+
+
 _HOSTNAME: Final = socket.gethostname()
 _remote = _address_fields(_client)
 _local_fields = _address_fields(_local)
@@ -309,7 +341,7 @@ _upstream_fields = _address_fields(_upstream)
 OPERATORS: Final[dict[str, Field]] = {
     "START_TIME": start_time_default,
     "PROTOCOL": lambda request, outcome: _PROTOCOLS.get(request.version),
-    "UPSTREAM_PROTOCOL": lambda request, outcome: "HTTP/1.1" if outcome.upstream else None,
+    "UPSTREAM_PROTOCOL": lambda request, outcome: outcome.upstream_protocol or None,
     "RESPONSE_CODE": lambda request, outcome: outcome.status,
     "RESPONSE_CODE_DETAILS": _code_details,
     "RESPONSE_FLAGS": lambda request, outcome: ",".join(outcome.flags) or "-",

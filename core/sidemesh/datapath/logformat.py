@@ -17,10 +17,12 @@ from typing import Any, Final
 
 from sidemesh.datapath.accesslog import SIDEMESH_JSON, LineFormat
 from sidemesh.datapath.logfields import (
+    GRPC_STATUS_FORMS,
     OPERATORS,
     Field,
     Value,
     environment,
+    grpc_status_field,
     header_field,
     start_time,
 )
@@ -36,7 +38,7 @@ _HEADER_OPERATORS: Final = ("REQ", "RESP", "TRAILER")
 _LOCAL: Final = frozenset(
     {"DOWNSTREAM_LOCAL_ADDRESS", "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", "DOWNSTREAM_LOCAL_PORT"}
 )
-_KNOWN: Final = sorted({*OPERATORS, *_HEADER_OPERATORS, "ENVIRONMENT"})
+_KNOWN: Final = sorted({*OPERATORS, *_HEADER_OPERATORS, "ENVIRONMENT", "GRPC_STATUS"})
 
 
 class FormatError(ValueError):
@@ -72,6 +74,12 @@ def _operator(name: str, argument: str | None, limit: str | None, used: set[str]
         field = _header(name, argument)
     elif name == "START_TIME" and argument:
         field = start_time(argument)
+    elif name == "GRPC_STATUS":
+        form = argument or "CAMEL_STRING"
+        if form not in GRPC_STATUS_FORMS:
+            raise FormatError(f"%GRPC_STATUS({argument})%: the form is one of "
+                              f"{', '.join(GRPC_STATUS_FORMS)}")
+        field = grpc_status_field(form)
     elif name == "ENVIRONMENT":
         if not argument:
             raise FormatError("%ENVIRONMENT(X)% needs the variable's name")

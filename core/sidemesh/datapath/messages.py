@@ -13,7 +13,15 @@ from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.stash import Stash
 from sidemesh.datapath.views import EndpointView
 
-__all__ = ["OVERFLOW_TEXT", "OVERLOADED_HEADER", "Attempt", "Headers", "Request", "Response"]
+__all__ = [
+    "OVERFLOW_TEXT",
+    "OVERLOADED_HEADER",
+    "Attempt",
+    "Headers",
+    "Request",
+    "Response",
+    "is_grpc",
+]
 
 #: on every answer the proxy gives because a limit was reached (Envoy: x-envoy-overloaded).
 OVERLOADED_HEADER = "x-sidemesh-overloaded"
@@ -122,6 +130,15 @@ class Headers:
         return "".join([f"{k}: {v}\r\n" for k, v in self._items]).encode("latin-1")
 
 
+def is_grpc(content_type: str | None) -> bool:
+    """Whether a request with this Content-Type is gRPC: ``application/grpc`` or with a
+    ``+`` suffix (``+proto``, ``+json``), as Envoy tells; gRPC-Web is not."""
+    if content_type is None:
+        return False
+    value = content_type.split(";", 1)[0].strip().lower()
+    return value == "application/grpc" or value.startswith("application/grpc+")
+
+
 class Request:
     """One downstream request, as the chain sees it.
 
@@ -226,6 +243,18 @@ class Request:
         self.mirrors.append((cluster, subset))
 
     @property
+    def protocol(self) -> str:
+        """``HTTP/1.1``, ``HTTP/1.0`` or ``HTTP/2``: what the client spoke (Envoy's
+        %PROTOCOL%); the hooks are the same for every version."""
+        return f"HTTP/{self.version}"
+
+    @property
+    def is_grpc(self) -> bool:
+        """Whether this is a gRPC call (``content-type: application/grpc``, ``+proto``
+        ...; not gRPC-Web), as Envoy tells one."""
+        return is_grpc(self.headers.get("content-type"))
+
+    @property
     def path_only(self) -> str:
         return self.path.split("?", 1)[0]
 
@@ -233,7 +262,7 @@ class Request:
 class Response:
     """A response head (and, for direct answers, a small body)."""
 
-    __slots__ = ("_headers", "_raw", "body", "reason", "status")
+    __slots__ = ("_headers", "_raw", "body", "reason", "status", "trailers")
 
     def __init__(
         self,
@@ -248,6 +277,8 @@ class Response:
         self._raw: list[tuple[bytes, bytes]] | None = None
         self.body = body
         self.reason = reason
+        #: the upstream's trailers (HTTP/2; gRPC's grpc-status), once the body ended.
+        self.trailers: Headers | None = None
 
     @classmethod
     def _from_upstream(cls, status: int, raw: list[tuple[bytes, bytes]]) -> Response:
@@ -270,6 +301,21 @@ class Response:
     @headers.setter
     def headers(self, value: Headers) -> None:
         self._headers = value
+
+    def _set_trailers(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.trailers = Headers._trusted(
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        )
+
+    @property
+    def grpc_status(self) -> int | None:
+        """The gRPC status of a gRPC response: from the trailers, or from the head of a
+        trailers-only response (an error before any message); ``None`` when neither has
+        a valid one (not gRPC, or the body has not ended yet)."""
+        value = self.trailers.get("grpc-status") if self.trailers is not None else None
+        if value is None:
+            value = self.headers.get("grpc-status")
+        return int(value) if value is not None and value.isdigit() else None
 
     @property
     def raw_head(self) -> list[tuple[bytes, bytes]] | None:

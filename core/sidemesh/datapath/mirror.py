@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from sidemesh.datapath.body import RequestBody
+from sidemesh.datapath.exchange import UpstreamExchange
 from sidemesh.datapath.messages import Headers, Request
-from sidemesh.datapath.pool import ConnectionPool, UpstreamConnection, UpstreamError
+from sidemesh.datapath.pool import UpstreamError
 
 if TYPE_CHECKING:
-    from sidemesh.datapath.body import RequestBody
     from sidemesh.datapath.cluster import Cluster, Endpoint
     from sidemesh.datapath.snapshot import Snapshot
 
@@ -39,8 +40,8 @@ def send_mirrors(request: Request, body: RequestBody, snapshot: Snapshot, timeou
     headers.set("host", f"{request.host.split(':')[0]}-shadow")
     if payload or request.method not in ("GET", "HEAD", "OPTIONS", "DELETE"):
         headers.set("content-length", str(len(payload)))
-    head = f"{request.method} {request.path} HTTP/1.1\r\n".encode("latin-1")
-    data = head + headers.encode() + b"\r\n" + payload
+    shadow = Request(request.method, request.path, request.host, headers, request.connection,
+                     request.listener, request.scheme, request.version)
     loop = asyncio.get_running_loop()
     for cluster_name, subset in request.mirrors:
         cluster = snapshot.clusters.get(cluster_name)
@@ -48,22 +49,34 @@ def send_mirrors(request: Request, body: RequestBody, snapshot: Snapshot, timeou
             continue
         candidates = cluster.subsets.get(subset, []) if subset else cluster.available()
         if candidates:
-            task = loop.create_task(_shadow(cluster.pick(candidates), data, cluster, timeout))
+            copy = _shadow(cluster.pick(candidates), shadow, payload, cluster, timeout)
+            task = loop.create_task(copy)
             _SHADOWS.add(task)
             task.add_done_callback(_SHADOWS.discard)
 
 
-async def _shadow(endpoint: Endpoint, data: bytes, cluster: Cluster, timeout: float) -> None:
+def _nothing() -> None:
+    return None
+
+
+async def _shadow(
+    endpoint: Endpoint, request: Request, payload: bytes, cluster: Cluster, timeout: float
+) -> None:
     """Send one copy and read its answer away; every failure is only counted."""
     pool = endpoint.pools.get(None)
     if pool is None:
-        pool = endpoint.pools[None] = ConnectionPool(endpoint.host, endpoint.port)
-    upstream: UpstreamConnection | None = None
+        pool = endpoint.pools[None] = cluster.new_pool(endpoint, None)
+    upstream: UpstreamExchange | None = None
     outcome = "ok"
     try:
         async with asyncio.timeout(timeout):
             upstream = await pool.acquire(cluster.connect_timeout)
-            head = upstream.start(data, False)
+            body = None
+            if payload:
+                body = RequestBody(False, _nothing, _nothing)
+                body.feed(payload)
+                body.feed_eof()
+            head = upstream.start(request, body, False, None)
             upstream.attach(_DISCARD)
             await head
             if not upstream.finished():

@@ -23,6 +23,7 @@ class Outcome:
         "started",
         "status",
         "upstream",
+        "upstream_protocol",
     )
 
     def __init__(self) -> None:
@@ -31,6 +32,7 @@ class Outcome:
         self.response: Response | None = None
         self.flags: list[ResponseFlag] = []
         self.upstream = ""
+        self.upstream_protocol = ""
         #: body bytes received from and sent to the client (Envoy's BYTES_RECEIVED/SENT).
         self.bytes_received = 0
         self.bytes_sent = 0

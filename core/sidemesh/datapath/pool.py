@@ -12,15 +12,18 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import cast
 
 import httptools
 
-from sidemesh.datapath.codec import response_has_body
+from sidemesh.datapath.body import BodyNotReplayable, RequestBody
+from sidemesh.datapath.codec import LAST_CHUNK, encode_chunk, request_head, response_has_body
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.deadlines import sweeper
+from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamExchange
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.limits import ConnectionLimit, PendingOverflow
+from sidemesh.datapath.messages import Request
 
 __all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]
 
@@ -40,20 +43,15 @@ class UpstreamError(Exception):
         self.flag = flag
 
 
-class BodySink(Protocol):
-    def write_body(self, data: bytes) -> None: ...
-    def pause_source(self) -> bool: ...
-
-
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(UpstreamExchange):
     """One HTTP/1.1 connection to an endpoint; one exchange at a time."""
 
     def __init__(self, pool: ConnectionPool) -> None:
+        super().__init__()
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.closed = False
-        self._head: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bool, bool]] | None = None
+        self._head: asyncio.Future[RawHead] | None = None
         self._done: asyncio.Future[None] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
@@ -67,15 +65,6 @@ class UpstreamConnection(asyncio.Protocol):
         #: the response head carries Content-Length or Transfer-Encoding.
         self._framed = False
         self._error: UpstreamError | None = None
-        #: the loop time this exchange must end by, while it is watched by a sweeper.
-        self.expires: float | None = None
-        #: whether this connection served an earlier exchange.
-        self.reused = False
-        #: the task sending the current request body, and whether it finished.
-        self.body_task: asyncio.Task[None] | None = None
-        self.body_sent = False
-        #: the cluster limit this connection holds a slot of (released when it closes).
-        self.limit: ConnectionLimit | None = None
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,6 +77,11 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # After a 101 the bytes are the new protocol's: kept, unread, for whoever
+            # takes the connection over (tunnel.py) or closes it.
+            self._pending_body.append(data[exc.args[0] :])
+            cast(asyncio.Transport, self.transport).pause_reading()
         except httptools.HttpParserError as exc:
             self._fail(
                 UpstreamError(
@@ -133,9 +127,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200:
+        if 100 <= status < 200 and status != 101:
             # Interim responses (100 Continue, 103 Early Hints) are answered by the
-            # proxy itself; the client sees only the final one.
+            # proxy itself; the client sees only the final one. A 101 ends HTTP on the
+            # connection: forward.py decides whether it opens a tunnel (tunnel.py).
             return
         self._until_close = not self._framed and response_has_body(self._skip_body, status)
         head = self._head
@@ -195,13 +190,8 @@ class UpstreamConnection(asyncio.Protocol):
                 fut.exception()
 
     def start(
-        self, head: bytes, head_only: bool, timeout: float | None = None
-    ) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bool, bool]]:
-        """Send a request head; return a future for the response head (see
-        :meth:`finished` and :meth:`done_future` for the end of the response).
-
-        ``timeout`` (seconds from now) bounds the whole exchange: it then fails with
-        flag ``UT`` and the connection is closed."""
+        self, request: Request, body: RequestBody | None, head_only: bool, timeout: float | None
+    ) -> asyncio.Future[RawHead]:
         loop = self._loop
         if timeout is not None:
             self.expires = loop.time() + timeout
@@ -218,8 +208,25 @@ class UpstreamConnection(asyncio.Protocol):
         self.body_task = None
         self.body_sent = False
         assert self.transport is not None
-        self.transport.write(head)
+        self.transport.write(
+            request_head(request.method, request.path, request.headers.encode())
+        )
+        if body is not None:
+            self.body_task = asyncio.ensure_future(self._pump(body))
         return self._head
+
+    async def _pump(self, body: RequestBody) -> None:
+        # Re-chunked when it came chunked.
+        try:
+            reader = body.reader()
+            chunked = body.chunked
+            while (chunk := await reader.next()) is not None:
+                await self.write(encode_chunk(chunk) if chunked else chunk)
+            if chunked:
+                await self.write(LAST_CHUNK)
+            self.body_sent = True
+        except (UpstreamError, BodyNotReplayable):
+            self.close()
 
     async def write(self, data: bytes) -> None:
         """Write request body bytes, waiting while the upstream is not reading."""
@@ -233,12 +240,11 @@ class UpstreamConnection(asyncio.Protocol):
             await self._writable
 
     def finished(self) -> bool:
-        """Whether the whole response has arrived (small ones usually arrive with their
-        head: then nobody needs to wait, and no future is made)."""
+        # Small responses usually arrive with their head: then nobody needs to wait,
+        # and no future is made.
         return self._complete
 
     def done_future(self) -> asyncio.Future[None]:
-        """A future for the end of the response (failing with the exchange's error)."""
         if self._done is None:
             self._done = self._loop.create_future()
             if self._complete:
@@ -247,13 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._done.set_exception(self._error)
         return self._done
 
-    def body_done(self) -> bool:
-        """Whether the whole request body went out (a connection with a half-sent body
-        cannot carry another request)."""
-        return self.body_task is None or self.body_sent
-
     def attach(self, sink: BodySink) -> None:
-        """Start pushing the response body into ``sink``."""
         self._sink = sink
         for chunk in self._pending_body:
             if chunk:
@@ -265,7 +265,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def release(self) -> None:
-        """Hand the connection back after a complete exchange (or close it)."""
         self._cancel_deadline()
         self._sink = None
         self._head = None
@@ -305,7 +304,7 @@ class ConnectionPool:
     def size(self) -> int:
         return len(self._all)
 
-    def take(self) -> UpstreamConnection | None:
+    def take(self) -> UpstreamExchange | None:
         """An idle connection, most recently used first, without waiting."""
         while self._idle:
             conn = self._idle.pop()
@@ -316,7 +315,7 @@ class ConnectionPool:
 
     async def acquire(
         self, connect_timeout: float, fresh: bool = False, limit: ConnectionLimit | None = None
-    ) -> UpstreamConnection:
+    ) -> UpstreamExchange:
         """An idle connection (most recently used first), or a new one. With ``limit``,
         a new connection needs a slot of the cluster's limit: without one the request
         waits (pending) for a released connection or a slot, or fails with ``UO``."""
@@ -344,6 +343,26 @@ class ConnectionPool:
         return conn
 
     async def _connect(self, connect_timeout: float) -> UpstreamConnection:
+        conn = cast(
+            UpstreamConnection, await self.open(connect_timeout, lambda: UpstreamConnection(self))
+        )
+        self._all.add(conn)
+        return conn
+
+    def adopt(self, transport: asyncio.Transport) -> UpstreamConnection:
+        """Take over a connection opened for another protocol (HTTP/2 offered by ALPN,
+        HTTP/1.1 chosen)."""
+        conn = UpstreamConnection(self)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        self._all.add(conn)
+        return conn
+
+    async def open(
+        self, connect_timeout: float, factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Protocol:
+        """A new connection to the endpoint with the pool's TLS settings, its protocol
+        made by ``factory``; the TLS peer verified."""
         loop = asyncio.get_running_loop()
         try:
             setup = self._setup() if self._setup is not None else None
@@ -354,8 +373,8 @@ class ConnectionPool:
         ssl_context: ssl.SSLContext | None = setup.ssl_context if setup else None
         try:
             async with asyncio.timeout(connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
+                transport, protocol = await loop.create_connection(
+                    factory,
                     self.host,
                     self.port,
                     ssl=ssl_context,
@@ -373,19 +392,17 @@ class ConnectionPool:
                 ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
                 f"connect to {self.host}:{self.port} failed: {exc}",
             ) from None
-        conn = protocol
-        if setup is not None and setup.verify_peer is not None and conn.transport is not None:
-            ssl_object = conn.transport.get_extra_info("ssl_object")
+        if setup is not None and setup.verify_peer is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
             problem = setup.verify_peer(der) if der else "upstream presented no certificate"
             if problem is not None:
-                conn.close()
+                transport.close()
                 raise UpstreamError(
                     ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
                     f"upstream {self.host}:{self.port}: {problem}",
                 )
-        self._all.add(conn)
-        return conn
+        return protocol
 
     def put(self, conn: UpstreamConnection) -> None:
         limit = conn.limit

@@ -14,6 +14,7 @@ from sidemesh.datapath.accesslog import SIDEMESH_JSON, AccessLog, LineFormat
 from sidemesh.datapath.body import RequestBody
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.downstream import DownstreamConnection
+from sidemesh.datapath.exchange import ClientSide
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.forward import Forwarder
 from sidemesh.datapath.hygiene import Sweeper
@@ -32,6 +33,8 @@ __all__ = ["ApplyError", "Sidecar", "SnapshotBuilder"]
 SnapshotBuilder = Callable[[SidecarConfig, str, str, "Snapshot | None"], Snapshot]
 
 log = logging.getLogger("sidemesh")
+#: every listener serves HTTP/2 and HTTP/1.1; TLS clients choose by ALPN.
+LISTENER_ALPN = ("h2", "http/1.1")
 
 
 class ApplyError(Exception):
@@ -67,6 +70,8 @@ class Sidecar:
         self._idle: asyncio.Event | None = None
         self._retired: list[Snapshot] = []
         self._apply_lock = asyncio.Lock()
+        #: bind listeners with SO_REUSEPORT (a worker of ``--concurrency N``).
+        self.reuse_port = False
 
     # config ------------------------------------------------------------------------
     def waiting_for(self) -> str | None:
@@ -134,12 +139,15 @@ class Sidecar:
         wanted: dict[str, ListenerServer] = {}
         for name, listener in snapshot.listeners.items():
             cfg = listener.config
-            setup = listener.chain.connection_setup(ConnectionSetup("listener", name))
+            setup = listener.chain.connection_setup(
+                ConnectionSetup("listener", name, alpn_protocols=LISTENER_ALPN)
+            )
             port = cfg.port
             current = self.servers.get(name)
             if port == 0 and current is not None and current.host == cfg.host:
                 port = current.port  # "any port" keeps the one already bound
-            wanted[name] = ListenerServer(name, cfg.host, port, self._factory(name), setup)
+            wanted[name] = ListenerServer(name, cfg.host, port, self._factory(name), setup,
+                                          self.reuse_port)
         started: list[ListenerServer] = []
         stopped: list[ListenerServer] = []
         try:
@@ -166,10 +174,18 @@ class Sidecar:
             for old in stopped:
                 await old.start()
             raise
+        replaced = set()
         for name, server in self.servers.items():
-            if wanted.get(name) is not server and server not in stopped:
-                server.stop_accepting()
+            if wanted.get(name) is not server:
+                replaced.add(name)
+                if server not in stopped:
+                    server.stop_accepting()
         self.servers = wanted
+        for conn in list(self.connections):
+            if conn.listener in replaced:
+                # Clients of a listener that moved or went away reconnect (an HTTP/2
+                # client on GOAWAY; an HTTP/1.1 one when its connection closes).
+                conn.stop_serving()
 
     def _close_retired(self) -> None:
         for snapshot in list(self._retired):
@@ -194,6 +210,7 @@ class Sidecar:
                     self.handle, listener, "http", closed, config.paths, config.limits
                 )
                 conn.wants_original_dst = config.use_original_dst
+                conn.http2 = config.http2
                 cap = config.limits.max_connections or default_max_connections()
                 if self._open.get(listener, 0) >= cap:
                     # Envoy's overload answer: the connection is closed as it arrives.
@@ -211,7 +228,7 @@ class Sidecar:
 
     # requests ----------------------------------------------------------------------
     def handle(
-        self, conn: DownstreamConnection, request: Request, body: RequestBody
+        self, conn: ClientSide, request: Request, body: RequestBody
     ) -> Coroutine[Any, Any, None]:
         """Route the request on the current snapshot and return the coroutine that
         forwards it (a plain function: one coroutine level less per request; the
@@ -249,7 +266,7 @@ class Sidecar:
             outcome.duration = duration
             self.access_log.record(self.log_format, request, outcome)
 
-    def _rejected(self, conn: DownstreamConnection, status: int, message: str) -> None:
+    def _rejected(self, conn: ClientSide, status: int, message: str) -> None:
         """A request refused before routing (malformed, too large, a bad path): logged and
         counted with flag ``DPE``, as Envoy logs a downstream protocol error."""
         flags = [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR]
@@ -273,8 +290,7 @@ class Sidecar:
         for server in self.servers.values():
             server.stop_accepting()
         for conn in list(self.connections):
-            if not conn.busy:
-                conn.close()
+            conn.stop_serving()
         finished = True
         if self.active:
             self._idle = asyncio.Event()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from sidemesh.config.registry import PluginRegistry
     from sidemesh.datapath.sidecar import Sidecar
 
-__all__ = ["AdminServer", "EmbeddedApp", "admin_app", "metrics_response", "not_ready"]
+__all__ = ["AdminServer", "EmbeddedApp", "admin_app", "metrics_response", "not_ready",
+           "plugins_body"]
 
 
 def not_ready(sidecar: Sidecar) -> str | None:
@@ -31,6 +32,26 @@ def not_ready(sidecar: Sidecar) -> str | None:
 def metrics_response(sidecar: Sidecar) -> Response:
     """The sidecar's metrics in the Prometheus text format."""
     return Response(generate_latest(sidecar.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def plugins_body(registry: PluginRegistry) -> dict[str, Any]:
+    """``GET /plugins``: the installed plugins and the ones that failed to load."""
+    return {
+        "plugins": [
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "hooks": list(p.hooks),
+                "schema_id": p.schema_id,
+            }
+            for p in registry.all()
+        ],
+        "load_errors": [
+            {"name": e.name, "distribution": e.distribution, "message": e.message}
+            for e in registry.load_errors
+        ],
+    }
 
 
 def admin_app(sidecar: Sidecar, registry: PluginRegistry) -> Starlette:
@@ -60,24 +81,7 @@ def admin_app(sidecar: Sidecar, registry: PluginRegistry) -> Starlette:
         return JSONResponse({"clusters": [c.describe() for c in snapshot.clusters.values()]})
 
     async def plugins(_: Request) -> Response:
-        return JSONResponse(
-            {
-                "plugins": [
-                    {
-                        "name": p.name,
-                        "distribution": p.distribution,
-                        "version": p.version,
-                        "hooks": list(p.hooks),
-                        "schema_id": p.schema_id,
-                    }
-                    for p in registry.all()
-                ],
-                "load_errors": [
-                    {"name": e.name, "distribution": e.distribution, "message": e.message}
-                    for e in registry.load_errors
-                ],
-            }
-        )
+        return JSONResponse(plugins_body(registry))
 
     async def metrics(_: Request) -> Response:
         return metrics_response(sidecar)

@@ -32,18 +32,25 @@ from sidemesh.config.build import control_urls
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid, build
 from sidemesh.datapath.accesslog import AccessLog
-from sidemesh.datapath.sidecar import ApplyError, Sidecar
-from sidemesh.process.admin import AdminServer
+from sidemesh.datapath.sidecar import ApplyError
+from sidemesh.process.admin import EmbeddedApp
 from sidemesh.process.discovery import (
     Registrar,
     cluster_endpoints,
     service_clusters,
     with_endpoints,
 )
-from sidemesh.process.lifecycle import install_signals, log_ready, shut_down, start_admin
-from sidemesh.process.sidecar import control_plane, new_sidecar, read_token
+from sidemesh.process.lifecycle import (
+    install_signals,
+    log_ready,
+    new_served,
+    shut_down,
+    start_admin,
+)
+from sidemesh.process.sidecar import control_plane, read_token
 from sidemesh.process.state_cache import StateCache
 from sidemesh.process.status import start_status, status_target
+from sidemesh.process.workers import Served
 
 __all__ = ["WATCH_TIMEOUT", "Agent", "Backoff", "StateCache", "rebind", "run_agent"]
 
@@ -102,7 +109,7 @@ class Agent:
 
     def __init__(
         self,
-        sidecar: Sidecar,
+        sidecar: Served,
         registry: PluginRegistry,
         client: httpx.AsyncClient,
         plane: ControlPlane,
@@ -122,7 +129,7 @@ class Agent:
         self.applied: int | None = None
         self.seen: int = 0
         self.nacked: dict[int, str] = {}
-        self.admin: AdminServer | None = None
+        self.admin: EmbeddedApp | None = None
         self.admin_address: str | None = None
         self.pending: dict[str, Any] | None = None
         self.tried_cache = False
@@ -156,7 +163,7 @@ class Agent:
             config = with_endpoints(build(local, self.registry), local, self.endpoints)
         except ConfigInvalid as exc:
             return "; ".join(str(e) for e in exc.errors)
-        new_admin: AdminServer | None = None
+        new_admin: EmbeddedApp | None = None
         if config.admin and config.admin != self.admin_address:
             try:
                 new_admin = await start_admin(self.sidecar, self.registry, config.admin)
@@ -371,11 +378,16 @@ async def run_agent(
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         log.error("--control-ca %s: %s", plane.ca_file, exc)
         return 2
-    sidecar = new_sidecar(registry, access_log, control=plane)
+    try:
+        sidecar = await new_served(args, registry, access_log, drain, plane, token_file)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
     try:  # up before any config: kubelet's probe gets 503, not a refused connection
         status = await start_status(sidecar, *status_target(args))
     except OSError as exc:
         log.error("%s", exc)
+        await sidecar.drain(0)
         return 1
     timeout = httpx.Timeout(5.0, read=WATCH_TIMEOUT + 10.0)
     async with httpx.AsyncClient(timeout=timeout, verify=verify,

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -19,6 +19,9 @@ from sidemesh.api.policy import ControlPlane
 from sidemesh.config.build import split_address
 from sidemesh.datapath.model import EndpointConfig, SidecarConfig
 from sidemesh.datapath.sidecar import Sidecar
+
+if TYPE_CHECKING:
+    from sidemesh.process.workers import WorkerGroup
 
 __all__ = ["DEFAULT_LISTENER", "Registrar", "cluster_endpoints", "registration_arguments",
            "service_clusters", "with_endpoints"]
@@ -100,8 +103,8 @@ class Registrar:
     listener is up, heartbeats it every third of the TTL, and deregisters it on
     :meth:`stop`. A failure is logged and retried; it never stops serving."""
 
-    def __init__(self, sidecar: Sidecar, client: httpx.AsyncClient, plane: ControlPlane,
-                 service: str, instance_id: str, labels: dict[str, str],
+    def __init__(self, sidecar: Sidecar | WorkerGroup, client: httpx.AsyncClient,
+                 plane: ControlPlane, service: str, instance_id: str, labels: dict[str, str],
                  listener: str = DEFAULT_LISTENER, ttl: float = 10.0) -> None:
         self.sidecar = sidecar
         self.client = client

@@ -3,29 +3,64 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 from collections.abc import Callable
 
 import sidemesh.datapath as compiled  #
+from sidemesh.api.policy import ControlPlane
 from sidemesh.config.build import split_address
 from sidemesh.config.registry import PluginRegistry
-from sidemesh.datapath.sidecar import Sidecar
+from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.process.admin import AdminServer, EmbeddedApp
+from sidemesh.process.sidecar import new_sidecar
+from sidemesh.process.workers import Served, WorkerGroup, cpu_count
+from sidemesh.process.workers_admin import WorkersAdmin
 
-__all__ = ["install_signals", "log_ready", "shut_down", "start_admin"]
+__all__ = ["install_signals", "log_ready", "new_served", "shut_down", "start_admin"]
 
 log = logging.getLogger("sidemesh")
 
 
-async def start_admin(sidecar: Sidecar, registry: PluginRegistry, address: str) -> AdminServer:
+async def new_served(args: argparse.Namespace, registry: PluginRegistry,
+                     access_log: AccessLog, drain: float, control: ControlPlane | None,
+                     token_file: str | None = None) -> Served:
+    """The sidecar ``--concurrency`` asks for: one in this process (the default), or a
+    group of worker processes, started; ``token_file`` is ``control``'s (the workers
+    read the token from it as the parent does).
+
+    :raises OSError: when a worker does not start.
+    """
+    workers = getattr(args, "concurrency", 1)
+    workers = cpu_count() if workers == 0 else workers
+    if workers == 1:
+        return new_sidecar(registry, access_log, control=control)
+    group = WorkerGroup(workers, {
+        "log_level": getattr(args, "log_level", "info") or "info",
+        "access_log": getattr(args, "access_log", "-") or "-",
+        "drain": drain,
+        "control": {"urls": list(control.urls), "token_file": token_file,
+                    "ca_file": control.ca_file} if control is not None else None,
+    })
+    log.info("starting %s workers", workers)
+    try:
+        await group.start()
+    except OSError:
+        await group.drain(0)
+        raise
+    return group
+
+
+async def start_admin(sidecar: Served, registry: PluginRegistry, address: str) -> EmbeddedApp:
     """Start the admin API on ``address``.
 
     :raises OSError: when it cannot listen there.
     """
     host, port = split_address(address, "127.0.0.1")
-    admin = AdminServer(sidecar, registry, host, port)
+    admin = (WorkersAdmin(sidecar, registry, host, port) if isinstance(sidecar, WorkerGroup)
+             else AdminServer(sidecar, registry, host, port))
     await admin.start()
     return admin
 
@@ -38,7 +73,7 @@ def install_signals(stop: asyncio.Event, on_hup: Callable[[], object]) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
-def log_ready(sidecar: Sidecar, service: str, admin: AdminServer | None,
+def log_ready(sidecar: Served, service: str, admin: EmbeddedApp | None,
               admin_address: str | None) -> None:
     listening = {name: f"{s.host}:{s.port}" for name, s in sidecar.servers.items()}
     where = f"{admin_address.rpartition(':')[0]}:{admin.port}" if admin and admin_address \
@@ -53,7 +88,7 @@ def log_ready(sidecar: Sidecar, service: str, admin: AdminServer | None,
     )
 
 
-async def shut_down(sidecar: Sidecar, admin: AdminServer | None, drain: float,
+async def shut_down(sidecar: Served, admin: EmbeddedApp | None, drain: float,
                     status: EmbeddedApp | None = None) -> None:
     """Drain in-flight requests (up to ``drain`` seconds), then stop the admin API and the
     status port (which answers ``503`` while the sidecar drains, so kubelet sees it)."""

@@ -16,10 +16,16 @@ from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid, config_digest, load_file
 from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import ApplyError
-from sidemesh.process.admin import AdminServer
-from sidemesh.process.lifecycle import install_signals, log_ready, shut_down, start_admin
-from sidemesh.process.sidecar import control_plane, new_sidecar
-from sidemesh.process.status import StatusServer, start_status, status_target
+from sidemesh.process.admin import EmbeddedApp
+from sidemesh.process.lifecycle import (
+    install_signals,
+    log_ready,
+    new_served,
+    shut_down,
+    start_admin,
+)
+from sidemesh.process.sidecar import control_plane
+from sidemesh.process.status import start_status, status_target
 
 __all__ = ["main_proxy", "run_loop", "serve_file", "setup_logging"]
 
@@ -59,6 +65,7 @@ def run_loop(main: Any) -> int:
 async def serve_file(
     path: Path, registry: PluginRegistry, access_log: AccessLog, drain: float,
     status_at: tuple[str, int | None] = ("0.0.0.0", None),
+    args: argparse.Namespace | None = None,
 ) -> int:
     config = load_file(path, registry)
     # Routes come from the file; certificates (mtls) may still come from the CA.
@@ -69,14 +76,19 @@ async def serve_file(
         if config.control is not None
         else None
     )
-    sidecar = new_sidecar(registry, access_log, control=control)
+    try:
+        sidecar = await new_served(args or argparse.Namespace(), registry, access_log, drain,
+                                   control, config.control.token_file if config.control else None)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         await sidecar.apply(config, config_digest(config.raw), f"file:{path}")
     except ApplyError as exc:
         log.error("%s", exc)
         return 1
-    admin: AdminServer | None = None
-    status: StatusServer | None = None
+    admin: EmbeddedApp | None = None
+    status: EmbeddedApp | None = None
     try:
         if config.admin:
             admin = await start_admin(sidecar, registry, config.admin)
@@ -136,6 +148,7 @@ def main_proxy(args: argparse.Namespace) -> int:
             print(f"  - {error}", file=sys.stderr)
         return 1
     try:
-        return run_loop(serve_file(path, registry, access_log, drain, status_target(args)))
+        return run_loop(serve_file(path, registry, access_log, drain, status_target(args),
+                                   args))
     except KeyboardInterrupt:
         return 130

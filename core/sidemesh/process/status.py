@@ -19,6 +19,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from sidemesh.process.admin import EmbeddedApp, metrics_response, not_ready
+from sidemesh.process.workers import Served, WorkerGroup
+from sidemesh.process.workers_admin import WorkersStatus
 
 if TYPE_CHECKING:
     from sidemesh.datapath.sidecar import Sidecar
@@ -52,14 +54,15 @@ class StatusServer(EmbeddedApp):
         super().__init__(status_app(sidecar), host, port, "status port")
 
 
-async def start_status(sidecar: Sidecar, host: str, port: int | None) -> StatusServer | None:
+async def start_status(sidecar: Served, host: str, port: int | None) -> EmbeddedApp | None:
     """Serve the status port on ``host:port``; ``None`` when ``port`` is ``None`` (off).
 
     :raises OSError: when it cannot listen there.
     """
     if port is None:
         return None
-    status = StatusServer(sidecar, host, port)
+    status = (WorkersStatus(sidecar, host, port) if isinstance(sidecar, WorkerGroup)
+              else StatusServer(sidecar, host, port))
     await status.start()
     shown = f"[{host}]" if ":" in host else host
     log.info("status port on %s:%s (/healthz/ready, /stats/prometheus)", shown, status.port)

@@ -7,6 +7,8 @@ unit tests of a policy's hooks.
         httpx.get(sc.url("main") + "/hello")
 
 ``sidemesh.testing.control`` has a real control plane (``ControlServer``) and its CA.
+``sidemesh.testing.grpc`` (imported on its own: it needs ``grpcio``) has a real gRPC
+server and client with raw-bytes messages.
 """
 
 from sidemesh.testing import control

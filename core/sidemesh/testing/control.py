@@ -24,9 +24,13 @@ from sidemesh.control.backends import open_store
 from sidemesh.control.ca import CA_KEY_FILE, CertificateAuthority, CertificateRequestError
 from sidemesh.control.http import ControlState
 from sidemesh.control.store import Store
+from sidemesh.testing.certs import svid_files
 from sidemesh.testing.loop import BackgroundLoop
 
-__all__ = ["CA_KEY_FILE", "CertificateAuthority", "CertificateRequestError", "ControlServer"]
+__all__ = [
+    "CA_KEY_FILE", "CertificateAuthority", "CertificateRequestError", "ControlServer",
+    "svid_files",
+]  # fmt: skip
 
 T = TypeVar("T")
 

@@ -55,6 +55,16 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (0: one per core)")
+    return count
+
+
 def _registry() -> Any:
     from sidemesh.config.registry import PluginRegistry
 
@@ -310,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", default="-", metavar="TARGET",
                    help="where the JSON access log goes: - (stdout, default), a file "
                    "path (appended to), or off")
+    p.add_argument("--concurrency", type=_workers, default=1, metavar="N",
+                   help="worker processes serving the listeners, as Envoy's --concurrency "
+                   "(default 1; 0: one per core); they share the ports (SO_REUSEPORT), "
+                   "one admin API sums them")
     kube.status_arguments(p)
     registration_arguments(p)
     p.set_defaults(handler=_lazy("sidemesh.process.runtime", "main_proxy"), check=_check_proxy,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from sidemesh import Policy, hookimpl
+from sidemesh import Policy, hookimpl, worker_count
 
 from .policy import CircuitPolicy
+from .workers import WorkersCircuitPolicy
 
 __all__ = ["sidemesh_policies"]
 
 
 @hookimpl
 def sidemesh_policies() -> list[type[Policy]]:
-    return [CircuitPolicy]
+    # Several workers count and eject cluster-wide; one keeps the plain (cheaper) hooks.
+    return [WorkersCircuitPolicy if worker_count() > 1 else CircuitPolicy]

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from sidemesh import (
     Attempt,
+    ClusterView,
     Policy,
     PolicyContext,
     Request,
@@ -68,7 +69,13 @@ class CircuitPolicy(Policy):
             ),
             max_ejection_percent=config["max_ejection_percent"],
         )
-        self._detector = OutlierDetector(settings, cluster, context.shared)
+        self._detector = self.detector(settings, cluster, context.shared)
+
+    @staticmethod
+    def detector(
+        settings: OutlierSettings, cluster: ClusterView, shared: dict[str, Any]
+    ) -> OutlierDetector:
+        return OutlierDetector(settings, cluster, shared)
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:

@@ -61,6 +61,19 @@ class Identity:
     server_context: ssl.SSLContext
     #: route side: presents our certificate, verifies the server against the bundle.
     client_context: ssl.SSLContext
+    #: the same, offering HTTP/2 by ALPN: ``("h2",)`` and ``("h2", "http/1.1")``.
+    alpn_client_contexts: dict[tuple[str, ...], ssl.SSLContext]
+
+    def client_context_for(self, alpn: tuple[str, ...]) -> ssl.SSLContext:
+        """The client context offering ``alpn`` (the core's
+        ``ConnectionSetup.alpn_protocols`` for the cluster's protocol)."""
+        return self.alpn_client_contexts.get(alpn, self.client_context)
+
+
+#: what a listener offers by ALPN: sidemesh listeners serve HTTP/2 and HTTP/1.1.
+SERVER_ALPN = ("h2", "http/1.1")
+#: what a connection to a cluster offers: ``protocol: http2``, ``protocol: auto``.
+CLIENT_ALPN: tuple[tuple[str, ...], ...] = (("h2",), ("h2", "http/1.1"))
 
 
 def _load_chain(context: ssl.SSLContext, material: Material) -> None:
@@ -130,7 +143,12 @@ def build_identity(material: Material, trust_domain: str | None = None) -> Ident
         )
     try:
         server = _context(ssl.PROTOCOL_TLS_SERVER, material)
+        server.set_alpn_protocols(list(SERVER_ALPN))
         client = _context(ssl.PROTOCOL_TLS_CLIENT, material)
+        alpn_clients: dict[tuple[str, ...], ssl.SSLContext] = {}
+        for alpn in CLIENT_ALPN:
+            alpn_clients[alpn] = _context(ssl.PROTOCOL_TLS_CLIENT, material)
+            alpn_clients[alpn].set_alpn_protocols(list(alpn))
     except ssl.SSLError as exc:
         raise IdentityError(f"{where}: TLS cannot use these certificates: {exc}") from None
     return Identity(
@@ -141,4 +159,5 @@ def build_identity(material: Material, trust_domain: str | None = None) -> Ident
         source=where,
         server_context=server,
         client_context=client,
+        alpn_client_contexts=alpn_clients,
     )

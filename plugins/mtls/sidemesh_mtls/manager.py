@@ -28,6 +28,7 @@ from sidemesh import ControlPlane
 
 from .identity import (
     MIN_TLS_VERSION,
+    SERVER_ALPN,
     Identity,
     IdentityError,
     IdentityUnavailable,
@@ -151,6 +152,8 @@ class IdentityManager:
             context.minimum_version = MIN_TLS_VERSION
             context.verify_mode = ssl.CERT_REQUIRED
             context.sni_callback = self._select_server_context
+            # Set here too: OpenSSL may read ALPN from either context.
+            context.set_alpn_protocols(list(SERVER_ALPN))
             self._listener_context = context
         return self._listener_context
 

@@ -147,7 +147,7 @@ class MtlsPolicy(Policy):
             return
         # Taken per new connection: after a rotation new connections use the new
         # identity, pooled ones finish with theirs.
-        setup.ssl_context = self.manager.require().client_context
+        setup.ssl_context = self.manager.require().client_context_for(setup.alpn_protocols)
         setup.verify_peer = self.verify_upstream
 
     def verify_upstream(self, der: bytes) -> str | None:

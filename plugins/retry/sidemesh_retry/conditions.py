@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from sidemesh import Attempt, ResponseFlag
 
-__all__ = ["IDEMPOTENT", "RetryOn", "backoff", "retry_after"]
+__all__ = ["GRPC_CONDITIONS", "IDEMPOTENT", "RetryOn", "backoff", "retry_after"]
 
 #: methods retried without ``retry_non_idempotent`` (RFC 9110 section 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -29,12 +29,20 @@ _RESET = frozenset(
     }
 )
 _GATEWAY_CODES = frozenset({502, 503, 504})
+#: Envoy's gRPC retry_on names and the grpc-status each retries.
+GRPC_CONDITIONS = {
+    "cancelled": 1,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "internal": 13,
+    "unavailable": 14,
+}
 
 
 class RetryOn:
     """``retry_on`` compiled once per policy into a single question: retry this attempt?"""
 
-    __slots__ = ("_all_5xx", "_codes", "_flags")
+    __slots__ = ("_all_5xx", "_codes", "_flags", "grpc")
 
     def __init__(self, retry_on: Iterable[str], status_codes: Iterable[int]) -> None:
         conditions = set(retry_on)
@@ -53,12 +61,17 @@ class RetryOn:
         self._all_5xx = "5xx" in conditions
         self._flags = frozenset(flags)
         self._codes = frozenset(codes)
+        #: the gRPC statuses retried (read from a trailers-only answer's head, as Envoy).
+        self.grpc = frozenset(GRPC_CONDITIONS[c] for c in conditions if c in GRPC_CONDITIONS)
 
     def __call__(self, attempt: Attempt) -> bool:
-        status = attempt.status
-        if status is None:
+        response = attempt.response
+        if response is None:
             return attempt.flag in self._flags
-        return status in self._codes or (self._all_5xx and status >= 500)
+        status = response.status
+        if status in self._codes or (self._all_5xx and status >= 500):
+            return True
+        return bool(self.grpc) and response.grpc_status in self.grpc
 
 
 def backoff(retry: int, base: float, cap: float) -> float:

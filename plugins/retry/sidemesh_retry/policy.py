@@ -18,8 +18,11 @@ from sidemesh import (
     Request,
     Response,
     ResponseFlag,
+    SharedCounter,
     StashKey,
     parse_duration,
+    shared_counter,
+    worker_count,
 )
 
 from .conditions import IDEMPOTENT, RetryOn, backoff, retry_after
@@ -44,15 +47,20 @@ class _State:
     """Per request: the cluster whose retry count holds this request's retry, while one
     is in flight (from the decision to the end of the retried attempt)."""
 
-    __slots__ = ("counted",)
+    __slots__ = ("counted", "everywhere")
 
     def __init__(self) -> None:
         self.counted: ClusterView | None = None
+        #: with several workers: the cluster's retries across them, holding this one.
+        self.everywhere: SharedCounter | None = None
 
     def release(self) -> None:
         if self.counted is not None:
             self.counted.retries.end()
             self.counted = None
+        if self.everywhere is not None:
+            self.everywhere.add(-1)
+            self.everywhere = None
 
 
 _STATE = StashKey[_State]("retry")
@@ -78,6 +86,8 @@ class RetryPolicy(Policy):
         self._any_method: bool = config["retry_non_idempotent"]
         self._buffer: int = config["buffer_limit"]
         self._children: dict[tuple[str, ...], Any] = {}
+        #: max_retries is a circuit breaker, cluster-wide across workers as in Envoy.
+        self._workers = worker_count() > 1
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
@@ -98,7 +108,9 @@ class RetryPolicy(Policy):
     def on_request(self, request: Request) -> Response | None:
         if self._per_try is not None:
             request.per_try_timeout = self._per_try
-        if self._retries and (self._any_method or request.method in IDEMPOTENT):
+        # Naming a gRPC condition is consent to retry gRPC calls, POSTs all (as Envoy).
+        grpc = bool(self._retry_on.grpc) and request.is_grpc
+        if self._retries and (self._any_method or grpc or request.method in IDEMPOTENT):
             request.retry_buffer_limit = max(request.retry_buffer_limit, self._buffer)
             request.stash[_STATE] = _State()
         return None
@@ -142,7 +154,10 @@ class RetryPolicy(Policy):
         if active >= max(self._ratio * cluster.active_requests, self._min_concurrency):
             self._refuse(request, cluster, "budget", overflow, "retry_budget")
             return
-        if retries.max_active is not None and active >= retries.max_active:
+        everywhere = (shared_counter(f"retry/{cluster.name}/active")
+                      if self._workers else None)
+        elsewhere = everywhere.total - everywhere.mine if everywhere is not None else 0
+        if retries.max_active is not None and active + elsewhere >= retries.max_active:
             self._refuse(request, cluster, "max_retries", overflow, "max_retries")
             return
         delay = backoff(attempt.number, self._base, self._cap)
@@ -156,6 +171,9 @@ class RetryPolicy(Policy):
                 delay = asked
         retries.begin()
         state.counted = cluster
+        if everywhere is not None:
+            everywhere.add(1)
+            state.everywhere = everywhere
         self._inc(RETRY_ATTEMPTS, request.cluster)
         attempt.retry(delay)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 
-from sidemesh import Attempt, Response, ResponseFlag
+from sidemesh import Attempt, Headers, Response, ResponseFlag
 from sidemesh_retry.conditions import RetryOn, backoff, retry_after
 
 
@@ -63,3 +63,22 @@ def test_retry_after_seconds_and_http_date() -> None:
     date = email.utils.formatdate(now + 10, usegmt=True)
     assert 8.0 <= (retry_after(date, now=now) or 0) <= 10.5
     assert retry_after(email.utils.formatdate(now - 100, usegmt=True), now=now) == 0.0
+
+
+def _grpc(code: int, where: str = "headers") -> Attempt:
+    response = Response(200, Headers([("content-type", "application/grpc")]))
+    if where == "headers":  # a trailers-only answer: the error before any message
+        response.headers.set("grpc-status", str(code))
+    return Attempt(1, None, response)
+
+
+def test_grpc_conditions_read_the_status_of_a_trailers_only_answer() -> None:
+    on = RetryOn(["unavailable", "cancelled"], [])
+    assert on(_grpc(14)) and on(_grpc(1))
+    assert not on(_grpc(0)) and not on(_grpc(4)) and not on(_grpc(13))
+    # A 200 with messages (grpc-status comes later, in trailers) is never retried.
+    assert not on(_grpc(14, where="trailers"))
+    every = RetryOn(["deadline-exceeded", "resource-exhausted", "internal"], [])
+    assert [every(_grpc(c)) for c in (4, 8, 13, 14)] == [True, True, True, False]
+    # HTTP conditions do not read grpc-status.
+    assert not RetryOn(["5xx", "retriable-status-codes"], [503])(_grpc(14))

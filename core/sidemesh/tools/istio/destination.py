@@ -73,12 +73,16 @@ def _connection_pool(pool: Any, policy: TrafficPolicy, report: Report,
                                           f"{path}.tcp.connectTimeout", report)
     report.unknown(resource, f"{path}.tcp", tcp, ("maxConnections", "connectTimeout"))
     if http.get("h2UpgradePolicy") == "UPGRADE":
-        report.loss(resource, f"{path}.http.h2UpgradePolicy",
-                    "UPGRADE: sidemesh speaks HTTP/1.1 to upstreams")
-    for key in ("http2KeepAlive", "maxConcurrentStreams", "useClientProtocol"):
+        policy.protocol = "http2"
+    if http.get("useClientProtocol"):
+        report.loss(resource, f"{path}.http.useClientProtocol", "sidemesh speaks the "
+                    "cluster's protocol (http1 unless h2UpgradePolicy: UPGRADE), whatever "
+                    "the client spoke")
+    for key, why in (("http2KeepAlive", "sidemesh sends no HTTP/2 keep-alive PINGs"),
+                     ("maxConcurrentStreams", "sidemesh opens as many streams on a "
+                      "connection as the upstream's SETTINGS allow")):
         if key in http:
-            report.note(resource, f"{path}.http.{key}",
-                        "no effect: sidemesh speaks HTTP/1.1 on both sides")
+            report.note(resource, f"{path}.http.{key}", f"no effect: {why}")
     report.unknown(resource, f"{path}.http", http, (
         "http1MaxPendingRequests", "http2MaxRequests", "maxRetries", "h2UpgradePolicy",
         "http2KeepAlive", "maxConcurrentStreams", "useClientProtocol"))

@@ -47,6 +47,8 @@ class TrafficPolicy:
     #: the upstream's SPIFFE ID when the rule names one (subjectAltNames).
     expect: str | None = None
     retry_budget: dict[str, Any] | None = None
+    #: the cluster's ``protocol`` (h2UpgradePolicy: UPGRADE is http2), None when unset.
+    protocol: str | None = None
 
 
 @dataclass(eq=False)
@@ -75,6 +77,8 @@ class Cluster:
             "load_balancer": (policy and policy.load_balancer) or "least_request",
             "endpoints": self.endpoints,
         }
+        if policy is not None and policy.protocol is not None:
+            doc["protocol"] = policy.protocol
         if self.used:
             doc["subsets"] = [{"name": name, "labels": labels}
                               for name, labels in self.subsets.items() if name in self.used]
