@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.configs import nginx_upstream_config
 from bench.cpu import CpuMeter, format_scaling
-from bench.http2 import parse_targets, run_h2
+from bench.http2 import TARGETS, parse_targets, run_h2
 from bench.load import LoadSettings, measure
 from bench.procs import BenchError, ManagedProcess, free_port, peak_rss_kib, wait_for_port
 from bench.report import Delta, Row, add_ratios, deltas, format_deltas, format_table, write_json
@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for scenario in scenarios:
             print(f"{scenario.name:28} {scenario.description} [{scenario.source}]")
+        for target in TARGETS:
+            print(f"{target.name:28} {target.description} [--h2]")
         return 0
     previous = {sig: signal.signal(sig, _raise_interrupt)
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}

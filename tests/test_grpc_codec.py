@@ -42,6 +42,11 @@ def test_the_proxys_answers_map_as_envoys_http_to_grpc_status(status: int, grpc:
     assert reply.grpc_status == grpc
 
 
+def test_a_timeout_is_deadline_exceeded() -> None:
+    reply = grpc_reply(Response.text(504, "upstream request timeout"), timed_out=True)
+    assert reply.grpc_status == 4
+
+
 def test_grpc_message_is_percent_encoded_and_extra_headers_stay() -> None:
     reply = grpc_reply(Response.text(503, "überlastet 100%\r\n",
                                      [("x-sidemesh-overloaded", "true")]))

@@ -1,18 +1,23 @@
 """The small services of ``sidemesh demo``: ``reviews`` and ``productpage`` (Istio's
-bookinfo, shrunk), and a Zipkin-compatible span receiver.
+bookinfo, shrunk), and a Zipkin-compatible span receiver (``ratings``, the gRPC one, is
+in :mod:`sidemesh_demo.ratings`).
 
     python -m sidemesh_demo.app reviews --version v1 --name reviews-v1-a --port 9081
-    python -m sidemesh_demo.app productpage --port 9080 --reviews http://127.0.0.1:15001
+    python -m sidemesh_demo.app productpage --port 9080 --reviews http://127.0.0.1:15001 \
+        --ratings 127.0.0.1:15001
 
 ``reviews`` answers JSON with its version. ``POST /fault?status=503`` makes it answer
 that status until ``DELETE /fault`` (the demo's way to break one endpoint on purpose).
 ``productpage`` calls reviews through its sidecar's outbound listener and forwards the
 trace headers it received, as an instrumented app would, so the trace is one tree.
+``GET /productpage?ratings=1`` also calls ``bookinfo.Ratings/Get`` over gRPC through the
+same outbound listener (the trace headers as gRPC metadata).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import threading
@@ -82,8 +87,10 @@ def reviews_app(version: str, name: str) -> App:
     return app
 
 
-def productpage_app(reviews_url: str) -> App:
+def productpage_app(reviews_url: str, ratings_target: str) -> App:
     import httpx
+
+    from .ratings import get_rating
 
     state: dict[str, httpx.AsyncClient] = {}
 
@@ -114,8 +121,16 @@ def productpage_app(reviews_url: str) -> App:
         except ValueError:
             reviews = {"body": response.text[:200]}
         status = 200 if response.status_code < 500 else response.status_code
-        await _answer(send, status, {"product": "demo", "reviews_status": response.status_code,
-                                     "reviews": reviews})
+        page: dict[str, Any] = {"product": "demo", "reviews_status": response.status_code,
+                                "reviews": reviews}
+        if parse_qs(scope.get("query_string", b"").decode()).get("ratings") == ["1"]:
+            # grpcio's blocking client, off the event loop: one call, no channel to keep.
+            rating = await asyncio.to_thread(get_rating, ratings_target, "1",
+                                             list(forwarded.items()))
+            page.update(ratings_grpc_status=rating.code, ratings=rating.answer)
+            if rating.code != 0:
+                status = 502
+        await _answer(send, status, page)
 
     return app
 
@@ -196,13 +211,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--reviews", default="", help="productpage: the outbound listener URL")
+    parser.add_argument("--ratings", default="",
+                        help="productpage: the outbound listener as a gRPC target (host:port)")
     args = parser.parse_args(argv)
-    if args.service == "productpage" and not args.reviews:
-        parser.error("productpage needs --reviews URL (its sidecar's outbound listener)")
+    if args.service == "productpage" and not (args.reviews and args.ratings):
+        parser.error("productpage needs --reviews URL and --ratings HOST:PORT (its sidecar's "
+                     "outbound listener)")
     import uvicorn
 
     app = (reviews_app(args.version, args.name or f"reviews-{args.version}")
-           if args.service == "reviews" else productpage_app(args.reviews))
+           if args.service == "reviews" else productpage_app(args.reviews, args.ratings))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 lifespan="off")
     return 0

@@ -1,6 +1,7 @@
 """The demo mesh's layout (who listens where) and the sidecar configs pushed to the
 control plane: plain mTLS first, then the traffic policy (90/10 split, retries,
-outlier detection) as a second version, as a platform team would roll it out."""
+outlier detection) as a second version, as a platform team would roll it out. ratings,
+a gRPC service, is reached over HTTP/2 on every hop (``protocol: http2``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from sidemesh import testing
 
 __all__ = ["CIRCUIT", "RETRY", "SPLIT", "TRUST_DOMAIN", "Instance", "Layout",
-           "productpage_config", "reviews_config", "spiffe_id"]
+           "productpage_config", "ratings_config", "reviews_config", "spiffe_id"]
 
 TRUST_DOMAIN = "cluster.local"
 NAMESPACE = "default"
@@ -66,17 +67,23 @@ class Layout:
     reviews_app: int = field(default_factory=testing.free_port)
     reviews_inbound: int = field(default_factory=testing.free_port)
     reviews_admin: int = field(default_factory=testing.free_port)
+    ratings_app: int = field(default_factory=testing.free_port)
+    ratings_inbound: int = field(default_factory=testing.free_port)
+    ratings_admin: int = field(default_factory=testing.free_port)
     instances: list[Instance] = field(default_factory=list)
     #: The pod the demo adds while traffic flows, and later stops.
     extra: Instance = field(default_factory=lambda: Instance("", "", ""))
+    #: The one ratings pod (the gRPC service).
+    ratings: Instance = field(default_factory=lambda: Instance("", "", ""))
 
     def __post_init__(self) -> None:
         if not self.instances:
-            hosts = _pod_hosts(4)
+            hosts = _pod_hosts(5)
             self.instances = [Instance("reviews-v1-a", "v1", hosts[0]),
                               Instance("reviews-v1-b", "v1", hosts[1]),
                               Instance("reviews-v2", "v2", hosts[2])]
             self.extra = Instance("reviews-v1-c", "v1", hosts[3])
+            self.ratings = Instance("ratings-v1", "v1", hosts[4])
 
     @property
     def control_url(self) -> str:
@@ -85,6 +92,20 @@ class Layout:
     @property
     def pp_admin_url(self) -> str:
         return f"http://127.0.0.1:{self.pp_admin}"
+
+    @property
+    def ratings_admin_url(self) -> str:
+        return f"http://{self.ratings.host}:{self.ratings_admin}"
+
+    @property
+    def ratings_target(self) -> str:
+        """The ratings app's own gRPC address (its sidecar's ``local`` cluster)."""
+        return f"{self.ratings.host}:{self.ratings_app}"
+
+    @property
+    def pp_outbound_target(self) -> str:
+        """productpage's sidecar's outbound listener, as a gRPC client names it."""
+        return f"127.0.0.1:{self.pp_outbound}"
 
     @property
     def entry_url(self) -> str:
@@ -100,6 +121,10 @@ class Layout:
     def endpoint(self, instance: Instance) -> str:
         """The address productpage's sidecar sends to: the pod's inbound listener."""
         return f"{instance.host}:{self.reviews_inbound}"
+
+    @property
+    def ratings_endpoint(self) -> str:
+        return f"{self.ratings.host}:{self.ratings_inbound}"
 
     def instance_at(self, address: str) -> Instance | None:
         return next((i for i in self.instances if self.endpoint(i) == address), None)
@@ -136,6 +161,27 @@ def reviews_config(layout: Layout, zipkin_url: str) -> dict[str, Any]:
     }
 
 
+def ratings_config(layout: Layout, zipkin_url: str) -> dict[str, Any]:
+    """The ratings pod's sidecar: mTLS in (ALPN h2), HTTP/2 without TLS (h2c) to its
+    gRPC app, which speaks nothing else."""
+    return {
+        "node": _node("ratings"),
+        "admin": f"127.0.0.1:{layout.ratings_admin}",
+        "clusters": [{"name": "local", "connect_timeout": "1s", "protocol": "http2",
+                      "endpoints": [{"address": f"localhost:{layout.ratings_app}"}]}],
+        "listeners": [{
+            "name": "inbound",
+            "address": f"127.0.0.1:{layout.ratings_inbound}",
+            "plugins": [
+                {"name": "mtls", "config": {"mode": "strict",
+                                            "allow": [spiffe_id("productpage")]}},
+                _tracing(zipkin_url, "ratings"),
+            ],
+            "routes": [{"name": "local", "match": {"prefix": "/"}, "cluster": "local"}],
+        }],
+    }
+
+
 def productpage_config(layout: Layout, zipkin_url: str, policy: bool) -> dict[str, Any]:
     """productpage's sidecar, calling ``service: reviews`` (found by discovery, no address
     written down; ``local``, its own app, stays static as Istio's inbound cluster does);
@@ -154,6 +200,9 @@ def productpage_config(layout: Layout, zipkin_url: str, policy: bool) -> dict[st
              "service": "reviews",
              "subsets": [{"name": "v1", "labels": {"version": "v1"}},
                          {"name": "v2", "labels": {"version": "v2"}}]},
+            # gRPC needs HTTP/2 to the next sidecar too: ALPN h2 over the mTLS hop.
+            {"name": "ratings", "connect_timeout": "1s", "service": "ratings",
+             "protocol": "http2"},
             {"name": "local", "connect_timeout": "1s",
              "endpoints": [{"address": f"127.0.0.1:{layout.pp_app}"}]},
         ],
@@ -165,6 +214,10 @@ def productpage_config(layout: Layout, zipkin_url: str, policy: bool) -> dict[st
             {"name": "outbound", "address": f"127.0.0.1:{layout.pp_outbound}",
              "plugins": [_tracing(zipkin_url, "productpage")],
              "routes": [{"name": "reviews", "match": {"host": "reviews", "prefix": "/"},
-                         "cluster": "reviews", "timeout": "3s", "plugins": chain}]},
+                         "cluster": "reviews", "timeout": "3s", "plugins": chain},
+                        {"name": "ratings",
+                         "match": {"host": "ratings", "prefix": "/bookinfo.Ratings/"},
+                         "cluster": "ratings", "timeout": "3s", "plugins": [
+                             {"name": "mtls", "config": {"expect": spiffe_id("ratings")}}]}]},
         ],
     }

@@ -21,12 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .app import ZipkinReceiver
 from .config import SPLIT, Instance, Layout
+from .ratings import GET_METHOD
 from .traffic import ClusterWatcher, EjectionEvent
 
 if TYPE_CHECKING:  # scale.py reads access logs with this module's helpers
     from .scale import Scaling
 
-__all__ = ["Evidence", "InstanceView", "collect", "percentile", "samples"]
+__all__ = ["Evidence", "GrpcCall", "InstanceView", "collect", "percentile", "samples"]
 
 Samples = list[tuple[str, dict[str, str], float]]
 
@@ -78,6 +79,41 @@ class InstanceView:
 
 
 @dataclass
+class GrpcCall:
+    """productpage's gRPC call to ratings, as each sidecar on its way logged it:
+    ``client_side`` productpage's outbound listener, ``server_side`` the ratings pod's
+    mTLS listener (access-log lines, ``None`` when a sidecar logged no such call)."""
+
+    instance: Instance
+    client_side: dict[str, Any] | None
+    server_side: dict[str, Any] | None
+
+    @property
+    def trace_id(self) -> str | None:
+        line = self.server_side or self.client_side or {}
+        return str(line["trace_id"]) if line.get("trace_id") else None
+
+    def problems(self) -> list[str]:
+        out = []
+        for side, line in (("productpage's sidecar", self.client_side),
+                           (f"{self.instance.name}'s sidecar", self.server_side)):
+            if line is None:
+                out.append(f"{side} logged no gRPC call {GET_METHOD}")
+            elif line.get("grpc_status") != 0 or line.get("protocol") != "HTTP/2":
+                out.append(f"{side} logged {GET_METHOD} with grpc_status "
+                           f"{line.get('grpc_status')} over {line.get('protocol')}, not 0 "
+                           "over HTTP/2")
+        if self.server_side is not None and not self.server_side.get("peer"):
+            out.append(f"{self.instance.name}'s sidecar verified no client identity on the "
+                       "gRPC call")
+        return out
+
+
+def _grpc_line(path: Path) -> dict[str, Any] | None:
+    return next((line for line in read_jsonl(path) if line.get("path") == GET_METHOD), None)
+
+
+@dataclass
 class Evidence:
     version: int
     broken: Instance
@@ -94,6 +130,7 @@ class Evidence:
     proxies: list[dict[str, Any]]
     span_exports: float
     scaling: Scaling
+    grpc: GrpcCall
 
     def problems(self) -> list[str]:
         """What the demo promised to show but the mesh's own numbers do not."""
@@ -114,6 +151,10 @@ class Evidence:
             out.append("no reviews sidecar logged a verified peer identity (access-log 'peer')")
         if not self.trace:
             out.append("no trace reached the Zipkin receiver")
+        out += self.grpc.problems()
+        if not any(str((s.get("tags") or {}).get("grpc.status_code")) == "0"
+                   for s in self.trace):
+            out.append("the trace shown has no span of the gRPC call with grpc.status_code 0")
         sc = self.scaling
         if sc.joined_at is None or sc.served == 0:
             out.append(f"the added pod {sc.instance.name} never served through productpage")
@@ -169,12 +210,14 @@ def plain_refused(host: str, port: int) -> bool:
     return response.status_code >= 400
 
 
-def _pick_trace(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The most telling trace: one with a retry (several attempts) if any, else the
-    largest complete one."""
+def _pick_trace(spans: list[dict[str, Any]], prefer: str | None) -> list[dict[str, Any]]:
+    """The most telling trace: ``prefer`` (the gRPC call's) when it arrived, else one with
+    a retry (several attempts) if any, else the largest complete one."""
     traces: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         traces.setdefault(str(span.get("traceId")), []).append(span)
+    if prefer is not None and prefer in traces:
+        return traces[prefer]
 
     def score(group: list[dict[str, Any]]) -> tuple[int, int, int]:
         services = {(s.get("localEndpoint") or {}).get("serviceName") for s in group}
@@ -236,6 +279,8 @@ def collect(layout: Layout, zipkin: ZipkinReceiver, watcher: ClusterWatcher,
         time.sleep(0.5)
     spans = zipkin.snapshot()
     exports = total(pp, "sidemesh_tracing_spans_exported_total")
+    grpc = GrpcCall(layout.ratings, _grpc_line(access_log("productpage")),
+                    _grpc_line(access_log(layout.ratings.name)))
     return Evidence(version, broken, views, split, configured, retries, entry_codes, reasons,
-                    list(watcher.events), latency, _pick_trace(spans), len(spans), proxies,
-                    exports, scaling)
+                    list(watcher.events), latency, _pick_trace(spans, grpc.trace_id),
+                    len(spans), proxies, exports, scaling, grpc)

@@ -1,11 +1,11 @@
 """``sidemesh demo``: the whole mesh on this machine (SPEC section 7).
 
-A control plane, productpage calling reviews (two v1 pods and one v2 pod), a sidecar in
-front of each app taking its config from the control plane, mTLS between them with
-certificates from the control plane's CA, tracing to an in-demo Zipkin receiver. It
-pushes a traffic policy, sends traffic, breaks one reviews pod, heals it, scales reviews
-3 → 4 → 3 (productpage's sidecar finds the pods by service discovery), and reports what
-the sidecars themselves measured.
+A control plane, productpage calling reviews (two v1 pods and one v2 pod) and, once,
+ratings over gRPC, a sidecar in front of each app taking its config from the control
+plane, mTLS between them with certificates from the control plane's CA, tracing to an
+in-demo Zipkin receiver. It pushes a traffic policy, sends traffic, breaks one reviews
+pod, heals it, scales reviews 3 → 4 → 3 (productpage's sidecar finds the pods by service
+discovery), and reports what the sidecars themselves measured.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from .app import PRODUCTPAGE_PATH, ZipkinReceiver
-from .config import Instance, Layout, productpage_config, reviews_config
+from .config import Instance, Layout, productpage_config, ratings_config, reviews_config
 from .evidence import Evidence, collect
 from .procs import Child, DemoError, Supervisor, Terminated, raise_on_sigterm
+from .ratings import GET_METHOD, ready
 from .report import render
 from .scale import Scaler, Scaling
 from .traffic import ClusterWatcher, Phase, drive
@@ -143,32 +144,44 @@ class Mesh:
         layout = self.layout
         zipkin = self.zipkin.url
         self.put_config("reviews", reviews_config(layout, zipkin))
+        self.put_config("ratings", ratings_config(layout, zipkin))
         version = self.put_config("productpage", productpage_config(layout, zipkin, False))
-        self.say(f"configs stored: reviews, productpage v{version} (mTLS, tracing)")
+        self.say(f"configs stored: reviews, ratings, productpage v{version} (mTLS, tracing)")
         pods = [*layout.instances, layout.extra]
-        self.tokens = self.issue_tokens([("productpage", "productpage")]
+        ratings = layout.ratings
+        self.tokens = self.issue_tokens([("productpage", "productpage"),
+                                         (ratings.name, "ratings")]
                                         + [(i.name, "reviews") for i in pods])
         self.say(f"{len(self.tokens)} sidecar tokens issued (sidemesh token)")
         apps = [(self.sup.start("app-productpage", [
             "-m", "sidemesh_demo.app", "productpage", "--port", str(layout.pp_app),
-            "--reviews", f"http://127.0.0.1:{layout.pp_outbound}"]),
+            "--reviews", f"http://127.0.0.1:{layout.pp_outbound}",
+            "--ratings", layout.pp_outbound_target]),
             f"http://127.0.0.1:{layout.pp_app}/healthz")]
+        ratings_app = self.sup.start(f"app-{ratings.name}", [
+            "-m", "sidemesh_demo.ratings", "--host", ratings.host,
+            "--port", str(layout.ratings_app)])
         sidecars = [(self.sidecar("productpage", "productpage", self.tokens["productpage"],
-                                  None), f"{layout.pp_admin_url}/ready")]
+                                  None), f"{layout.pp_admin_url}/ready"),
+                    (self.sidecar(ratings.name, "ratings", self.tokens[ratings.name], ratings),
+                     f"{layout.ratings_admin_url}/ready")]
         for inst in layout.instances:
             app, sidecar = self.start_pod(inst, wait=False)
             apps.append((app, f"{layout.app_url(inst)}/reviews/1"))
             sidecars.append((sidecar, f"{layout.admin_url(inst)}/ready"))
         for child, url in apps:
             self.sup.wait_http(child, url, ok=range(200, 500))
+        self.sup.wait_until(ratings_app, lambda: ready(layout.ratings_target),
+                            f"no gRPC server at {layout.ratings_target}")
         self.say("apps up: productpage, " + ", ".join(
-            f"{i.name} ({i.host})" for i in layout.instances))
+            f"{i.name} ({i.host})" for i in [*layout.instances, ratings]) + " (gRPC)")
         for child, url in sidecars:
             self.sup.wait_http(child, url, timeout=30.0)
-        self.say("4 sidecars ready, configs from the control plane applied")
-        self.wait_endpoints({layout.endpoint(i) for i in layout.instances})
-        self.say("reviews sidecars registered; productpage's sidecar got their 3 addresses "
-                 "pushed (service: reviews)")
+        self.say(f"{len(sidecars)} sidecars ready, configs from the control plane applied")
+        self.wait_endpoints("reviews", {layout.endpoint(i) for i in layout.instances})
+        self.wait_endpoints("ratings", {layout.ratings_endpoint})
+        self.say("reviews and ratings sidecars registered; productpage's sidecar got their "
+                 "4 addresses pushed (service: reviews, service: ratings)")
 
     def start_pod(self, inst: Instance, wait: bool = True) -> tuple[Child, Child]:
         """A reviews pod: its app and its sidecar; ``wait``: until both are ready."""
@@ -182,8 +195,8 @@ class Mesh:
             self.sup.wait_http(sidecar, f"{layout.admin_url(inst)}/ready", timeout=30.0)
         return app, sidecar
 
-    def wait_endpoints(self, expected: set[str], timeout: float = 20.0) -> None:
-        """Until productpage's sidecar lists exactly ``expected`` in its reviews cluster."""
+    def wait_endpoints(self, cluster: str, expected: set[str], timeout: float = 20.0) -> None:
+        """Until productpage's sidecar lists exactly ``expected`` in ``cluster``."""
         url = f"{self.layout.pp_admin_url}/clusters"
         deadline = time.monotonic() + timeout
         seen: set[str] = set()
@@ -191,14 +204,14 @@ class Mesh:
             self.sup.check_alive()
             try:
                 clusters = httpx.get(url, timeout=2.0).json().get("clusters", [])
-                seen = {e.get("address") for c in clusters if c.get("name") == "reviews"
+                seen = {e.get("address") for c in clusters if c.get("name") == cluster
                         for e in c.get("endpoints", [])}
             except (httpx.HTTPError, ValueError, AttributeError):
                 seen = set()
             if seen == expected:
                 return
             time.sleep(0.1)
-        raise DemoError(f"productpage's sidecar lists reviews endpoints {sorted(seen)} after "
+        raise DemoError(f"productpage's sidecar lists {cluster} endpoints {sorted(seen)} after "
                         f"{timeout:.0f}s, not the registered pods {sorted(expected)}")
 
     def sidecar(self, name: str, service: str, token: Path, inst: Instance | None) -> Any:
@@ -240,7 +253,22 @@ class Mesh:
             time.sleep(0.1)
         raise DemoError(f"productpage's sidecar did not apply config v{version} within "
                         f"{timeout:.0f}s (it runs {seen}):\n"
-                        f"{self.sup.children[-4].output() if len(self.sup.children) > 3 else ''}")
+                        f"{self.sup.output_of('sidecar-productpage')}")
+
+
+def grpc_call(mesh: Mesh, url: str) -> None:
+    """One page for which productpage also calls ratings over gRPC, through its sidecar
+    and the ratings sidecar (what the report shows of it, it reads from the mesh)."""
+    try:
+        response = httpx.get(url, timeout=10.0)
+        code = response.json().get("ratings_grpc_status")
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        raise DemoError(f"GET {url}: {exc}") from None
+    if response.status_code != 200 or code != 0:
+        raise DemoError(f"productpage's gRPC call {GET_METHOD} failed: GET {url} -> "
+                        f"{response.status_code} {response.text[:400]}\nproductpage sidecar "
+                        f"log:\n{mesh.sup.output_of('sidecar-productpage')}")
+    mesh.say(f"productpage called ratings once over gRPC ({GET_METHOD}): grpc-status {code}")
 
 
 def _scenario(mesh: Mesh) -> Evidence:
@@ -252,7 +280,8 @@ def _scenario(mesh: Mesh) -> Evidence:
     check = drive(mesh.console, url, Phase("mTLS smoke test"), requests=12, check=alive)
     if check.statuses.get(200, 0) == 0:
         raise DemoError(f"no request made it through the mesh ({check.summary()}); "
-                        f"productpage sidecar log:\n{mesh.sup.children[-4].output()}")
+                        f"productpage sidecar log:\n{mesh.sup.output_of('sidecar-productpage')}")
+    grpc_call(mesh, f"{url}?ratings=1")
     version = mesh.put_config("productpage", productpage_config(layout, mesh.zipkin.url, True))
     mesh.say(f"pushed productpage v{version}: split 90/10 v1/v2, retries, outlier detection")
     mesh.wait_applied(version)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -160,6 +160,25 @@ class Supervisor:
             time.sleep(0.1)
         raise DemoError(f"{child.name} not ready after {timeout:.0f}s ({url}: {last}):\n"
                         f"{child.output()}")
+
+    def wait_until(self, child: Child, ready: Callable[[], bool], what: str,
+                   timeout: float = 20.0) -> None:
+        """Wait until ``ready()`` (a probe with its own short timeout) is true;
+        :class:`DemoError` naming the child and ``what`` was awaited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise DemoError(f"{child.name} exited with code {child.proc.returncode}:\n"
+                                f"{child.output()}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise DemoError(f"{child.name} not ready after {timeout:.0f}s ({what}):\n"
+                        f"{child.output()}")
+
+    def output_of(self, name: str) -> str:
+        """The last lines of the output of the child called ``name``."""
+        return next((c.output() for c in self.children if c.name == name), "")
 
     def stop_all(self, grace: float = 5.0) -> None:
         """SIGTERM to every child's process group (newest first: sidecars drain before

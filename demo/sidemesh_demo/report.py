@@ -11,7 +11,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from .config import CIRCUIT, spiffe_id
-from .evidence import Evidence, percentile
+from .evidence import Evidence, GrpcCall, percentile
+from .ratings import GET_METHOD
 
 __all__ = ["render", "render_trace"]
 
@@ -146,6 +147,33 @@ def _identities(ev: Evidence) -> Panel:
     return Panel(text, title="Peer identities (mTLS, SPIFFE)", title_align="left")
 
 
+def _grpc(call: GrpcCall) -> Panel:
+    text = Text()
+    client, server = call.client_side or {}, call.server_side or {}
+    text.append(f"{GET_METHOD}", style="bold")
+    status = server.get("grpc_status", client.get("grpc_status"))
+    text.append(f"  grpc-status {status}", style="bold green" if status == 0 else "bold red")
+    text.append(f" (HTTP {client.get('status', '?')})\n")
+    text.append("  productpage → its sidecar (outbound): ")
+    text.append(f"{client.get('protocol') or 'not logged'}", style="bold")
+    text.append(f" h2c, route {client.get('route')}, cluster {client.get('cluster')}, "
+                f"{client.get('duration_ms', '?')} ms\n")
+    text.append(f"  productpage's sidecar → {call.instance.name}'s sidecar "
+                f"({client.get('upstream') or '?'}): ")
+    text.append(f"{server.get('protocol') or 'not logged'}", style="bold")
+    text.append(" over mTLS, client verified as ")
+    peer = server.get("peer")
+    text.append(str(peer or "nobody"), style="green" if peer else "red")
+    text.append(f", grpc_status {server.get('grpc_status')}\n")
+    text.append(f"  {call.instance.name}'s sidecar → its gRPC app ({server.get('upstream') or '?'})"
+                ": cluster protocol: http2 (h2c)\n")
+    text.append(f"productpage's sidecar requires the upstream to be {spiffe_id('ratings')} "
+                "(mtls expect), and asks for HTTP/2 by ALPN (cluster protocol: http2)",
+                style="dim")
+    return Panel(text, title="One gRPC call, productpage → ratings (both sidecars' access "
+                 "logs)", title_align="left")
+
+
 def _label(span: dict[str, Any], start: float) -> Text:
     tags = span.get("tags") or {}
     service = (span.get("localEndpoint") or {}).get("serviceName", "?")
@@ -159,6 +187,12 @@ def _label(span: dict[str, Any], start: float) -> Text:
                 style="dim")
     if status:
         text.append(f"  {status}", style="green" if str(status).startswith("2") else "red")
+    grpc_status = tags.get("grpc.status_code")
+    if grpc_status is not None:
+        text.append(f"  grpc-status {grpc_status}",
+                    style="green" if str(grpc_status) == "0" else "red")
+    if tags.get("network.protocol.version") == "2":
+        text.append("  HTTP/2", style="dim")
     upstream = tags.get("upstream_address")
     if upstream:
         text.append(f"  → {upstream}", style="dim")
@@ -198,12 +232,12 @@ def render(ev: Evidence) -> RenderableType:
     acked = [p for p in ev.proxies if str(p.get("state", "")).upper() == "ACK"]
     header = Text()
     header.append("sidemesh demo: ", style="bold")
-    header.append(f"1 control plane, 4 sidecars (productpage + 3 reviews pods), config "
+    header.append(f"1 control plane, 5 sidecars (productpage, 3 reviews pods, ratings), config "
                   f"v{ev.version} pushed; ")
     header.append(f"{len(acked)} proxies ACKed their config in /v1/proxies; "
                   f"{ev.spans_total} spans received")
     parts: list[RenderableType] = [Panel(header), _split(ev), _endpoints(ev), _resilience(ev),
-                                   _identities(ev)]
+                                   _identities(ev), _grpc(ev.grpc)]
     if ev.trace:
         parts.append(Panel(render_trace(ev.trace), title="One request, as the sidecars "
                            "traced it (Zipkin spans)", title_align="left"))

@@ -130,7 +130,9 @@ class Forwarder:
         conn: ClientSide, request: Request, response: Response, outcome: Outcome
     ) -> None:
         if is_grpc(request._core.get("content-type")):
-            response = grpc_reply(response)
+            response = grpc_reply(
+                response, ResponseFlag.UPSTREAM_REQUEST_TIMEOUT in outcome.flags
+            )
         outcome.status = response.status
         outcome.response = response
         if not conn.closed:

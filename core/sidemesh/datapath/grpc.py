@@ -35,11 +35,13 @@ def grpc_timeout(value: str | None) -> float | None:
     return int(digits) * scale
 
 
-def grpc_reply(response: Response) -> Response:
+def grpc_reply(response: Response, timed_out: bool = False) -> Response:
     """The proxy's own answer ``response`` (a 503, a 404 ...) as a gRPC client can read
     it: HTTP 200 with no body, ``grpc-status`` from the HTTP status and ``grpc-message``
-    from the text (a trailers-only response on HTTP/2)."""
-    status = _FROM_HTTP.get(response.status, 2)
+    from the text (a trailers-only response on HTTP/2). A timeout (``timed_out``) is
+    DEADLINE_EXCEEDED, as Envoy answers an expired ``grpc-timeout`` (so that clients do
+    not retry it as they would UNAVAILABLE)."""
+    status = GRPC_STATUS["deadline-exceeded"] if timed_out else _FROM_HTTP.get(response.status, 2)
     text = response.body.decode("utf-8", "replace")
     fields = [
         ("content-type", "application/grpc"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import cast
 
@@ -30,6 +31,9 @@ class H2Pool(ConnectionPool):
         self._connections: list[H2Upstream] = []
         #: ``protocol: auto`` where the endpoint chose HTTP/1.1: its connections.
         self.http1: ConnectionPool | None = None
+        #: the connection being opened, if one is: requests meanwhile wait for it rather
+        #: than each opening its own (``None`` as its result: it failed).
+        self._connecting: asyncio.Future[H2Upstream | None] | None = None
 
     @property
     def size(self) -> int:
@@ -48,24 +52,44 @@ class H2Pool(ConnectionPool):
     ) -> UpstreamExchange:
         if self.http1 is not None:
             return await self.http1.acquire(connect_timeout, fresh, limit)
-        if not fresh and (stream := self.take()) is not None:
-            return stream
+        if not fresh:
+            if (stream := self.take()) is not None:
+                return stream
+            if self._connecting is not None:
+                opened = await asyncio.shield(self._connecting)
+                if self.http1 is not None:
+                    return await self.http1.acquire(connect_timeout, fresh, limit)
+                if opened is not None and opened.usable():
+                    return H2UpstreamStream(opened)
         if limit is not None and not limit.reserve():
             raise UpstreamError(
                 ResponseFlag.UPSTREAM_OVERFLOW, "upstream overflow: max_connections reached"
             )
+        connecting = self._connecting = asyncio.get_running_loop().create_future()
         try:
             protocol = await self.open(connect_timeout, lambda: H2Upstream(self.drop, self.auto))
         except BaseException:
             if limit is not None:
                 limit.release()
+            self._opened(connecting, None)
             raise
         connection = cast(H2Upstream, protocol)
         if connection.http1:
-            return self._to_http1(connection, limit)
+            upstream = self._to_http1(connection, limit)
+            self._opened(connecting, None)
+            return upstream
         connection.limit = limit
         self._connections.append(connection)
+        self._opened(connecting, connection)
         return H2UpstreamStream(connection)
+
+    def _opened(
+        self, connecting: asyncio.Future[H2Upstream | None], connection: H2Upstream | None
+    ) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.done():
+            connecting.set_result(connection)
 
     def _to_http1(self, connection: H2Upstream, limit: ConnectionLimit | None) -> UpstreamExchange:
         self.http1 = self.http1 or ConnectionPool(self.host, self.port, self._setup)

@@ -74,7 +74,10 @@ class H2Stream(ClientSide):
         self._buffered = 0
         self._ending = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
-        self._head_sent = False
+        #: the response head, held to go out with the first body bytes or the end (a
+        #: trailers-only answer must end the stream on its HEADERS frame).
+        self._head: list[tuple[bytes, bytes]] | None = None
+        self._no_body = False
         self._reading_paused = False
         self._owed = 0
         self._ended = False
@@ -122,21 +125,12 @@ class H2Stream(ClientSide):
 
     # the response ------------------------------------------------------------------
     def begin_response(self, request: Request, response: Response) -> None:
-        self._send_head(response_fields(response), request.method == "HEAD")
+        self._hold_head(response_fields(response), request.method == "HEAD")
 
-    def _send_head(self, fields: list[tuple[bytes, bytes]], end: bool) -> None:
+    def _hold_head(self, fields: list[tuple[bytes, bytes]], no_body: bool) -> None:
         self.response_started = True
-        if self.closed:
-            return
-        session = self.session
-        try:
-            session.h2.send_headers(self.stream_id, fields, end_stream=end)
-        except h2.exceptions.ProtocolError:
-            self.closed = True
-            return
-        self._head_sent = True
-        self._ended = end
-        session.schedule_flush()
+        self._head = fields
+        self._no_body = no_body
 
     def continue_100(self) -> None:
         if not self.closed:
@@ -144,10 +138,10 @@ class H2Stream(ClientSide):
             self.session.schedule_flush()
 
     def flush_head(self) -> None:
-        self.session.schedule_flush()
+        self.send_pending()
 
     def write_body(self, data: bytes) -> None:
-        if self.closed or self._ended or not data:
+        if self.closed or self._ended or self._no_body or not data:
             return
         self.bytes_sent += len(data)
         self._pending.append(data)
@@ -176,21 +170,25 @@ class H2Stream(ClientSide):
         fields.append((b"content-length", b"%d" % len(body)))
         if response.headers.get("server") is None:
             fields.append((b"server", b"sidemesh"))
-        self._send_head(fields, not body)
-        if body:
-            self.write_body(body)
-            self.end_response(None)
-        else:
-            self._done()
+        self._hold_head(fields, False)
+        self.write_body(body)
+        self.end_response(None)
 
     def send_pending(self) -> None:
         """Send what the windows allow; end the stream once everything is out."""
-        if self.closed or not self._head_sent:
+        if self.closed or not self.response_started:
             return
         h2conn = self.session.h2
         stream_id = self.stream_id
         pending = self._pending
         try:
+            head = self._head
+            if head is not None:
+                self._head = None
+                end = self._no_body or (self._ending and not pending and not self._trailers)
+                h2conn.send_headers(stream_id, head, end_stream=end)
+                if end:
+                    self._ending, self._ended = False, True
             while pending:
                 window = min(h2conn.local_flow_control_window(stream_id),
                              h2conn.max_outbound_frame_size)

@@ -128,13 +128,14 @@ async def tunnel(
     pipe.server = _End(pipe, upstream, server, client)
     client.set_protocol(pipe.client)
     server.set_protocol(pipe.server)
+    # Reading first, so that writing the held bytes can pause it again (flow control).
+    conn._resume_reading()
+    upstream.resume()
     for data in hold.held:
         pipe.client.data_received(data)
     hold.held = []
     # What came with the 101 (the upstream may speak first).
     upstream.attach(pipe.server)
-    conn._resume_reading()
-    upstream.resume()
     try:
         await pipe.done
     finally:

@@ -72,7 +72,8 @@ def test_max_ejection_percent_counts_the_endpoint_to_eject() -> None:
     with (
         testing.Upstream(lambda _: testing.Reply(503)) as a,
         testing.Upstream(lambda _: testing.Reply(503)) as b,
-        sidecar(a.address, b.address, consecutive_5xx=2, **FAST) as sc,
+        # A long ejection: a 200 ms one can end before a loaded machine gets to the check.
+        sidecar(a.address, b.address, consecutive_5xx=2, **LONG) as sc,
     ):
         get(sc, 8)
         assert [endpoint(sc, a.address).ejected, endpoint(sc, b.address).ejected].count(True) == 1

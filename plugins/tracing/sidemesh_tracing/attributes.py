@@ -117,15 +117,21 @@ def finish_server(span: SpanRecord, request: Request, response: Response | None,
     if request.route and "route_name" not in span.tags:
         span.tags["route_name"] = request.route
     _status(span, response.status if response is not None else None, flag, None)
-    code = response.grpc_status if response is not None and request.is_grpc else None
-    if response is not None and code is not None:
-        # Envoy's gRPC tags; a gRPC error travels in a 200 answer.
-        span.tags["grpc.status_code"] = code
-        message = (response.trailers or response.headers).get("grpc-message")
-        if message:
-            span.tags["grpc.message"] = message
-        if code != 0 and not span.error:
-            span.error = True
-            span.tags["error"] = f"gRPC status {code}"
-            span.tags["otel.status_code"] = "ERROR"
+    grpc_tags(span, request, response)
     span.finish()
+
+
+def grpc_tags(span: SpanRecord, request: Request, response: Response | None) -> None:
+    """Envoy's gRPC tags, from the trailers (or a trailers-only head): a gRPC error
+    travels in a 200 answer, so a non-zero status marks the span as an error."""
+    code = response.grpc_status if response is not None and request.is_grpc else None
+    if response is None or code is None:
+        return
+    span.tags["grpc.status_code"] = code
+    message = (response.trailers or response.headers).get("grpc-message")
+    if message:
+        span.tags["grpc.message"] = message
+    if code != 0 and not span.error:
+        span.error = True
+        span.tags["error"] = f"gRPC status {code}"
+        span.tags["otel.status_code"] = "ERROR"

@@ -23,7 +23,7 @@ from sidemesh import (
     parse_duration,
 )
 
-from .attributes import client_tags, finish_client, finish_server, server_tags
+from .attributes import client_tags, finish_client, finish_server, grpc_tags, server_tags
 from .exporter import (
     BatchExporter,
     ExporterSettings,
@@ -66,6 +66,8 @@ class RequestTrace:
     injected_used: bool = False
     client: SpanRecord | None = None
     otel_client: Span | None = None
+    #: a gRPC call's last attempt span, emitted when the trailers told its status.
+    last_client: tuple[SpanRecord, Span | None] | None = None
     done: bool = False
 
 
@@ -193,7 +195,13 @@ class TracingPolicy(Policy):
         span.tags.update(client_tags(request, attempt.endpoint, state.request_id,
                                      attempt.number))
         finish_client(span, attempt)
-        self._emit(span, otel_span)
+        if request.is_grpc:
+            # A gRPC status usually comes in the trailers, after this hook.
+            if state.last_client is not None:
+                self._emit(*state.last_client)
+            state.last_client = (span, otel_span)
+        else:
+            self._emit(span, otel_span)
 
     def on_complete(
         self, request: Request, response: Response | None, flag: ResponseFlag | None
@@ -202,6 +210,10 @@ class TracingPolicy(Policy):
         if state is None or state.done:
             return
         state.done = True
+        if state.last_client is not None:
+            span, otel_span = state.last_client
+            grpc_tags(span, request, response)
+            self._emit(span, otel_span)
         if state.server is not None:
             finish_server(state.server, request, response, flag)
             self._emit(state.server, state.otel_server)
