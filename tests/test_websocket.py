@@ -356,11 +356,12 @@ def test_an_upgrade_with_a_body_is_still_refused() -> None:
 
 # a hostile upstream or client ------------------------------------------------------------
 @pytest.mark.parametrize("upgrades", [None, ["websocket"]])
+@pytest.mark.parametrize("switch", [SWITCH, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"])
 def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_502(
-    upgrades: list[str] | None,
+    upgrades: list[str] | None, switch: bytes
 ) -> None:
     with (
-        ScriptedUpstream(SWITCH + b"raw upstream bytes") as up,
+        ScriptedUpstream(switch + b"raw upstream bytes") as up,
         proxy(up.address, upgrades) as (sc, log),
         socket.create_connection(("127.0.0.1", sc.port("main")), timeout=IO_TIMEOUT) as sock,
     ):

@@ -147,31 +147,36 @@ def _identities(ev: Evidence) -> Panel:
     return Panel(text, title="Peer identities (mTLS, SPIFFE)", title_align="left")
 
 
+def _hop(text: Text, who: str, line: dict[str, Any] | None, how: str, then: str) -> None:
+    text.append(f"  {who} logged ")
+    if line is None:
+        text.append("no such call\n", style="bold red")
+        return
+    protocol, status = line.get("protocol"), line.get("grpc_status")
+    text.append(str(protocol), style="bold green" if protocol == "HTTP/2" else "bold red")
+    text.append(f" ({how}), grpc_status ")
+    text.append(str(status), style="bold green" if status == 0 else "bold red")
+    text.append(f", HTTP {line.get('status')}\n    {then}\n")
+
+
 def _grpc(call: GrpcCall) -> Panel:
-    text = Text()
     client, server = call.client_side or {}, call.server_side or {}
-    text.append(f"{GET_METHOD}", style="bold")
-    status = server.get("grpc_status", client.get("grpc_status"))
-    text.append(f"  grpc-status {status}", style="bold green" if status == 0 else "bold red")
-    text.append(f" (HTTP {client.get('status', '?')})\n")
-    text.append("  productpage → its sidecar (outbound): ")
-    text.append(f"{client.get('protocol') or 'not logged'}", style="bold")
-    text.append(f" h2c, route {client.get('route')}, cluster {client.get('cluster')}, "
-                f"{client.get('duration_ms', '?')} ms\n")
-    text.append(f"  productpage's sidecar → {call.instance.name}'s sidecar "
-                f"({client.get('upstream') or '?'}): ")
-    text.append(f"{server.get('protocol') or 'not logged'}", style="bold")
-    text.append(" over mTLS, client verified as ")
-    peer = server.get("peer")
-    text.append(str(peer or "nobody"), style="green" if peer else "red")
-    text.append(f", grpc_status {server.get('grpc_status')}\n")
-    text.append(f"  {call.instance.name}'s sidecar → its gRPC app ({server.get('upstream') or '?'})"
-                ": cluster protocol: http2 (h2c)\n")
-    text.append(f"productpage's sidecar requires the upstream to be {spiffe_id('ratings')} "
-                "(mtls expect), and asks for HTTP/2 by ALPN (cluster protocol: http2)",
-                style="dim")
-    return Panel(text, title="One gRPC call, productpage → ratings (both sidecars' access "
-                 "logs)", title_align="left")
+    name = call.instance.name
+    text = Text()
+    text.append(GET_METHOD, style="bold")
+    text.append(" (unary), called once by productpage")
+    duration = client.get("duration_ms")
+    text.append(f": {duration:.1f} ms through both sidecars\n"
+                if isinstance(duration, int | float) else "\n")
+    _hop(text, "productpage's sidecar", call.client_side, "h2c from productpage",
+         f"route {client.get('route')} → {name}'s sidecar {client.get('upstream')} over mTLS "
+         "(ALPN h2, cluster protocol: http2)")
+    _hop(text, f"{name}'s sidecar", call.server_side, "over mTLS",
+         f"client verified: {server.get('peer')}; → its app {server.get('upstream')} (h2c)")
+    text.append(f"productpage's sidecar requires ratings to present {spiffe_id('ratings')} "
+                "(mtls expect)", style="dim")
+    return Panel(text, title="One gRPC call: productpage → ratings, HTTP/2 on every hop "
+                 "(both sidecars' access logs)", title_align="left")
 
 
 def _label(span: dict[str, Any], start: float) -> Text:

@@ -112,11 +112,23 @@ def test_demo_runs_the_mesh_reports_and_cleans_up() -> None:
     assert scaled and scaled.group(1) == "0" and int(scaled.group(2)) > 0, output
     assert re.search(r"p50 [\d.]+ ms, p99 [\d.]+ ms", output), output
     assert re.search(r"trace [0-9a-f]{32} \(\d+ spans\)", output), output
+    # One gRPC call productpage → ratings, HTTP/2 on both hops, as each sidecar logged it,
+    # and its spans in the trace tree with the gRPC status the sidecars read.
+    assert "/bookinfo.Ratings/Get (unary), called once by productpage" in output, output
+    assert re.search(r"productpage's sidecar logged HTTP/2 \(h2c from productpage\), "
+                     r"grpc_status 0, HTTP 200", output), output
+    assert re.search(r"ratings-v1's sidecar logged HTTP/2 \(over mTLS\), grpc_status 0, "
+                     r"HTTP 200", output), output
+    assert "client verified: spiffe://cluster.local/ns/default/sa/productpage;" in output, output
+    for span in ("productpage server post ratings", "productpage client post ratings",
+                 "ratings server post local"):
+        assert re.search(re.escape(span) + r"\s+\+[\d.]+ms [\d.]+ms\s+200\s+grpc-status 0",
+                         output), (span, output)
     workdir = re.search(r"(/\S*sidemesh-demo-\w+)", output)
     assert workdir is None or not Path(workdir.group(1)).exists()
     started = set(watcher.seen.values())
     for kind in ("sidemesh control", "sidemesh proxy", "sidemesh_demo.app reviews",
-                 "sidemesh_demo.app productpage"):
+                 "sidemesh_demo.app productpage", "sidemesh_demo.ratings"):
         assert any(kind in cmd for cmd in started), (kind, started)
     assert not _survivors(watcher.seen), output
 

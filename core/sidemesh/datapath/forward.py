@@ -424,10 +424,13 @@ class Forwarder:
             await upstream.done_future()
         except UpstreamError as exc:
             # The attempt's deadline bounds the body too (route or per-try timeout).
-            timeout = exc.flag == ResponseFlag.UPSTREAM_REQUEST_TIMEOUT
-            outcome.flags.append(
-                exc.flag if timeout else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
-            )
+            if conn.closed:
+                flag = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+            elif exc.flag == ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
+                flag = exc.flag
+            else:
+                flag = ResponseFlag.UPSTREAM_CONNECTION_TERMINATION
+            outcome.flags.append(flag)
             upstream.close()
             conn.abort()
             return

@@ -372,6 +372,9 @@ class H2UpstreamStream(UpstreamExchange):
         if self.closed:
             return
         self.closed = True
+        # Whoever waits for this exchange (a response streaming to a client that reset
+        # its own stream) must not wait for ever.
+        self.fail(_closed("the exchange was abandoned"))
         connection = self.connection
         if not self._complete and self.stream_id and not connection.closed:
             # The stream may have closed meanwhile.

@@ -31,18 +31,17 @@ def test_max_retries_counts_the_retries_of_every_worker(tmp_path: Path) -> None:
     listen, admin = testing.free_port(), testing.free_port()
     plugins = [{"name": "retry", "config": {"attempts": 2}},
                {"name": "circuit", "config": {"max_retries": 1}}]
-    doc = {
-        "node": {"service": "web"},
-        "admin": f"127.0.0.1:{admin}",
-        "clusters": [{"name": "app", "connect_timeout": "1s",
-                      "endpoints": []}],
-        "listeners": [{"name": "inbound", "address": f"127.0.0.1:{listen}",
-                       "routes": [{"name": "app", "match": {"prefix": "/"}, "cluster": "app",
-                                   "plugins": plugins}]}],
-    }
     answers: list[int] = []
     with testing.Upstream(first_fails_retries_wait) as up:
-        doc["clusters"][0]["endpoints"] = [{"address": up.address}]  # type: ignore[index]
+        doc = {
+            "node": {"service": "web"},
+            "admin": f"127.0.0.1:{admin}",
+            "clusters": [{"name": "app", "connect_timeout": "1s",
+                          "endpoints": [{"address": up.address}]}],
+            "listeners": [{"name": "inbound", "address": f"127.0.0.1:{listen}",
+                           "routes": [{"name": "app", "match": {"prefix": "/"},
+                                       "cluster": "app", "plugins": plugins}]}],
+        }
         config = tmp_path / "sidemesh.yaml"
         config.write_text(yaml.safe_dump(doc))
         with testing.ProxyProcess("proxy", "-c", str(config), "--access-log", "off",
