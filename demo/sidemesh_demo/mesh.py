@@ -334,6 +334,7 @@ def _keep_running(mesh: Mesh) -> None:
              f"productpage sidecar admin  {layout.pp_admin_url}/clusters"]
     lines += [f"{i.name} sidecar admin  {layout.admin_url(i)}/metrics"
               for i in layout.instances]
+    lines.append(f"{layout.ratings.name} sidecar admin  {layout.ratings_admin_url}/metrics")
     lines.append(f"logs            {mesh.sup.logs}")
     mesh.console.print("\n[bold]The mesh is still up[/bold] (Ctrl-C stops it):\n  "
                        + "\n  ".join(lines), highlight=False)

@@ -87,7 +87,7 @@ class RetryPolicy(Policy):
         self._buffer: int = config["buffer_limit"]
         self._children: dict[tuple[str, ...], Any] = {}
         #: max_retries is a circuit breaker, cluster-wide across workers as in Envoy.
-        self._workers = False
+        self._workers = worker_count() > 1
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:

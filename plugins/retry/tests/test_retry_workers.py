@@ -13,9 +13,9 @@ import yaml
 from sidemesh import testing
 
 
-def get(url: str) -> int:
+def get(url: str, timeout: float = 30) -> int:
     # One connection per request: the kernel spreads connections over the workers.
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=timeout) as client:
         return client.get(url).status_code
 
 
@@ -54,7 +54,7 @@ def test_max_retries_counts_the_retries_of_every_worker(tmp_path: Path) -> None:
             try:
                 assert testing.wait_for(lambda: len(up.requests) == 2, timeout=10)
                 # One retry is in flight; neither worker may start a second one.
-                refused = [get(url) for _ in range(30)]
+                refused = [get(url, timeout=5) for _ in range(30)]
                 assert refused == [503] * 30
                 workers = httpx.get(base + "/workers", timeout=10).json()["workers"]
                 assert all(w["requests"] for w in workers), workers
