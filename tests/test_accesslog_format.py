@@ -261,9 +261,12 @@ def test_flags_details_and_the_upstream_as_envoy_names_them() -> None:
     failed = _done(503, upstream="10.0.0.7:80", failure="connection refused",
                    flags=[ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED,
                           ResponseFlag.UPSTREAM_CONNECTION_FAILURE])
+    # No connection, so no upstream protocol (Envoy sets it once the pool is ready).
     assert form.line(request, failed) == (
         "URX,UF upstream_reset_before_response_started{connection_failure} 10.0.0.7:80 "
-        "connection refused [::1]:5000 ::1 HTTP/1.1")
+        "connection refused [::1]:5000 ::1 -")
+    answered = _done(200, upstream="10.0.0.7:80", upstream_protocol="HTTP/2")
+    assert form.line(request, answered).endswith(" HTTP/2")
     assert form.line(request, _done(404, flags=[ResponseFlag.NO_ROUTE_FOUND])) == \
         "NR route_not_found - - [::1]:5000 ::1 -"
 

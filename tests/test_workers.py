@@ -5,8 +5,10 @@ SIGTERM, a killed worker restarted, and one worker by default."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -122,6 +124,23 @@ def test_reload_is_applied_by_every_worker_and_a_bad_file_refused_once(tmp_path:
         time.sleep(0.5)
         assert proc.output.count("reload of") == 1
         assert httpx.get(admin + "/config_dump", timeout=10).json()["version"] == second
+        assert {_get(url + "/b").status_code for _ in range(20)} == {200}
+
+        # Valid, but no worker can bind its new listener (the port is taken without
+        # SO_REUSEPORT): refused once, every worker keeps the running config.
+        with socket.create_server(("127.0.0.1", 0)) as taken:
+            doc = _doc(up.address, int(url.rsplit(":", 1)[1]), int(admin.rsplit(":", 1)[1]),
+                       prefix="/c")
+            doc["listeners"].append({**copy.deepcopy(doc["listeners"][0]), "name": "extra",
+                                     "address": f"127.0.0.1:{taken.getsockname()[1]}"})
+            config.write_text(yaml.safe_dump(doc))
+            proc.signal(signal.SIGHUP)
+            assert wait_for(lambda: "failed, keeping the running config" in proc.output,
+                            timeout=20)
+            time.sleep(0.5)
+            assert proc.output.count("failed, keeping the running config") == 1
+        assert httpx.get(admin + "/config_dump", timeout=10).json()["version"] == second
+        assert {_get(url + "/c").status_code for _ in range(20)} == {404}
         assert {_get(url + "/b").status_code for _ in range(20)} == {200}
 
 

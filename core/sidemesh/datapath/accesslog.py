@@ -14,7 +14,8 @@ import asyncio
 import json
 import sys
 import time
-from typing import IO, Any
+from json.encoder import encode_basestring_ascii as quote
+from typing import IO, Any, Final
 
 from sidemesh.datapath.logfields import (
     grpc_status,
@@ -42,40 +43,79 @@ class LineFormat:
         raise NotImplementedError
 
 
+#: the keys of every sidemesh JSON line, in order (``time`` ends it).
+JSON_KEYS: Final = (
+    "method", "path", "host", "listener", "route", "cluster", "upstream", "status",
+    "attempts", "duration_ms", "response_flags", "request_id", "trace_id", "client",
+    "protocol", "bytes_received", "bytes_sent", "user_agent", "x_forwarded_for",
+    "upstream_service_time", "grpc_status", "start_time",
+)  # fmt: skip
+_OPENERS: Final = tuple(("{" if i == 0 else ",") + f'"{key}":' for i, key in enumerate(JSON_KEYS))
+_FIXED: Final = frozenset(JSON_KEYS)
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else quote(value)
+
+
+def _count(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 class SidemeshJson(LineFormat):
     """sidemesh's own JSON object: the same keys on every line (``null`` when not set),
-    then the fields policies add (:attr:`Request.log`)."""
+    then the fields policies add (:attr:`Request.log`).
+
+    Written field by field: ``json.dumps`` of a dictionary cost two thirds of a line."""
 
     def line(self, request: Request, outcome: Outcome) -> str:
         headers = request.headers
-        entry: dict[str, Any] = {
-            "method": request.method or None,
-            "path": request.path or None,
-            "host": request.host or None,
-            "listener": request.listener,
-            "route": request.route or None,
-            "cluster": request.cluster or None,
-            "upstream": outcome.upstream or None,
-            "status": outcome.status,
-            "attempts": request.attempts,
-            "duration_ms": round(outcome.duration * 1000, 3),
-            "response_flags": ",".join(outcome.flags) or "-",
-            "request_id": request.request_id or None,
-            "trace_id": None,
-            "client": request.connection.client_address,
-            "protocol": f"HTTP/{request.version}" if request.version else None,
-            "bytes_received": outcome.bytes_received,
-            "bytes_sent": outcome.bytes_sent,
-            "user_agent": headers.get("user-agent"),
-            "x_forwarded_for": headers.get("x-forwarded-for"),
-            "upstream_service_time": service_time(request, outcome),
-            "grpc_status": grpc_status(request, outcome),
-            "start_time": start_time_default(request, outcome),
-        }
-        if request.log:
-            entry.update({k: v for k, v in request.log.items() if k != "response_flags"})
-        entry.setdefault("time", utc_second(int(time.time())) + "Z")
-        return json.dumps(entry, separators=(",", ":"), default=str) + "\n"
+        values = [
+            _text(request.method or None),
+            _text(request.path or None),
+            _text(request.host or None),
+            quote(request.listener),
+            _text(request.route or None),
+            _text(request.cluster or None),
+            _text(outcome.upstream or None),
+            str(outcome.status),
+            str(request.attempts),
+            repr(round(outcome.duration * 1000, 3)),
+            quote(",".join(outcome.flags) or "-"),
+            _text(request.request_id or None),
+            "null",
+            quote(request.connection.client_address),
+            _text(f"HTTP/{request.version}" if request.version else None),
+            str(outcome.bytes_received),
+            str(outcome.bytes_sent),
+            _text(headers.get("user-agent")),
+            _text(headers.get("x-forwarded-for")),
+            _count(service_time(request, outcome)),
+            _count(grpc_status(request, outcome)),
+            quote(str(start_time_default(request, outcome))),
+        ]
+        log = request.log
+        written = quote(utc_second(int(time.time())) + "Z")
+        if not log:
+            fields = [opener + value for opener, value in zip(_OPENERS, values, strict=True)]
+            fields.append(',"time":' + written + "}\n")
+            return "".join(fields)
+        # What policies add replaces a key of the same name in its place, or follows.
+        for index, key in enumerate(JSON_KEYS):
+            if key in log and key != "response_flags":
+                values[index] = _json(log[key])
+        fields = [opener + value for opener, value in zip(_OPENERS, values, strict=True)]
+        for key, value in log.items():
+            if key not in _FIXED:
+                fields.append(f",{quote(key)}:{_json(value)}")
+        if "time" not in log:
+            fields.append(',"time":' + written)
+        fields.append("}\n")
+        return "".join(fields)
 
 
 SIDEMESH_JSON = SidemeshJson()

@@ -268,20 +268,23 @@ class WorkerGroup:
             message = {"op": "apply", **encode_config(config, ports), "version": version,
                        "source": source}
             serving = [w for w in self.workers if w.serving]
-            if not serving:
+            # The first worker to answer binds any "port: 0" listener; the others join it.
+            first: dict[str, Any] | None = None
+            while first is None and serving:
+                leader = serving.pop(0)
+                first = await self._apply_on(leader, message)
+            if first is None:
                 raise ApplyError(f"cannot apply config {version}: no worker is running")
-            # The first worker binds any "port: 0" listener; the others join its port.
-            first = await self._apply_on(serving[0], message)
             if "error" in first:
                 raise ApplyError(first["error"])
             bound: dict[str, int] = first["ports"]
             message["ports"] = {lc.name: bound[lc.name] for lc in config.listeners
                                 if lc.port == 0 and lc.name in bound}
-            rest = await asyncio.gather(*(self._apply_on(w, message) for w in serving[1:]))
-            refused = [a["error"] for a in rest if "error" in a]
+            rest = await asyncio.gather(*(self._apply_on(w, message) for w in serving))
+            refused = [a["error"] for a in rest if a is not None and "error" in a]
             if refused:
-                done = [w for w, a in zip(serving, [first, *rest], strict=True)
-                        if "error" not in a]
+                done = [leader, *(w for w, a in zip(serving, rest, strict=True)
+                                  if a is not None and "error" not in a)]
                 if self._current is not None:
                     await asyncio.gather(*(self._apply_on(w, self._current) for w in done))
                 raise ApplyError(refused[0])
@@ -290,13 +293,15 @@ class WorkerGroup:
             self.servers = {lc.name: Bound(lc.host, bound[lc.name]) for lc in config.listeners
                             if lc.name in bound}
 
-    async def _apply_on(self, worker: _Worker, message: dict[str, Any]) -> dict[str, Any]:
+    async def _apply_on(self, worker: _Worker, message: dict[str, Any]
+                        ) -> dict[str, Any] | None:
+        """``worker``'s answer to a config; None when it died under it (restarted, it
+        gets the config in force then)."""
         try:
             answer = await self._exchange(worker, message)
         except (OSError, ValueError) as exc:
-            # It died under the apply: restarted, it gets the config in force then.
             log.warning("worker %s did not answer the config: %s", worker.index, exc)
-            return {"ports": {}, "reason": "restarting"}
+            return None
         worker.reason = answer.get("reason")
         return answer
 
