@@ -49,7 +49,11 @@ class H2Upstream(asyncio.Protocol):
         self._on_close = on_close
         #: ``protocol: auto``: HTTP/2 only if the server chooses it by ALPN.
         self.auto = auto
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        # Outbound fields are the proxy's own, already checked (see h2_downstream.py).
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None,
+            validate_outbound_headers=False, normalize_outbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config)
         self.h2.local_settings = h2.settings.Settings(
             client=True,
