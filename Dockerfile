@@ -3,7 +3,7 @@
 # with every plugin of plugins/ and the etcd client. docs/kubernetes.md says how to build,
 # push and run it.
 #
-#   docker build -t registry.internal/sidemesh:0.3.0 .
+#   docker build -t registry.internal/sidemesh:0.4.0 .
 
 # Build: wheels of the core, every plugin and all their dependencies; the core's as the
 # platform wheel with the request path compiled by mypyc (the full image has the C

@@ -38,7 +38,7 @@ def test_sidemesh_plugins_lists_the_installed_distribution(installed: dict[str, 
     )  # fmt: skip
     plugins = {p["name"]: p for p in json.loads(out.stdout)["plugins"]}
     assert plugins["headers"]["distribution"] == "sidemesh-header-policy"
-    assert plugins["headers"]["version"] == "0.3.0"
+    assert plugins["headers"]["version"] == "0.4.0"
 
 
 def test_the_installed_plugin_runs_in_a_proxy_chain(

@@ -2,4 +2,4 @@
 and of its public API: plugins pin ``sidemesh>=MAJOR.MINOR,<MAJOR.(MINOR+1)`` while the
 major version is 0."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

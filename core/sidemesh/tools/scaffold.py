@@ -78,7 +78,7 @@ class Scaffold:
 
 def api_requirement(version: str) -> str:
     """The requirement a plugin built against sidemesh ``version`` declares: its minor
-    series, ``sidemesh>=0.3,<0.4`` for 0.3.x (a minor version may break the public API
+    series, ``sidemesh>=0.4,<0.5`` for 0.4.x (a minor version may break the public API
     while the major version is 0)."""
     major, minor = (*Version(version).release, 0)[:2]
     return f"sidemesh>={major}.{minor},<{major}.{minor + 1}"
