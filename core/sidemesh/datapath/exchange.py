@@ -15,13 +15,15 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from sidemesh.datapath.connections import ConnectionInfo
+from sidemesh.datapath.deadlines import Sweeper
+from sidemesh.datapath.flags import ResponseFlag
 
 if TYPE_CHECKING:
     from sidemesh.datapath.body import RequestBody
     from sidemesh.datapath.limits import ConnectionLimit
     from sidemesh.datapath.messages import Request, Response
 
-__all__ = ["BodySink", "ClientSide", "RawHead", "UpstreamExchange"]
+__all__ = ["BodySink", "ClientSide", "RawHead", "UpstreamError", "UpstreamExchange"]
 
 #: an upstream response head: status, fields (lower-case names), keep-alive, head-only.
 RawHead = tuple[int, list[tuple[bytes, bytes]], bool, bool]
@@ -95,6 +97,18 @@ class ClientSide(asyncio.Protocol):
         raise NotImplementedError
 
 
+class UpstreamError(Exception):
+    """An attempt failed before a usable response head arrived.
+
+    :ivar flag: Envoy response flag (``UF`` connect failure, ``UC`` connection closed or
+        reset, ``UT`` timeout).
+    """
+
+    def __init__(self, flag: ResponseFlag, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
 class UpstreamExchange(asyncio.Protocol):
     """One request's way to an endpoint (see :class:`ClientSide` for why a Protocol)."""
 
@@ -123,7 +137,22 @@ class UpstreamExchange(asyncio.Protocol):
         ``UT``. ``head_only``: the response has no body (it answers HEAD)."""
         raise NotImplementedError
 
+    # The loop's deadline sweeper, set once the exchange has an event loop.
+    sweeper: Sweeper
+
     def expire(self) -> None:
+        """The deadline passed (the sweeper no longer watches this exchange)."""
+        self.expires = None
+        self.fail(UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream timeout"))
+        self.close()
+
+    def cancel_deadline(self) -> None:
+        if self.expires is not None:
+            self.expires = None
+            self.sweeper.live.discard(self)
+
+    def fail(self, error: UpstreamError) -> None:
+        """End the exchange with ``error`` (its waiters get it), unless it is over."""
         raise NotImplementedError
 
     def finished(self) -> bool:

@@ -26,7 +26,7 @@ from sidemesh.datapath.codec import (
     upstream_framing,
 )
 from sidemesh.datapath.connections import ConnectionSetup
-from sidemesh.datapath.exchange import ClientSide, UpstreamExchange
+from sidemesh.datapath.exchange import ClientSide, UpstreamError, UpstreamExchange
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.grpc import grpc_reply, grpc_timeout, is_grpc
 from sidemesh.datapath.messages import (
@@ -39,7 +39,7 @@ from sidemesh.datapath.messages import (
 )
 from sidemesh.datapath.mirror import MIRROR_BUFFER, send_mirrors
 from sidemesh.datapath.outcome import Outcome
-from sidemesh.datapath.pool import ConnectionPool, UpstreamError
+from sidemesh.datapath.pool import ConnectionPool
 from sidemesh.datapath.request_ids import request_id
 from sidemesh.datapath.tunnel import offer_upgrade, refuse_upgrade, tunnel
 

@@ -29,6 +29,7 @@ from sidemesh.datapath.codec import (
     field_name,
     request_target,
 )
+from sidemesh.datapath.h2_fields import new_connection
 from sidemesh.datapath.h2_stream import Connection, H2Stream
 from sidemesh.datapath.messages import Headers, Request
 from sidemesh.datapath.model import Http2Settings
@@ -52,22 +53,11 @@ class H2Session(asyncio.Protocol):
 
     def __init__(self, conn: Connection, settings: Http2Settings) -> None:
         self.conn = conn
-        # What the proxy sends is built from fields it parsed and checked already (lower
-        # case, no connection-specific ones: h2_fields.py); checking it again in h2 cost
-        # a tenth of a request. What it receives is always checked.
-        config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None,
-            validate_outbound_headers=False, normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-            },
-        )
+        self.h2 = new_connection(False, {
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+        })
         self.connection_window = settings.initial_connection_window_size
         self.max_header_list_size = settings.max_header_list_size
         self.transport: asyncio.Transport | None = None

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import cast
 
 from sidemesh.datapath.connections import ConnectionSetup
-from sidemesh.datapath.exchange import UpstreamExchange
+from sidemesh.datapath.exchange import UpstreamError, UpstreamExchange
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.h2_upstream import H2Upstream, H2UpstreamStream
 from sidemesh.datapath.limits import ConnectionLimit
-from sidemesh.datapath.pool import ConnectionPool, UpstreamError
+from sidemesh.datapath.pool import ConnectionPool
 
 __all__ = ["H2Pool"]
 

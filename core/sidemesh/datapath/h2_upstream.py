@@ -23,12 +23,11 @@ import h2.settings
 
 from sidemesh.datapath.body import BodyNotReplayable, RequestBody
 from sidemesh.datapath.deadlines import sweeper
-from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamExchange
+from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamError, UpstreamExchange
 from sidemesh.datapath.flags import ResponseFlag
-from sidemesh.datapath.h2_fields import request_fields
+from sidemesh.datapath.h2_fields import new_connection, request_fields
 from sidemesh.datapath.limits import ConnectionLimit
 from sidemesh.datapath.messages import Request
-from sidemesh.datapath.pool import UpstreamError
 
 __all__ = ["H2Upstream", "H2UpstreamStream"]
 
@@ -49,19 +48,10 @@ class H2Upstream(asyncio.Protocol):
         self._on_close = on_close
         #: ``protocol: auto``: HTTP/2 only if the server chooses it by ALPN.
         self.auto = auto
-        # Outbound fields are the proxy's own, already checked (see h2_downstream.py).
-        config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None,
-            validate_outbound_headers=False, normalize_outbound_headers=False,
-        )
-        self.h2 = h2.connection.H2Connection(config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
+        self.h2 = new_connection(True, {
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        })
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpstreamStream] = {}
         self.closed = False
@@ -81,7 +71,7 @@ class H2Upstream(asyncio.Protocol):
         ssl_object = transport.get_extra_info("ssl_object")
         self.tls = ssl_object is not None
         self._loop = asyncio.get_running_loop()
-        self._sweeper = sweeper(self._loop)
+        self.sweeper = sweeper(self._loop)
         if self.auto and (ssl_object is None or ssl_object.selected_alpn_protocol() != "h2"):
             self.http1 = True
             return
@@ -206,6 +196,7 @@ class H2UpstreamStream(UpstreamExchange):
     def __init__(self, connection: H2Upstream) -> None:
         super().__init__()
         self.connection = connection
+        self.sweeper = connection.sweeper
         self.protocol = "HTTP/2"
         self.stream_id = 0
         self.reused = connection.opened > 0
@@ -228,7 +219,7 @@ class H2UpstreamStream(UpstreamExchange):
         self._head_only = head_only
         if timeout is not None:
             self.expires = loop.time() + timeout
-            connection._sweeper.watch(self)
+            self.sweeper.watch(self)
         h2conn = connection.h2
         self.stream_id = h2conn.get_next_available_stream_id()
         connection.streams[self.stream_id] = self
@@ -304,7 +295,7 @@ class H2UpstreamStream(UpstreamExchange):
         if self._complete or self._error is not None:
             return
         self._complete = True
-        self._cancel_deadline()
+        self.cancel_deadline()
         self.connection.forget(self)
         done = self._done
         if done is not None and not done.done():
@@ -315,7 +306,7 @@ class H2UpstreamStream(UpstreamExchange):
         if self._complete or self._error is not None:
             return
         self._error = error
-        self._cancel_deadline()
+        self.cancel_deadline()
         for fut in (self._head, self._done):
             if fut is not None and not fut.done():
                 fut.set_exception(error)
@@ -323,16 +314,6 @@ class H2UpstreamStream(UpstreamExchange):
                 fut.exception()
 
     # the exchange ------------------------------------------------------------------
-    def expire(self) -> None:
-        self.expires = None
-        self.fail(UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream timeout"))
-        self.close()
-
-    def _cancel_deadline(self) -> None:
-        if self.expires is not None:
-            self.expires = None
-            self.connection._sweeper.live.discard(self)
-
     def finished(self) -> bool:
         return self._complete
 
@@ -363,13 +344,13 @@ class H2UpstreamStream(UpstreamExchange):
                 self.connection._ack(owed, self.stream_id)
 
     def release(self) -> None:
-        self._cancel_deadline()
+        self.cancel_deadline()
         self._sink = None
         self.closed = True
         self.connection.forget(self)
 
     def close(self) -> None:
-        self._cancel_deadline()
+        self.cancel_deadline()
         self._sink = None
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()

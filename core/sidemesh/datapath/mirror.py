@@ -11,9 +11,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from sidemesh.datapath.body import RequestBody
-from sidemesh.datapath.exchange import UpstreamExchange
+from sidemesh.datapath.exchange import UpstreamError, UpstreamExchange
 from sidemesh.datapath.messages import Headers, Request
-from sidemesh.datapath.pool import UpstreamError
 
 if TYPE_CHECKING:
     from sidemesh.datapath.cluster import Cluster, Endpoint

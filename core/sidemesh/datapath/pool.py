@@ -20,7 +20,7 @@ from sidemesh.datapath.body import BodyNotReplayable, RequestBody
 from sidemesh.datapath.codec import LAST_CHUNK, encode_chunk, request_head, response_has_body
 from sidemesh.datapath.connections import ConnectionSetup
 from sidemesh.datapath.deadlines import sweeper
-from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamExchange
+from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamError, UpstreamExchange
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.limits import ConnectionLimit, PendingOverflow
 from sidemesh.datapath.messages import Request
@@ -29,18 +29,6 @@ __all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]
 
 MAX_IDLE = 256
 RESPONSE_HEAD_LIMIT = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """An attempt failed before a usable response head arrived.
-
-    :ivar flag: Envoy response flag (``UF`` connect failure, ``UC`` connection closed or
-        reset, ``UT`` timeout).
-    """
-
-    def __init__(self, flag: ResponseFlag, message: str) -> None:
-        super().__init__(message)
-        self.flag = flag
 
 
 class UpstreamConnection(UpstreamExchange):
@@ -72,7 +60,7 @@ class UpstreamConnection(UpstreamExchange):
         self.transport = cast(asyncio.Transport, transport)
         # Kept: each get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
-        self._sweeper = sweeper(self._loop)
+        self.sweeper = sweeper(self._loop)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -83,7 +71,7 @@ class UpstreamConnection(UpstreamExchange):
             self._pending_body.append(data[exc.args[0] :])
             cast(asyncio.Transport, self.transport).pause_reading()
         except httptools.HttpParserError as exc:
-            self._fail(
+            self.fail(
                 UpstreamError(
                     ResponseFlag.UPSTREAM_PROTOCOL_ERROR,
                     f"upstream sent an invalid response: {exc}",
@@ -98,7 +86,7 @@ class UpstreamConnection(UpstreamExchange):
             # A body without Content-Length or chunking ends when the upstream closes.
             self._finish(reuse=False)
         reason = f"upstream connection closed: {exc}" if exc else "upstream closed the connection"
-        self._fail(UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, reason))
+        self.fail(UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, reason))
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -169,17 +157,7 @@ class UpstreamConnection(UpstreamExchange):
         if done is not None and not done.done():
             done.set_result(None)
 
-    def expire(self) -> None:
-        self.expires = None
-        self._fail(UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream timeout"))
-        self.close()
-
-    def _cancel_deadline(self) -> None:
-        if self.expires is not None:
-            self.expires = None
-            self._sweeper.live.discard(self)
-
-    def _fail(self, error: UpstreamError) -> None:
+    def fail(self, error: UpstreamError) -> None:
         if self._complete or self._error is not None:
             return
         self._error = error
@@ -195,7 +173,7 @@ class UpstreamConnection(UpstreamExchange):
         loop = self._loop
         if timeout is not None:
             self.expires = loop.time() + timeout
-            self._sweeper.watch(self)
+            self.sweeper.watch(self)
         self._head = loop.create_future()
         self._done = None
         self._complete = False
@@ -265,7 +243,7 @@ class UpstreamConnection(UpstreamExchange):
             self.transport.resume_reading()
 
     def release(self) -> None:
-        self._cancel_deadline()
+        self.cancel_deadline()
         self._sink = None
         self._head = None
         self._done = None
@@ -275,7 +253,7 @@ class UpstreamConnection(UpstreamExchange):
             self.close()
 
     def close(self) -> None:
-        self._cancel_deadline()
+        self.cancel_deadline()
         self._sink = None
         if self.body_task is not None and not self.body_task.done():
             self.body_task.cancel()

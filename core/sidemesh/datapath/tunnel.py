@@ -107,7 +107,7 @@ async def tunnel(
     outcome.status = 101
     outcome.response = response
     # The route's timeout bounded the handshake; the tunnel has the idle timeout.
-    upstream._cancel_deadline()
+    upstream.cancel_deadline()
     fields, _ = client_fields(response)
     extra = b"upgrade: %s\r\nconnection: upgrade\r\n" % answered.encode("latin-1")
     raw = (fields if isinstance(fields, bytes) else fields.encode()) + extra
