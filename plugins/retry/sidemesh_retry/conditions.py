@@ -64,14 +64,16 @@ class RetryOn:
         #: the gRPC statuses retried (read from a trailers-only answer's head, as Envoy).
         self.grpc = frozenset(GRPC_CONDITIONS[c] for c in conditions if c in GRPC_CONDITIONS)
 
-    def __call__(self, attempt: Attempt) -> bool:
+    def __call__(self, attempt: Attempt, grpc: bool = False) -> bool:
+        """Whether to retry ``attempt``; ``grpc``: it answers a gRPC call (only those
+        have a grpc-status to read, and reading it decodes the response's fields)."""
         response = attempt.response
         if response is None:
             return attempt.flag in self._flags
         status = response.status
         if status in self._codes or (self._all_5xx and status >= 500):
             return True
-        return bool(self.grpc) and response.grpc_status in self.grpc
+        return grpc and bool(self.grpc) and response.grpc_status in self.grpc
 
 
 def backoff(retry: int, base: float, cap: float) -> float:

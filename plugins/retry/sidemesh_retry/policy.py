@@ -133,7 +133,7 @@ class RetryPolicy(Policy):
         state.release()
         if request.time_left() == 0.0:
             return  # the route's timeout ended the request: nothing may follow
-        if not self._retry_on(attempt):
+        if not self._retry_on(attempt, request.is_grpc):
             if attempt.number > 1:
                 self._inc(RETRY_SUCCESS, request.cluster)
             return

@@ -74,11 +74,13 @@ def _grpc(code: int, where: str = "headers") -> Attempt:
 
 def test_grpc_conditions_read_the_status_of_a_trailers_only_answer() -> None:
     on = RetryOn(["unavailable", "cancelled"], [])
-    assert on(_grpc(14)) and on(_grpc(1))
-    assert not on(_grpc(0)) and not on(_grpc(4)) and not on(_grpc(13))
+    assert on(_grpc(14), grpc=True) and on(_grpc(1), grpc=True)
+    assert not any(on(_grpc(code), grpc=True) for code in (0, 4, 13))
     # A 200 with messages (grpc-status comes later, in trailers) is never retried.
-    assert not on(_grpc(14, where="trailers"))
+    assert not on(_grpc(14, where="trailers"), grpc=True)
+    # Only a gRPC call's answer is read for a grpc-status.
+    assert not on(_grpc(14), grpc=False)
     every = RetryOn(["deadline-exceeded", "resource-exhausted", "internal"], [])
-    assert [every(_grpc(c)) for c in (4, 8, 13, 14)] == [True, True, True, False]
+    assert [every(_grpc(c), grpc=True) for c in (4, 8, 13, 14)] == [True, True, True, False]
     # HTTP conditions do not read grpc-status.
-    assert not RetryOn(["5xx", "retriable-status-codes"], [503])(_grpc(14))
+    assert not RetryOn(["5xx", "retriable-status-codes"], [503])(_grpc(14), grpc=True)
