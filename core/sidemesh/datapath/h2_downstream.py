@@ -14,9 +14,6 @@ import asyncio
 import contextlib
 from typing import Any, cast
 
-import h2.config
-import h2.connection
-import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings

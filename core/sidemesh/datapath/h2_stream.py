@@ -14,6 +14,7 @@ import h2.errors
 import h2.exceptions
 
 from sidemesh.datapath.body import RequestBody
+from sidemesh.datapath.codec import REASONS
 from sidemesh.datapath.connections import ConnectionInfo
 from sidemesh.datapath.exchange import ClientSide, UpstreamExchange
 from sidemesh.datapath.h2_fields import response_fields, trailer_fields
@@ -68,6 +69,7 @@ class H2Stream(ClientSide):
         self.stream_id = stream_id
         self.info = conn.info
         self.body: RequestBody | None = None
+        #: the handler's task: the loop keeps only a weak reference to it.
         self.task: asyncio.Task[None] | None = None
         self._upstream: UpstreamExchange | None = None
         self._pending: deque[bytes] = deque()
@@ -119,7 +121,8 @@ class H2Stream(ClientSide):
     def refuse(self, status: int, message: str) -> None:
         """A request refused before routing: answered here, never forwarded."""
         conn = self.session.conn
-        self.write_simple(Response.json(status, {"error": "bad request", "message": message}))
+        error = REASONS.get(status, "error")
+        self.write_simple(Response.json(status, {"error": error, "message": message}))
         if conn.on_rejected is not None:
             conn.on_rejected(self, status, message)
 

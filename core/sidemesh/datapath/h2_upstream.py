@@ -14,8 +14,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, cast
 
-import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
