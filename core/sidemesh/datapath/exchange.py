@@ -127,6 +127,15 @@ class UpstreamExchange(asyncio.Protocol):
         self.trailers: list[tuple[bytes, bytes]] | None = None
         #: what is spoken to the upstream (Envoy's %UPSTREAM_PROTOCOL%).
         self.protocol = "HTTP/1.1"
+        # The current exchange: its response head and end as futures (the end's made only
+        # when someone waits), and how it ended.
+        self._head: asyncio.Future[RawHead] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._complete = False
+        self._error: UpstreamError | None = None
+
+    # Set once the exchange has an event loop (each get_running_loop() costs a getpid()).
+    _loop: asyncio.AbstractEventLoop
 
     def start(
         self, request: Request, body: RequestBody | None, head_only: bool, timeout: float | None
@@ -156,12 +165,42 @@ class UpstreamExchange(asyncio.Protocol):
         raise NotImplementedError
 
     def finished(self) -> bool:
-        """Whether the whole response has arrived."""
-        raise NotImplementedError
+        """Whether the whole response has arrived (small ones usually arrive with their
+        head: then nobody needs to wait, and no future is made)."""
+        return self._complete
 
     def done_future(self) -> asyncio.Future[None]:
         """A future for the end of the response (failing with the exchange's error)."""
-        raise NotImplementedError
+        if self._done is None:
+            self._done = self._loop.create_future()
+            if self._complete:
+                self._done.set_result(None)
+            elif self._error is not None:
+                self._done.set_exception(self._error)
+        return self._done
+
+    def _settle(self) -> bool:
+        """The whole response arrived: wake whoever waits for the end. ``False`` when the
+        exchange was over already."""
+        if self._complete or self._error is not None:
+            return False
+        self._complete = True
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+        return True
+
+    def _reject(self, error: UpstreamError) -> bool:
+        """The exchange failed: its waiters get ``error``. ``False`` when it was over."""
+        if self._complete or self._error is not None:
+            return False
+        self._error = error
+        for fut in (self._head, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+                # Nobody may be waiting (a retry discarded the attempt).
+                fut.exception()
+        return True
 
     def body_done(self) -> bool:
         """Whether the whole request body went out."""

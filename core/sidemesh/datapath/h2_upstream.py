@@ -198,15 +198,12 @@ class H2UpstreamStream(UpstreamExchange):
         self.protocol = "HTTP/2"
         self.stream_id = 0
         self.reused = connection.opened > 0
-        self._head: asyncio.Future[RawHead] | None = None
-        self._done: asyncio.Future[None] | None = None
+        self._loop = connection._loop
         self._window: asyncio.Future[None] | None = None
         self._sink: BodySink | None = None
         self._pending: list[bytes] = []
         self._owed = 0
         self._head_only = False
-        self._complete = False
-        self._error: UpstreamError | None = None
 
     def start(
         self, request: Request, body: RequestBody | None, head_only: bool, timeout: float | None
@@ -290,40 +287,16 @@ class H2UpstreamStream(UpstreamExchange):
             self.connection._ack(size, self.stream_id)
 
     def on_end(self) -> None:
-        if self._complete or self._error is not None:
-            return
-        self._complete = True
-        self.cancel_deadline()
-        self.connection.forget(self)
-        done = self._done
-        if done is not None and not done.done():
-            done.set_result(None)
+        if self._settle():
+            self.cancel_deadline()
+            self.connection.forget(self)
 
     def fail(self, error: UpstreamError) -> None:
         self.wake_writer()
-        if self._complete or self._error is not None:
-            return
-        self._error = error
-        self.cancel_deadline()
-        for fut in (self._head, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-                # Nobody may be waiting (a retry discarded the attempt).
-                fut.exception()
+        if self._reject(error):
+            self.cancel_deadline()
 
     # the exchange ------------------------------------------------------------------
-    def finished(self) -> bool:
-        return self._complete
-
-    def done_future(self) -> asyncio.Future[None]:
-        if self._done is None:
-            self._done = self.connection._loop.create_future()
-            if self._complete:
-                self._done.set_result(None)
-            elif self._error is not None:
-                self._done.set_exception(self._error)
-        return self._done
-
     def attach(self, sink: BodySink) -> None:
         self._sink = sink
         pending, self._pending = self._pending, []

@@ -39,8 +39,6 @@ class UpstreamConnection(UpstreamExchange):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self._head: asyncio.Future[RawHead] | None = None
-        self._done: asyncio.Future[None] | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
         self._sink: BodySink | None = None
@@ -48,11 +46,9 @@ class UpstreamConnection(UpstreamExchange):
         self._skip_body = False
         self._writable: asyncio.Future[None] | None = None
         self._reuse = False
-        self._complete = False
         self._until_close = False
         #: the response head carries Content-Length or Transfer-Encoding.
         self._framed = False
-        self._error: UpstreamError | None = None
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,23 +145,11 @@ class UpstreamConnection(UpstreamExchange):
 
     # exchange ----------------------------------------------------------------------
     def _finish(self, reuse: bool) -> None:
-        if self._complete or self._error is not None:
-            return
-        self._complete = True
-        self._reuse = reuse
-        done = self._done
-        if done is not None and not done.done():
-            done.set_result(None)
+        if self._settle():
+            self._reuse = reuse
 
     def fail(self, error: UpstreamError) -> None:
-        if self._complete or self._error is not None:
-            return
-        self._error = error
-        for fut in (self._head, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-                # Nobody may be waiting on the body future (retry discarded it).
-                fut.exception()
+        self._reject(error)
 
     def start(
         self, request: Request, body: RequestBody | None, head_only: bool, timeout: float | None
@@ -216,20 +200,6 @@ class UpstreamConnection(UpstreamExchange):
         self.transport.write(data)
         if self._writable is not None and not self._writable.done():
             await self._writable
-
-    def finished(self) -> bool:
-        # Small responses usually arrive with their head: then nobody needs to wait,
-        # and no future is made.
-        return self._complete
-
-    def done_future(self) -> asyncio.Future[None]:
-        if self._done is None:
-            self._done = self._loop.create_future()
-            if self._complete:
-                self._done.set_result(None)
-            elif self._error is not None:
-                self._done.set_exception(self._error)
-        return self._done
 
     def attach(self, sink: BodySink) -> None:
         self._sink = sink
