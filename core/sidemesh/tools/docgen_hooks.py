@@ -259,9 +259,9 @@ def render_hooks_reference() -> str:
         lines += _callable_section("####", f"ControlPlane.{name}", member)
     lines += _dataclass_section(policy.Explanation)
     lines += _dataclass_section(connections.ConnectionSetup)
-    lines += _class_section(messages.Request, ("mirror", "path_only"))
+    lines += _class_section(messages.Request, ("mirror", "path_only", "protocol", "is_grpc"))
     lines += _class_section(messages.Attempt, ("status", "retry"))
-    lines += _class_section(messages.Response, ("json", "text"))
+    lines += _class_section(messages.Response, ("json", "text", "grpc_status"))
     lines += _class_section(connections.ConnectionInfo, ())
     lines += _class_section(
         messages.Headers, ("get", "get_all", "set", "setdefault", "add", "remove", "items")
