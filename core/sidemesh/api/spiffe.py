@@ -16,9 +16,6 @@ import functools
 import re
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
 __all__ = [
     "MAX_ID_LENGTH",
     "SpiffeId",
@@ -165,6 +162,10 @@ def spiffe_id_from_cert(der: bytes) -> str:
 
     :raises SvidError: naming what is wrong with the certificate.
     """
+    # cryptography adds ~8 MB to every proxy process; only one that does mTLS needs it.
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:

@@ -16,17 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sidemesh.process.sidecar import not_ready
+
 if TYPE_CHECKING:
     from sidemesh.config.registry import PluginRegistry
     from sidemesh.datapath.sidecar import Sidecar
 
 __all__ = ["AdminServer", "EmbeddedApp", "admin_app", "metrics_response", "not_ready",
            "plugins_body"]
-
-
-def not_ready(sidecar: Sidecar) -> str | None:
-    """Why ``sidecar`` must not be sent traffic (``GET /ready``'s reason), or ``None``."""
-    return "draining" if sidecar.draining else sidecar.waiting_for()
 
 
 def metrics_response(sidecar: Sidecar) -> Response:

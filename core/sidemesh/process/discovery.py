@@ -12,8 +12,6 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from sidemesh.api.durations import parse_duration
 from sidemesh.api.policy import ControlPlane
 from sidemesh.config.build import split_address
@@ -21,6 +19,10 @@ from sidemesh.datapath.model import EndpointConfig, SidecarConfig
 from sidemesh.datapath.sidecar import Sidecar
 
 if TYPE_CHECKING:
+    # httpx (~6 MB) loads with the control-plane client that a Registrar is given, never
+    # in file mode, which imports this module for its command-line options.
+    import httpx
+
     from sidemesh.process.workers import WorkerGroup
 
 __all__ = ["DEFAULT_LISTENER", "Registrar", "cluster_endpoints", "registration_arguments",
@@ -153,6 +155,8 @@ class Registrar:
             await asyncio.sleep(self.ttl / 3 if ok else min(1.0, self.ttl / 3))
 
     async def _register(self, address: str) -> bool:
+        import httpx
+
         snapshot = self.sidecar.snapshot
         identity = snapshot.config.node.spiffe_id if snapshot is not None else None
         body = {"address": address, "labels": self.labels, "identity": identity,
@@ -175,6 +179,8 @@ class Registrar:
     async def stop(self, grace: float) -> None:
         """Stop heartbeating and deregister; then keep serving ``grace`` seconds so the
         control plane's push reaches the callers before the listener closes."""
+        import httpx
+
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from sidemesh.api.durations import parse_duration
 from sidemesh.config.build import control_urls
@@ -24,42 +22,13 @@ from sidemesh.process.lifecycle import (
     shut_down,
     start_admin,
 )
+from sidemesh.process.loop import run_loop, setup_logging
 from sidemesh.process.sidecar import control_plane
 from sidemesh.process.status import start_status, status_target
 
 __all__ = ["main_proxy", "run_loop", "serve_file", "setup_logging"]
 
 log = logging.getLogger("sidemesh")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-        }
-        if record.exc_info and record.levelno >= logging.ERROR:
-            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(entry)
-
-
-def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger("sidemesh")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
-def run_loop(main: Any) -> int:
-    """Run a coroutine on uvloop when it is installed (2x the plain loop's speed here)."""
-    try:
-        import uvloop
-    except ImportError:
-        return int(asyncio.run(main))
-    return int(uvloop.run(main))
 
 
 async def serve_file(

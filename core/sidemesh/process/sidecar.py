@@ -17,7 +17,7 @@ from sidemesh.datapath.model import SidecarConfig
 from sidemesh.datapath.sidecar import Sidecar
 from sidemesh.datapath.snapshot import Snapshot
 
-__all__ = ["control_plane", "new_sidecar", "read_token"]
+__all__ = ["control_plane", "new_sidecar", "not_ready", "read_token"]
 
 
 def new_sidecar(
@@ -42,6 +42,11 @@ def new_sidecar(
         )
 
     return Sidecar(build, access_log, metrics, on_applied=applied)
+
+
+def not_ready(sidecar: Sidecar) -> str | None:
+    """Why ``sidecar`` must not be sent traffic (``GET /ready``'s reason), or ``None``."""
+    return "draining" if sidecar.draining else sidecar.waiting_for()
 
 
 def read_token(token_file: str | None) -> str:

@@ -28,9 +28,8 @@ from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid
 from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import ApplyError, Sidecar
-from sidemesh.process.admin import not_ready
-from sidemesh.process.runtime import run_loop, setup_logging
-from sidemesh.process.sidecar import control_plane, new_sidecar
+from sidemesh.process.loop import run_loop, setup_logging
+from sidemesh.process.sidecar import control_plane, new_sidecar, not_ready
 from sidemesh.process.workers import (
     ENV_OPTIONS,
     ENV_SOCKET,

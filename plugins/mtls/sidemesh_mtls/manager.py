@@ -22,8 +22,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from sidemesh import ControlPlane
 
 from .identity import (
@@ -180,6 +178,9 @@ class IdentityManager:
         self._task = loop.create_task(self._rotate(self.source), name="sidemesh-mtls-rotation")
 
     async def _rotate(self, source: CAIdentitySource) -> None:
+        # Not at the top: with certificates from files this process never loads httpx.
+        import httpx
+
         failures = 0
         while True:
             try:

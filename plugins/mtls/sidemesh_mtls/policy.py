@@ -27,8 +27,6 @@ from sidemesh import (
     workload_id,
 )
 
-from .manager import manager_for, release
-
 __all__ = ["MtlsPolicy"]
 
 #: per-connection cache of the peer's (SPIFFE ID, problem), in ``ConnectionInfo.stash``.
@@ -130,6 +128,10 @@ class MtlsPolicy(Policy):
         self.expect: str | None = None
         if context.scope == "route":
             self.expect = config.get("expect") or _default_expect(context)
+        # Here, not at the top: the registry imports this module in every sidecar, and the
+        # certificate machinery (cryptography, httpx) is for those that use mtls.
+        from .manager import manager_for
+
         self.manager = manager_for(config, context.node, context.control)
 
     # ---------------------------------------------------------------- connections
@@ -222,4 +224,6 @@ class MtlsPolicy(Policy):
         return f"mtls: no certificate yet from {self.manager.source.description}{problem}"
 
     async def close(self) -> None:
+        from .manager import release
+
         await release(self.manager)

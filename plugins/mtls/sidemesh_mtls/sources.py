@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -35,6 +34,11 @@ from cryptography.x509.oid import NameOID
 from sidemesh import ControlPlane
 
 from .identity import IdentityError, Material
+
+if TYPE_CHECKING:
+    # httpx (~6 MB of RSS) loads with the first certificate request: certificates from
+    # files never need it.
+    import httpx
 
 log = logging.getLogger("sidemesh.mtls")
 
@@ -137,6 +141,8 @@ class CAIdentitySource:
             token = self.control.token()
         except ValueError as exc:  # no token file, or an empty one
             raise IdentityError(f"cannot ask {self.url} for a certificate: {exc}") from None
+        import httpx
+
         csr_pem, key_pem = self._csr()
         async with httpx.AsyncClient(timeout=self.timeout, verify=self.verify) as client:
             response = await self._post(client, {"csr": csr_pem.decode("ascii")}, token)
@@ -164,6 +170,8 @@ class CAIdentitySource:
     ) -> httpx.Response:
         """The answer of the replica in use, or of the next ones while it does not answer
         (each asked once: the caller retries with back-off)."""
+        import httpx
+
         headers = {"authorization": f"Bearer {token}"}
         base = self.control.url
         for _ in range(len(self.control.urls) - 1):
