@@ -71,6 +71,7 @@ class OutlierDetector:
     ) -> None:
         self.settings = settings
         self.cluster = cluster
+        self._cluster_name = cluster.name
         state = shared.get("outlier")
         if not isinstance(state, _State):
             state = shared["outlier"] = _State()
@@ -78,16 +79,17 @@ class OutlierDetector:
 
     def record(self, attempt: Attempt) -> None:
         endpoint = attempt.endpoint
-        if endpoint is None or endpoint.cluster != self.cluster.name:
+        if endpoint is None or endpoint.cluster != self._cluster_name:
             return
-        status = attempt.status
-        if status is None:
+        response = attempt.response
+        if response is None:
             if attempt.flag not in _LOCAL_FAILURES:
                 return
             failed = gateway = True
         else:
+            status = response.status
             failed = status >= 500
-            gateway = status in _GATEWAY
+            gateway = failed and status in _GATEWAY
         now = time.monotonic()
         state = self._state
         if now - state.last_sweep >= self.settings.interval:
@@ -99,6 +101,8 @@ class OutlierDetector:
             if now < host.ejected_until:
                 return  # an answer that was on its way when the endpoint was ejected
             self._returned(host)
+        elif not failed and not host.consecutive_5xx and not host.consecutive_gateway:
+            return  # a success after successes: nothing to count, nothing to eject
         host.consecutive_5xx = host.consecutive_5xx + 1 if failed else 0
         host.consecutive_gateway = host.consecutive_gateway + 1 if gateway else 0
         settings = self.settings

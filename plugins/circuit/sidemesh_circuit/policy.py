@@ -48,6 +48,8 @@ class CircuitPolicy(Policy):
         self._max_requests: int = config["max_requests"]
         self._detector: OutlierDetector | None = None
         cluster = context.cluster
+        self._cluster = cluster
+        self._cluster_name = cluster.name if cluster is not None else None
         if cluster is None or context.route is None:
             return
         limit = cluster.connections
@@ -94,10 +96,10 @@ class CircuitPolicy(Policy):
         return errors
 
     def on_request(self, request: Request) -> Response | None:
-        cluster = self.context.cluster
+        cluster = self._cluster
         if (
             cluster is not None
-            and request.cluster == cluster.name
+            and request.cluster == self._cluster_name
             and cluster.active_requests >= self._max_requests
         ):
             cluster.count_overflow("max_requests")

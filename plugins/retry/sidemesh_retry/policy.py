@@ -64,6 +64,9 @@ class _State:
 
 
 _STATE = StashKey[_State]("retry")
+#: the state of every retriable request until it holds a retry: shared, as it holds
+#: nothing (most requests never retry; replaced before anything is counted in it).
+_IDLE = _State()
 
 
 class RetryPolicy(Policy):
@@ -78,6 +81,8 @@ class RetryPolicy(Policy):
         per_try = config["per_try_timeout"]
         self._per_try = parse_duration(per_try) if per_try is not None else None
         self._retry_on = RetryOn(config["retry_on"], config["retriable_status_codes"])
+        # Only a gRPC condition makes reading is_grpc (a header scan) worth it.
+        self._grpc = bool(self._retry_on.grpc)
         self._base = parse_duration(config["base_interval"])
         self._cap = parse_duration(config["max_interval"])
         self._max_retry_after = parse_duration(config["max_retry_after"])
@@ -109,17 +114,22 @@ class RetryPolicy(Policy):
         if self._per_try is not None:
             request.per_try_timeout = self._per_try
         # Naming a gRPC condition is consent to retry gRPC calls, POSTs all (as Envoy).
-        grpc = bool(self._retry_on.grpc) and request.is_grpc
-        if self._retries and (self._any_method or grpc or request.method in IDEMPOTENT):
-            request.retry_buffer_limit = max(request.retry_buffer_limit, self._buffer)
-            request.stash[_STATE] = _State()
+        if self._retries and (
+            self._any_method
+            or request.method in IDEMPOTENT
+            or (self._grpc and request.is_grpc)
+        ):
+            if request.retry_buffer_limit < self._buffer:
+                request.retry_buffer_limit = self._buffer
+            request.stash[_STATE] = _IDLE
         return None
 
     def select_upstream(
         self, request: Request, endpoints: Sequence[EndpointView]
     ) -> Sequence[EndpointView]:
-        request.headers.set(ATTEMPT_COUNT_HEADER, str(request.attempts))
-        if request.attempts > 1:
+        attempts = request.attempts
+        request.headers.set(ATTEMPT_COUNT_HEADER, str(attempts))
+        if attempts > 1:
             # Another host when there is one (Envoy's previous_hosts retry predicate).
             rest = [e for e in endpoints if e not in request.tried]
             if rest:
@@ -130,12 +140,15 @@ class RetryPolicy(Policy):
         state = request.stash.get(_STATE, None)
         if state is None:
             return
-        state.release()
-        if request.time_left() == 0.0:
-            return  # the route's timeout ended the request: nothing may follow
-        if not self._retry_on(attempt, request.is_grpc):
-            if attempt.number > 1:
+        if state.counted is not None or state.everywhere is not None:
+            state.release()
+        # The route's timeout may have ended the request (time_left 0): nothing may
+        # follow. Asked after the decision, which is usually "no retry" on a first try.
+        if not self._retry_on(attempt, self._grpc and request.is_grpc):
+            if attempt.number > 1 and request.time_left() != 0.0:
                 self._inc(RETRY_SUCCESS, request.cluster)
+            return
+        if request.time_left() == 0.0:
             return
         if attempt.response is not None and OVERLOADED_HEADER in attempt.response.headers:
             # Another sidecar shed this request: retrying would add to its overload
@@ -169,6 +182,8 @@ class RetryPolicy(Policy):
                     request.log["retry"] = f"Retry-After {asked:g}s exceeds max_retry_after"
                     return
                 delay = asked
+        if state is _IDLE:
+            state = request.stash[_STATE] = _State()
         retries.begin()
         state.counted = cluster
         if everywhere is not None:
@@ -181,8 +196,8 @@ class RetryPolicy(Policy):
         self, request: Request, response: Response | None, flag: ResponseFlag | None
     ) -> None:
         state = request.stash.get(_STATE, None)
-        if state is not None:
-            # The core may refuse a retry we asked for (deadline, body not replayable).
+        # The core may refuse a retry we asked for (deadline, body not replayable).
+        if state is not None and (state.counted is not None or state.everywhere is not None):
             state.release()
 
     # helpers -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Envoy tag names platform engineers already search by (``upstream_cluster``,
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sidemesh import Attempt, EndpointView, Request, Response, ResponseFlag
@@ -13,6 +14,7 @@ from .spans import SpanRecord, endpoint_json
 __all__ = ["client_tags", "finish_client", "finish_server", "server_tags", "split_host_port"]
 
 
+@functools.lru_cache(maxsize=4096)
 def split_host_port(address: str) -> tuple[str, int | None]:
     """``host:port`` (``[v6]:port`` too) into its parts; the port is ``None`` if absent."""
     if address.startswith("["):
@@ -25,6 +27,20 @@ def split_host_port(address: str) -> tuple[str, int | None]:
     return host, int(port) if port.isdigit() else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _peer(address: str) -> tuple[str, int | None, dict[str, Any]]:
+    # A connection's requests share its peer (keep-alive): split and describe it once.
+    # The endpoint dictionary is shared by those spans, so it is never changed in place.
+    host, port = split_host_port(address)
+    return host, port, endpoint_json(None, host, port)
+
+
+@functools.lru_cache(maxsize=1024)
+def _upstream(cluster: str, host: str, port: int) -> dict[str, Any]:
+    # Shared by every span to this endpoint, like _peer's.
+    return endpoint_json(cluster, host, port)
+
+
 def server_tags(
     request: Request, request_id: str
 ) -> tuple[dict[str, str | int], dict[str, Any]]:
@@ -32,7 +48,7 @@ def server_tags(
     endpoint (the downstream peer)."""
     path, _, query = request.path.partition("?")
     host, port = split_host_port(request.host)
-    peer_host, peer_port = split_host_port(request.connection.client_address)
+    peer_host, peer_port, remote = _peer(request.connection.client_address)
     tags: dict[str, str | int] = {
         "component": "proxy",
         "http.request.method": request.method,
@@ -57,17 +73,16 @@ def server_tags(
         tags["http.route"] = request.route
     if request.listener:
         tags["listener"] = request.listener
-    return tags, endpoint_json(None, peer_host, peer_port)
+    return tags, remote
 
 
 def client_tags(
     request: Request, endpoint: EndpointView | None, request_id: str, number: int
 ) -> dict[str, str | int]:
-    path = request.path.partition("?")[0]
     tags: dict[str, str | int] = {
         "component": "proxy",
         "http.request.method": request.method,
-        "url.path": path,
+        "url.path": request.path.partition("?")[0],
         "upstream_cluster": request.cluster,
         "guid:x-request-id": request_id,
     }
@@ -99,11 +114,13 @@ def finish_client(span: SpanRecord, attempt: Attempt) -> None:
     """Close an attempt's span: status, flag, error, the upstream as remote endpoint."""
     endpoint = attempt.endpoint
     if endpoint is not None:
-        span.remote = endpoint_json(endpoint.cluster, endpoint.host, endpoint.port)
+        span.remote = _upstream(endpoint.cluster, endpoint.host, endpoint.port)
         span.tags["upstream_address"] = endpoint.address
-    _status(span, attempt.status, attempt.flag, attempt.error)
-    if attempt.duration > 0:
-        span.duration_us = max(1, int(attempt.duration * 1_000_000))
+    response = attempt.response
+    _status(span, response.status if response is not None else None, attempt.flag, attempt.error)
+    duration = attempt.duration
+    if duration > 0:
+        span.duration_us = max(1, int(duration * 1_000_000))
     else:
         span.finish()
 

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["B3Context", "format_b3_single", "parse_b3_multi", "parse_b3_single"]
 
-_HEX = frozenset("0123456789abcdef")
+_HEX = re.compile("[0-9a-f]*")
 _OWS = " \t"
 
 
@@ -24,7 +25,7 @@ class B3Context:
 
 
 def _hex_id(text: str, *lengths: int) -> str | None:
-    if len(text) not in lengths or not all(c in _HEX for c in text) or not text.strip("0"):
+    if len(text) not in lengths or not _HEX.fullmatch(text) or not text.strip("0"):
         return None
     return text
 

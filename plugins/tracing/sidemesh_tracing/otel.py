@@ -26,7 +26,9 @@ from opentelemetry.trace import (
 
 from .spans import SpanRecord
 
-__all__ = ["end_otel_span", "otel_trace_state", "otel_tracer", "start_otel_span"]
+__all__ = [
+    "end_otel_span", "load_global_provider", "otel_trace_state", "otel_tracer", "start_otel_span",
+]
 
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 # OpenTelemetry's TraceState still checks keys against Trace Context's older grammar
@@ -43,12 +45,39 @@ def otel_trace_state(members: list[tuple[str, str]]) -> TraceState:
     return TraceState([(key, value) for key, value in members if _OTEL_KEY.fullmatch(key)])
 
 
+# The global provider is asked through a proxy of our own: get_tracer_provider() looks
+# OTEL_PYTHON_TRACER_PROVIDER up in os.environ on every call while none is set (a KeyError
+# raised and caught per request), and loads that provider on its first call only, which
+# load_global_provider() makes.
+_GLOBAL = trace.ProxyTracerProvider()
+_NOT_RECORDING = (trace.ProxyTracer, trace.NoOpTracer)
+#: the global provider's tracer once one is set (it can be set only once).
+_global_tracer: list[Tracer] = []
+#: the provider last passed explicitly, and its tracer: an SDK's get_tracer makes a new
+#: tracer per call, twice per sampled request.
+_explicit: list[tuple[TracerProvider, Tracer | None]] = []
+
+
+def load_global_provider() -> None:
+    """Let OpenTelemetry load the provider ``OTEL_PYTHON_TRACER_PROVIDER`` names, if any."""
+    trace.get_tracer_provider()
+
+
 def otel_tracer(provider: TracerProvider | None) -> Tracer | None:
     """A tracer that really records, or ``None`` when no SDK provider is configured."""
-    chosen = provider if provider is not None else trace.get_tracer_provider()
-    if isinstance(chosen, _NO_SDK):
-        return None
-    return chosen.get_tracer("sidemesh_tracing")
+    if provider is None:
+        if _global_tracer:
+            return _global_tracer[0]
+        found = _GLOBAL.get_tracer("sidemesh_tracing")
+        if isinstance(found, _NOT_RECORDING):
+            return None
+        _global_tracer.append(found)
+        return found
+    if _explicit and _explicit[0][0] is provider:
+        return _explicit[0][1]
+    tracer = None if isinstance(provider, _NO_SDK) else provider.get_tracer("sidemesh_tracing")
+    _explicit[:] = [(provider, tracer)]
+    return tracer
 
 
 def start_otel_span(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry.trace import Span, SpanKind, TracerProvider
 
@@ -24,17 +24,12 @@ from sidemesh import (
 )
 
 from .attributes import client_tags, finish_client, finish_server, grpc_tags, server_tags
-from .exporter import (
-    BatchExporter,
-    ExporterSettings,
-    ZipkinExporter,
-    acquire_exporter,
-    release_exporter,
-)
-from .otel import end_otel_span, otel_tracer, start_otel_span
-from .otlp import OtlpExporter, OtlpSettings
+from .otel import end_otel_span, load_global_provider, otel_tracer, start_otel_span
 from .propagation import Incoming, Propagation, extract, inject, new_span_id, ratio_sampled
 from .spans import SpanRecord, now_us
+
+if TYPE_CHECKING:
+    from .exporter import BatchExporter
 
 __all__ = ["TRACE", "RequestTrace", "TracingPolicy"]
 
@@ -73,6 +68,9 @@ class RequestTrace:
 
 #: where a request's :class:`RequestTrace` is kept between hooks.
 TRACE = StashKey[RequestTrace]("tracing")
+#: a sampled request's server and client span when nothing would read them: never
+#: finished nor emitted (and so never changed).
+NOT_RECORDED = SpanRecord("", "", None, "", "SERVER", 0, "")
 
 
 class TracingPolicy(Policy):
@@ -97,17 +95,25 @@ class TracingPolicy(Policy):
         self.exporter: BatchExporter | None = None
         #: the OTLP exporter, when ``otlp`` is configured.
         self.otlp: BatchExporter | None = None
+        # The exporters (httpx; OTLP's OpenTelemetry SDK and protobuf: ~10 MB of RSS) load
+        # only where a config exports: the registry imports this module in every sidecar.
         if zipkin is not None:
+            from .exporter import ExporterSettings, ZipkinExporter, acquire_exporter
+
             self.exporter = acquire_exporter(
                 ExporterSettings(zipkin["endpoint"], *_batching(zipkin)), ZipkinExporter
             )
         if otlp is not None:
+            from .exporter import acquire_exporter
+            from .otlp import OtlpExporter, OtlpSettings
+
             headers = tuple(sorted((otlp.get("headers") or {}).items()))
             self.otlp = acquire_exporter(
                 OtlpSettings(otlp.get("endpoint", ""), *_batching(otlp), headers=headers),
                 OtlpExporter,
             )
         self._exporters = tuple(e for e in (self.exporter, self.otlp) if e is not None)
+        load_global_provider()
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
@@ -123,28 +129,34 @@ class TracingPolicy(Policy):
         return problems
 
     def on_request(self, request: Request) -> Response | None:
-        incoming = extract(request.headers)
+        headers = request.headers
+        incoming = extract(headers)
         if incoming.debug:
             sampled = True
         elif incoming.sampled is not None:
             sampled = incoming.sampled
         else:
             sampled = ratio_sampled(incoming.trace_id, self.ratio)
-        request_id = request.headers.get("x-request-id") or request.request_id or str(
-            uuid.uuid4()
-        )
-        request.headers.setdefault("x-request-id", request_id)
+        given = headers.get("x-request-id")
+        request_id = given or request.request_id or str(uuid.uuid4())
+        if given is None:
+            headers.add("x-request-id", request_id)
         if not request.request_id:
             request.request_id = request_id
         server: SpanRecord | None = None
         otel_server: Span | None = None
         server_id = new_span_id()
-        if sampled:
+        tracer = otel_tracer(self.tracer_provider) if sampled else None
+        if sampled and tracer is None and not self._exporters:
+            # Nothing would read the spans (no collector, no SDK): the request still
+            # carries the sampled context upstream, ids and log fields as ever.
+            server = NOT_RECORDED
+        elif sampled:
             start = now_us()
-            tracer = otel_tracer(self.tracer_provider)
+            name = self._server_name(request)
             if tracer is not None:
                 otel_server = start_otel_span(
-                    tracer, self._server_name(request), SpanKind.SERVER, incoming.trace_id,
+                    tracer, name, SpanKind.SERVER, incoming.trace_id,
                     incoming.parent_id, incoming.flags, incoming.tracestate, start,
                 )
                 otel_ctx = otel_server.get_span_context()
@@ -154,7 +166,7 @@ class TracingPolicy(Policy):
                     incoming.trace_id = f"{otel_ctx.trace_id:032x}"
             tags, remote = server_tags(request, request_id)
             server = SpanRecord(
-                incoming.trace_id, server_id, incoming.parent_id, self._server_name(request),
+                incoming.trace_id, server_id, incoming.parent_id, name,
                 "SERVER", start, self.service_name, tags=tags, remote=remote,
                 debug=incoming.debug, tracestate=incoming.tracestate,
             )
@@ -163,8 +175,9 @@ class TracingPolicy(Policy):
         request.stash[TRACE] = RequestTrace(
             incoming, sampled, server_id, request_id, server, otel_server, first_id
         )
-        request.log["trace_id"] = incoming.trace_id
-        request.log["span_id"] = server_id
+        log = request.log
+        log["trace_id"] = incoming.trace_id
+        log["span_id"] = server_id
         return None
 
     def select_upstream(
@@ -190,10 +203,10 @@ class TracingPolicy(Policy):
             self._open_attempt(request, state)
         span, otel_span = state.client, state.otel_client
         state.client = state.otel_client = None
-        if span is None:
+        if span is None or span is NOT_RECORDED:
             return
-        span.tags.update(client_tags(request, attempt.endpoint, state.request_id,
-                                     attempt.number))
+        # A client span's tags start empty: this is all of them.
+        span.tags = client_tags(request, attempt.endpoint, state.request_id, attempt.number)
         finish_client(span, attempt)
         if request.is_grpc:
             # A gRPC status usually comes in the trailers, after this hook.
@@ -214,15 +227,18 @@ class TracingPolicy(Policy):
             span, otel_span = state.last_client
             grpc_tags(span, request, response)
             self._emit(span, otel_span)
-        if state.server is not None:
+        if state.server is not None and state.server is not NOT_RECORDED:
             finish_server(state.server, request, response, flag)
             self._emit(state.server, state.otel_server)
 
     async def close(self) -> None:
         exporters, self._exporters = self._exporters, ()
         self.exporter = self.otlp = None
-        for exporter in exporters:
-            await release_exporter(exporter)
+        if exporters:
+            from .exporter import release_exporter
+
+            for exporter in exporters:
+                await release_exporter(exporter)
 
     def _server_name(self, request: Request) -> str:
         return f"{request.method} {request.route}" if request.route else request.method
@@ -234,6 +250,12 @@ class TracingPolicy(Policy):
             state.injected_id = span_id
             inject(request.headers, state.incoming, span_id, state.server_id, False,
                    self.formats)
+            return
+        if state.server is NOT_RECORDED:
+            state.injected_id = span_id
+            inject(request.headers, state.incoming, span_id, state.server_id, True,
+                   self.formats)
+            state.client = NOT_RECORDED
             return
         start = now_us()
         name = f"{request.method} {request.cluster}" if request.cluster else request.method

@@ -258,6 +258,20 @@ def test_unsampled_requests_propagate_but_export_nothing() -> None:
     asyncio.run(scenario())
 
 
+def test_without_a_collector_the_upstream_and_the_log_see_the_same_context() -> None:
+    # No collector and no SDK: no span is built, but each attempt still sends its own
+    # sampled span id under the caller's trace, as with a collector.
+    policy = make_policy({})
+    request = make_request([("traceparent", f"00-{TRACE}-{CALLER}-01")])
+    sent = run_request(policy, request, [None, 503, 200])
+    ids = [tp.split("-")[2] for tp in sent]
+    assert all(tp.startswith(f"00-{TRACE}-") and tp.endswith("-01") for tp in sent)
+    assert len(set(ids)) == 3 and CALLER not in ids and request.log["span_id"] not in ids
+    assert request.log["trace_id"] == TRACE
+    assert request.headers.get("traceparent") == sent[-1]  # not rewritten after the answer
+    assert request.headers.get("x-request-id")
+
+
 def test_ratio_zero_samples_no_root() -> None:
     policy = make_policy({"sampling": 0.0})
     request = make_request([])
