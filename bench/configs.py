@@ -27,7 +27,9 @@ RESPONSE_BODY = '{"service":"upstream","status":"ok","payload":"' + "x" * 50 + '
 
 #: the tokens a scenario template may use, replaced literally (not ``str.format``, so
 #: YAML flow mappings like ``{name: retry}`` need no escaping).
-PLACEHOLDERS = ("{upstream}", "{listen}", "{admin}", "{next}", "{certs}", "{deadport}")
+PLACEHOLDERS = (
+    "{upstream}", "{upstream_tls}", "{listen}", "{admin}", "{next}", "{certs}", "{deadport}",
+)
 
 
 def _nginx_common(prefix: Path, workers: int = 1) -> str:
@@ -56,17 +58,37 @@ def _nginx_http_common(prefix: Path) -> str:
     )
 
 
-def nginx_upstream_config(prefix: Path, port: int) -> str:
-    """The real upstream: a fixed ~100-byte body from memory, keep-alive on."""
+def nginx_upstream_config(
+    prefix: Path, port: int, tls: tuple[int, Path] | None = None
+) -> str:
+    """The real upstream: a fixed ~100-byte body from memory, keep-alive on.
+
+    With ``tls`` (a port and a ``{certs}`` directory) a second server answers the same
+    over TLS there, presenting the SPIFFE certificate ``b``, for a sidecar route that
+    originates mTLS to the upstream itself.
+    """
     body = RESPONSE_BODY.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return (
-        _nginx_common(prefix)
-        + "http {\n"
-        + _nginx_http_common(prefix)
-        + f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
-        + "    location / {\n      default_type application/json;\n"
-        + f'      return 200 "{body}";\n    }}\n  }}\n}}\n'
+    answer = (
+        "    location / {\n      default_type application/json;\n"
+        + f'      return 200 "{body}";\n    }}\n  }}\n'
     )
+    servers = f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n" + answer
+    if tls is not None:
+        tls_port, certs = tls
+        # nginx < 1.23.4 leaves TLS 1.3 out by default: these are the later defaults,
+        # so the sidecar gets TLS 1.3; the session cache stays nginx's default.
+        # optional_no_ca asks for the sidecar's certificate, as a mesh peer would, but
+        # does not verify it: the route's mtls checking the upstream's identity is
+        # what is measured, not nginx authorising its client.
+        servers += (
+            f"  server {{\n    listen 127.0.0.1:{tls_port} ssl backlog=4096;\n"
+            f"    ssl_certificate {certs / 'b.crt'};\n"
+            f"    ssl_certificate_key {certs / 'b.key'};\n"
+            "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+            "    ssl_verify_client optional_no_ca;\n"
+            + answer
+        )
+    return _nginx_common(prefix) + "http {\n" + _nginx_http_common(prefix) + servers + "}\n"
 
 
 def nginx_proxy_config(prefix: Path, port: int, upstream_port: int, workers: int = 1) -> str:

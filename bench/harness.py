@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.certs import issue_certificates
 from bench.configs import nginx_upstream_config
 from bench.cpu import CpuMeter, format_scaling
 from bench.http2 import TARGETS, parse_targets, run_h2
@@ -38,6 +39,7 @@ from bench.scenarios import (
     start,
 )
 from bench.tools import Tools, ensure_tools, tool_version
+from sidemesh.control.ca import CertificateAuthorityError
 
 __all__ = ["main"]
 
@@ -124,13 +126,27 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _upstream(tools: Tools, work_dir: Path, cpu: int | None) -> tuple[ManagedProcess, int]:
+def _upstream_tls(selected: list[Scenario], work_dir: Path) -> tuple[int, Path] | None:
+    """A TLS port for the upstream and the ``{certs}`` whose ``b`` it presents, issued
+    before it starts; only when a selected template uses ``{upstream_tls}``."""
+    if not any("{upstream_tls}" in text for s in selected for text in s.templates):
+        return None
+    try:
+        certs = issue_certificates(work_dir / "upstream-certs")
+    except (OSError, ValueError, CertificateAuthorityError) as exc:
+        raise BenchError(f"cannot issue the upstream's certificates: {exc}") from exc
+    return free_port(), certs
+
+
+def _upstream(
+    tools: Tools, work_dir: Path, cpu: int | None, tls: tuple[int, Path] | None
+) -> tuple[ManagedProcess, int]:
     """The upstream nginx, configured but not started, and its port."""
     prefix = work_dir / "upstream"
     prefix.mkdir()
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_upstream_config(prefix, port))
+    conf.write_text(nginx_upstream_config(prefix, port, tls))
     argv = [tools.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     return ManagedProcess("upstream", argv, work_dir, cpu), port
 
@@ -255,13 +271,16 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     found: list[Delta] = []
     with tempfile.TemporaryDirectory(prefix="sidemesh-bench-") as tmp:
         work_dir = Path(tmp)
-        upstream, port = _upstream(tools, work_dir, args.upstream_cpu)
+        upstream_tls = _upstream_tls([by_name[name] for name in args.selected], work_dir)
+        upstream, port = _upstream(tools, work_dir, args.upstream_cpu, upstream_tls)
         try:
             upstream.start()
             wait_for_port("127.0.0.1", port, args.start_timeout, upstream)
+            if upstream_tls is not None:
+                wait_for_port("127.0.0.1", upstream_tls[0], args.start_timeout, upstream)
             check_answers(f"http://127.0.0.1:{port}/")
             ctx = StartContext(tools, port, work_dir, args.proxy_cpu, args.start_timeout,
-                               tuple(shlex.split(args.sidemesh_args)))
+                               tuple(shlex.split(args.sidemesh_args)), upstream_tls)
             for rate in args.rate:
                 settings = LoadSettings(
                     duration=args.duration, warmup=args.warmup, connections=args.connections,

@@ -3,7 +3,7 @@
 Built-ins: ``direct``, ``nginx``, ``haproxy``, ``python-floor``, ``sidemesh``. Every
 ``scenarios/*.yaml`` file adds a sidemesh scenario named after the file: a sidecar
 config template whose ``{upstream}``, ``{listen}``, ``{admin}`` (and ``{next}``,
-``{certs}``, ``{deadport}``) are filled in at run time.
+``{certs}``, ``{deadport}``, ``{upstream_tls}``) are filled in at run time.
 A file with several YAML documents (``---``) is a chain of sidecars, the first one
 facing the client and each ``{next}`` the listener of the following one.
 """
@@ -70,6 +70,9 @@ class StartContext:
     start_timeout: float
     #: extra arguments after ``sidemesh proxy -c FILE``.
     sidemesh_args: tuple[str, ...] = ()
+    #: the upstream's TLS port (``{upstream_tls}``) and the ``{certs}`` directory whose
+    #: ``b`` certificate it presents; None when no selected scenario uses it.
+    upstream_tls: tuple[int, Path] | None = None
 
 
 @dataclass
@@ -217,11 +220,19 @@ def sidemesh_command() -> Path:
 
 
 def _shared_values(scenario: Scenario, ctx: StartContext) -> dict[str, str]:
-    """``{certs}`` and ``{deadport}``: the same for every sidecar of a chain, and only
-    made when a template uses them (issuing certificates takes a moment)."""
+    """``{certs}``, ``{deadport}`` and ``{upstream_tls}``: the same for every sidecar of
+    a chain, and only made when a template uses them (issuing certificates takes a
+    moment)."""
     text = "".join(scenario.templates)
     values: dict[str, str] = {}
-    if "{certs}" in text:
+    if "{upstream_tls}" in text:
+        if ctx.upstream_tls is None:
+            raise BenchError(f"{scenario.source}: the upstream has no TLS port in this run")
+        port, certs = ctx.upstream_tls
+        values["upstream_tls"] = f"127.0.0.1:{port}"
+        # The upstream presents b from these: a bundle from any other CA would refuse it.
+        values["certs"] = str(certs)
+    elif "{certs}" in text:
         directory = ctx.work_dir / f"{scenario.name}-certs"
         try:
             issue_certificates(directory)

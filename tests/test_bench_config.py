@@ -37,6 +37,7 @@ def _sidecars(module: ModuleType) -> list[tuple[str, int, dict[str, Any]]]:
         for index, template in enumerate(scenario.templates):
             values = {
                 "upstream": "127.0.0.1:18080",
+                "upstream_tls": "127.0.0.1:18443",
                 "listen": f"127.0.0.1:{18100 + index}",
                 "admin": f"127.0.0.1:{18200 + index}",
                 "next": f"127.0.0.1:{18101 + index}",
@@ -67,3 +68,18 @@ def test_bench_sidecar_configs_validate(bench_scenarios: ModuleType) -> None:
                     and any(f"unknown plugin {m!r}" in error.message for m in missing))
         ]
         assert errors == [], f"{name} sidecar {index}: {[str(e) for e in errors]}"
+
+
+def test_upstream_serves_tls_only_for_scenarios_that_ask(
+    bench_scenarios: ModuleType, tmp_path: Path
+) -> None:
+    from bench.configs import nginx_upstream_config
+
+    plain = nginx_upstream_config(tmp_path, 18080)
+    assert "ssl" not in plain
+    certs = tmp_path / "certs"
+    tls = nginx_upstream_config(tmp_path, 18080, (18443, certs))
+    assert "listen 127.0.0.1:18443 ssl backlog=4096;" in tls
+    assert f"ssl_certificate {certs / 'b.crt'};" in tls
+    assert f"ssl_certificate_key {certs / 'b.key'};" in tls
+    assert tls.count("return 200") == 2
