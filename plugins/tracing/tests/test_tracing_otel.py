@@ -3,6 +3,8 @@ the plugin propagates and exports."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -71,3 +73,40 @@ def test_sdk_spans_share_the_propagated_ids() -> None:
     assert clients[0].attributes["http.response.status_code"] == 503
     assert server.attributes is not None and server.attributes["http.request.method"] == "GET"
     provider.shutdown()
+
+
+def test_a_global_sdk_provider_set_after_the_policy_is_used_within_the_recheck() -> None:
+    # OpenTelemetry's global provider can be set once per process: a fresh interpreter.
+    script = """
+import time
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sidemesh import ConnectionInfo, Headers, Request, Response, testing
+import sidemesh_tracing.otel as otel
+from sidemesh_tracing.policy import TracingPolicy
+
+otel.RECHECK = 0.2
+policy = TracingPolicy({}, testing.policy_context("tracing", listener="l", route="r"))
+
+def served() -> None:
+    request = Request("GET", "/", "svc", Headers(), ConnectionInfo("127.0.0.1:1"))
+    request.route = "r"
+    policy.on_request(request)
+    policy.on_complete(request, Response(200), None)
+
+served()  # no SDK yet: nothing recorded, and that answer is kept for RECHECK
+memory = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(memory))
+trace.set_tracer_provider(provider)
+served()
+before = len(memory.get_finished_spans())
+time.sleep(0.3)
+served()
+print(before, len(memory.get_finished_spans()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["0", "1"]
