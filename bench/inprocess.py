@@ -97,8 +97,9 @@ async def _measure(requests: int, profile: bool) -> float:
     async def run(count: int) -> None:
         for _ in range(count):
             conn.data_received(REQUEST)
-            # the handler's task, the upstream answer, the response: a few iterations
-            for _ in range(4):
+            # the handler's task, the held writes (writes.py), the upstream answer, the
+            # response: a few iterations
+            for _ in range(6):
                 await asyncio.sleep(0)
 
     await run(500)

@@ -45,6 +45,7 @@ from sidemesh.datapath.messages import Headers, Request, Response
 from sidemesh.datapath.model import ConnectionLimits, Http2Settings, PathNormalization
 from sidemesh.datapath.paths import PathRejected, normalize_path
 from sidemesh.datapath.upgrade_hold import UpgradeHold
+from sidemesh.datapath.writes import write_batch
 
 __all__ = ["DownstreamConnection"]
 
@@ -134,6 +135,7 @@ class DownstreamConnection(Http1Responder):
             return
         # Kept: each get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
+        self.batch = write_batch(self._loop)
         peer = transport.get_extra_info("peername")
         address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
         ssl_object = transport.get_extra_info("ssl_object")
@@ -203,6 +205,8 @@ class DownstreamConnection(Http1Responder):
         if self.busy or self._queue:
             return True
         self._wake()
+        # Returning None closes the transport: what is held for it goes first.
+        self.batch.flush()
         return None
 
     # httptools callbacks ------------------------------------------------------------
@@ -394,6 +398,7 @@ class DownstreamConnection(Http1Responder):
         if self.session is not None:
             self.session.close()
         elif self.transport is not None and not self.transport.is_closing():
+            self.batch.flush()  # the last answer may be held (writes.py)
             self.transport.close()
         self.closed = True
 

@@ -17,6 +17,7 @@ from sidemesh.datapath.codec import (
 )
 from sidemesh.datapath.exchange import ClientSide, UpstreamExchange
 from sidemesh.datapath.messages import Headers, Request, Response
+from sidemesh.datapath.writes import WriteBatch
 
 __all__ = ["Http1Responder"]
 
@@ -36,6 +37,8 @@ class Http1Responder(ClientSide):
 
     # Set when the connection is made (each get_running_loop() costs a getpid() call).
     _loop: asyncio.AbstractEventLoop
+    #: the loop's held writes (writes.py): a response goes out with the others of its turn.
+    batch: WriteBatch
 
     def begin_response(self, request: Request, response: Response) -> None:
         headers, framed = client_fields(response)
@@ -89,7 +92,7 @@ class Http1Responder(ClientSide):
             # Head and first body bytes in one write: one system call, one packet.
             data, self._head = self._head + data, b""
         if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self.batch.write(self.transport, data)
 
     def pause_source(self) -> bool:
         """Whether the upstream should stop reading until the client catches up."""

@@ -24,6 +24,7 @@ from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamError, Upstrea
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.limits import ConnectionLimit, PendingOverflow
 from sidemesh.datapath.messages import Request
+from sidemesh.datapath.writes import WriteBatch, write_batch
 
 __all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]
 
@@ -57,6 +58,7 @@ class UpstreamConnection(UpstreamExchange):
         # Kept: each get_running_loop() costs a getpid() system call.
         self._loop = asyncio.get_running_loop()
         self.sweeper = sweeper(self._loop)
+        self.batch: WriteBatch = write_batch(self._loop)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -170,10 +172,13 @@ class UpstreamConnection(UpstreamExchange):
         self.body_task = None
         self.body_sent = False
         assert self.transport is not None
-        self.transport.write(
-            request_head(request.method, request.path, request.headers.encode())
-        )
-        if body is not None:
+        head = request_head(request.method, request.path, request.headers.encode())
+        if body is None:
+            # With the other requests of this loop turn (writes.py).
+            self.batch.write(self.transport, head)
+        else:
+            self.batch.flush()
+            self.transport.write(head)
             self.body_task = asyncio.ensure_future(self._pump(body))
         return self._head
 

@@ -113,6 +113,7 @@ async def tunnel(
     raw = (fields if isinstance(fields, bytes) else fields.encode()) + extra
     conn.response_started = True
     conn.write_raw(response_head(101, response.reason or _SWITCHING, raw, False, False))
+    conn.batch.flush()  # the tunnel's bytes are written directly, after the 101
     client, server = conn.transport, upstream.transport
     if conn.closed or upstream.closed or client is None or server is None:
         # Gone before the switch: their connection_lost has run already.
