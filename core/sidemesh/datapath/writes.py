@@ -1,14 +1,14 @@
 """Small writes of one event-loop turn, sent back to back at the start of the next.
 
-Each write to a loopback peer that sleeps in ``epoll_wait`` wakes it: the kernel's
-wakeup (an inter-processor interrupt, dear in a VM) was a fifth of the proxy's CPU per
-request here, more than its own Python. The requests of one loop turn are handled one
-after another, ~20 µs apart, long enough for the peer to fall asleep between two of
-them; written together, the first write wakes it and the rest find it awake (the
-figures are in bench/README.md). A write larger than :data:`BATCH_LIMIT` goes out at
+Each write to a loopback peer that sleeps in ``epoll_wait`` wakes it from inside the
+writer's system call (an inter-processor interrupt, dear in a VM): the proxy spent 26 µs
+of system time per request where the bare relay, whose peers are too busy to sleep,
+spent 11. The requests of one loop turn are handled one after another, ~20 µs apart,
+long enough for the peer to fall asleep between two of them; written together, the
+first write wakes it and the rest find it awake (bench/README.md has the figures). A
+write is held one loop turn at most; one larger than :data:`BATCH_LIMIT` goes out at
 once, after what is held, so bodies keep the transport's flow control. Whoever closes a
-transport with writes held calls :meth:`WriteBatch.flush` first.
-"""
+transport whose held writes must arrive calls :meth:`WriteBatch.flush` first."""
 
 from __future__ import annotations
 
