@@ -36,7 +36,7 @@ from sidemesh.control.routes_proxies import DEFAULT_TRUST_DOMAIN
 from sidemesh.control.routes_tokens import token_body
 from sidemesh.control.store import StoreUnavailable
 from sidemesh.control.tls import is_loopback, server_certificate
-from sidemesh.process.runtime import setup_logging
+from sidemesh.process.loop import setup_logging
 
 __all__ = ["main", "main_token"]
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from sidemesh.config.registry import PluginRegistry
     from sidemesh.datapath.sidecar import Sidecar
 
-__all__ = ["AdminServer", "EmbeddedApp", "admin_app", "metrics_response", "not_ready",
+__all__ = ["AdminServer", "EmbeddedApp", "admin_app", "metrics_response",
            "plugins_body"]
 
 

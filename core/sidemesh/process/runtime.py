@@ -26,7 +26,7 @@ from sidemesh.process.loop import run_loop, setup_logging
 from sidemesh.process.sidecar import control_plane
 from sidemesh.process.status import start_status, status_target
 
-__all__ = ["main_proxy", "run_loop", "serve_file", "setup_logging"]
+__all__ = ["main_proxy", "serve_file"]
 
 log = logging.getLogger("sidemesh")
 

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from sidemesh.process.admin import EmbeddedApp, metrics_response, not_ready
+from sidemesh.process.admin import EmbeddedApp, metrics_response
+from sidemesh.process.sidecar import not_ready
 from sidemesh.process.workers import Served, WorkerGroup
 from sidemesh.process.workers_admin import WorkersStatus
 
