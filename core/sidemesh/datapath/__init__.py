@@ -19,6 +19,12 @@ one of two ways:
 
 ``SIDEMESH_COMPILED=0`` runs everything interpreted, either way. ``sidemesh version`` and
 ``python -m sidemesh.tools.build_compiled --status`` say which path runs, and why.
+
+A plugin's per-request modules are compiled the same two ways: its platform wheel (the
+hatch-mypyc hook of its pyproject.toml) puts them beside its sources; a checkout's build
+puts each plugin's in ``plugins/<package>/`` of the build directory, and
+:class:`PluginBuilds` imports them from there on the same terms: all of a plugin's
+compiled modules or none, and only while each one's source is unchanged.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MANIFEST", "MODULES", "State", "activate", "build_dir", "check", "fingerprint",
-           "in_checkout", "state"]
+__all__ = ["MANIFEST", "MODULES", "PLUGIN_BUILDS", "PluginBuilds", "State", "activate",
+           "build_dir", "check", "fingerprint", "in_checkout", "plugin_check", "plugin_fingerprint",
+           "state"]
 
 MANIFEST = "manifest.json"
+#: the folder of a checkout's build holding one folder per compiled plugin package.
+PLUGIN_BUILDS = "plugins"
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: every module of this folder; compiled together, so they call each other natively.
 MODULES = tuple(sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem != "__init__"))
@@ -106,6 +115,82 @@ def check(directory: Path, honour_env: bool = True) -> State:
     return State(True, f"compiled: {len(MODULES)} modules from {directory}")
 
 
+def plugin_fingerprint(source_dir: Path, modules: Sequence[str]) -> dict[str, object]:
+    """What a plugin package's build is checked against: the Python it is for and the
+    digest of each compiled module's source in ``source_dir`` (the package's folder)."""
+    return {
+        "python": EXT_SUFFIX,
+        "sources": {
+            name: hashlib.sha256((source_dir / f"{name}.py").read_bytes()).hexdigest()
+            for name in modules
+        },
+    }
+
+
+def plugin_check(package: str, directory: Path, source_dir: Path) -> State:
+    """Whether the build of plugin ``package`` in ``directory`` (its folder of a checkout's
+    build) matches the sources in ``source_dir``, and may be imported now."""
+    try:
+        built = json.loads((directory / MANIFEST).read_text())
+        modules = list(built["sources"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return State(False, f"interpreted: no usable build of {package} in {directory}: {exc}")
+    try:
+        current = plugin_fingerprint(source_dir, modules)
+    except OSError as exc:
+        return State(False, f"interpreted: {exc}")
+    if built.get("python") != current["python"]:
+        return State(False, f"interpreted: the build is for {built.get('python')}")
+    if built["sources"] != current["sources"]:
+        assert isinstance(current["sources"], dict)
+        changed = sorted(n for n, d in current["sources"].items() if built["sources"][n] != d)
+        names = ", ".join(f"{name}.py" for name in changed)
+        return State(False, f"interpreted: {names} changed since the build (rebuild it)")
+    missing = [name for name in built.get("files") or [] if not (directory / name).is_file()]
+    if missing:
+        return State(False, f"interpreted: the build in {directory} lacks {', '.join(missing)}")
+    # Compiled modules call their siblings' compiled code directly: one imported from
+    # source already (the package was imported before sidemesh) rules the build out.
+    early = sorted(name for name in modules if f"{package}.{name}" in sys.modules)
+    if early:
+        return State(False, f"interpreted: {package}.{early[0]} was imported before sidemesh")
+    plural = "" if len(modules) == 1 else "s"
+    return State(True, f"compiled: {len(modules)} module{plural} from {directory}")
+
+
+class PluginBuilds(MetaPathFinder):
+    """Imports the compiled modules of a checkout's plugin builds (in ``directory``), each
+    plugin's whole build or none of it, decided at the first import of one of them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        #: the verdict on each plugin package's build, once one of its modules was asked for.
+        self.states: dict[str, State] = {}
+        #: the top-level runtime library of each accepted build, by module name.
+        self._shared: dict[str, Path] = {}
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if path is None:
+            shared = self._shared.get(fullname)
+            return None if shared is None else importlib.util.spec_from_file_location(
+                fullname, shared)
+        package, _, name = fullname.rpartition(".")
+        build = self.directory / package
+        compiled = build / package / f"{name}{EXT_SUFFIX}"
+        if not package or "." in package or not compiled.is_file():
+            return None
+        verdict = self.states.get(package)
+        if verdict is None:
+            verdict = self.states[package] = plugin_check(package, build, Path(path[0]))
+            if verdict.active:
+                for library in build.glob(f"*{EXT_SUFFIX}"):
+                    self._shared[library.name.removesuffix(EXT_SUFFIX)] = library
+        if not verdict.active:
+            return None
+        return importlib.util.spec_from_file_location(fullname, compiled)
+
+
 def _installed(beside: list[str]) -> State:
     """What an installed wheel brought: every module compiled, or none (the pure wheel)."""
     remedy = (f"install sidemesh's compiled wheel for {platform.python_implementation()} "
@@ -158,6 +243,10 @@ def activate(package_path: list[str]) -> State:
         _STATE = _installed(beside)
     if beside and not _STATE.active:
         sys.meta_path.insert(0, _Sources())
+    plugins = build_dir() / PLUGIN_BUILDS
+    if os.environ.get("SIDEMESH_COMPILED", "1") != "0" and plugins.is_dir() and (
+            "SIDEMESH_COMPILED_DIR" in os.environ or in_checkout()):
+        sys.meta_path.insert(0, PluginBuilds(plugins))
     return _STATE
 
 

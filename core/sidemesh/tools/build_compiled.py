@@ -1,6 +1,10 @@
-"""Compile a checkout's request path with mypyc (see :mod:`sidemesh.datapath`).
+"""Compile a checkout's request path with mypyc (see :mod:`sidemesh.datapath`), and the
+per-request modules of its plugins.
 
 Usage: python -m sidemesh.tools.build_compiled [--if-stale | --status]
+
+A plugin names the modules it has compiled in its pyproject.toml, as the ``include``
+list of its hatch-mypyc hook (the one its platform wheel is built with).
 
 A developer's convenience (``./dev setup`` runs it): an installed sidemesh gets its
 compiled modules from the platform wheel, where pip keeps track of them.
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import tomllib
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,14 +41,19 @@ from sidemesh.datapath import (
     MANIFEST,
     MODULES,
     PACKAGE_DIR,
+    PLUGIN_BUILDS,
+    State,
     build_dir,
     check,
     fingerprint,
     in_checkout,
+    plugin_check,
+    plugin_fingerprint,
     state,
 )
 
-__all__ = ["BuildProgress", "build", "compile_with_progress", "main"]
+__all__ = ["BuildProgress", "PluginSources", "build", "build_plugin", "checkout_plugins",
+           "compile_with_progress", "main"]
 
 BUILD_TIMEOUT = 900.0
 #: setuptools' line as it starts each C extension: mypyc's shared one, then one per module.
@@ -57,36 +67,87 @@ ignore_missing_imports = True
 """
 
 
-def build(target: Path) -> None:
-    """Compile :data:`MODULES` with mypyc into ``target`` (replaced as a whole, so a
-    process still running the old build keeps its files)."""
+def _compile(package_dir: Path, modules: Sequence[str], staging: Path) -> list[str]:
+    """mypyc's build of ``modules`` of the package in ``package_dir``, copied into
+    ``staging`` (made afresh) as the package's folder and its shared library; the files."""
+    package = package_dir.name
     with tempfile.TemporaryDirectory(prefix="sidemesh-mypyc-") as tmp:
         work = Path(tmp)
         # Compiled from a copy: mypyc writes its extensions next to the sources.
         skip = shutil.ignore_patterns("__pycache__", "*.so")
-        shutil.copytree(PACKAGE_DIR.parent, work / "sidemesh", ignore=skip)
+        shutil.copytree(package_dir, work / package, ignore=skip)
         # The copy has no pyproject.toml beside it: say here which imports ship no types.
         (work / "mypy.ini").write_text(MYPY_CONFIG)
-        command = [
-            sys.executable,
-            "-m",
-            "mypyc",
-            *(f"sidemesh/datapath/{name}.py" for name in MODULES),
-        ]
-        with BuildProgress(len(MODULES)) as progress:
+        command = [sys.executable, "-m", "mypyc", *(f"{package}/{name}.py" for name in modules)]
+        with BuildProgress(len(modules)) as progress:
             compile_with_progress(command, work, progress)
-        staging = Path(f"{target}.new")
         shutil.rmtree(staging, ignore_errors=True)
-        (staging / "sidemesh" / "datapath").mkdir(parents=True)
         files = []
-        for path in [*work.glob("*.so"), *(work / "sidemesh" / "datapath").glob("*.so")]:
+        for path in [*work.glob("*.so"), *work.glob(f"{package}/**/*.so")]:
             relative = path.relative_to(work)
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, staging / relative)
             files.append(str(relative))
-        manifest = {**fingerprint(), "files": sorted(files)}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+    return sorted(files)
+
+
+def _replace(staging: Path, target: Path) -> None:
+    # Replaced whole, so a process still running the old build keeps its files.
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def build(target: Path) -> None:
+    """Compile :data:`MODULES` with mypyc into ``target``, keeping the plugins' builds."""
+    staging = Path(f"{target}.new")
+    files = _compile(PACKAGE_DIR.parent, [f"datapath/{name}" for name in MODULES], staging)
+    (staging / MANIFEST).write_text(json.dumps({**fingerprint(), "files": files}, indent=2))
+    if (target / PLUGIN_BUILDS).is_dir():
+        (target / PLUGIN_BUILDS).rename(staging / PLUGIN_BUILDS)
+    _replace(staging, target)
+
+
+class PluginSources:
+    """A plugin package of the checkout and the modules its pyproject.toml has compiled."""
+
+    def __init__(self, package_dir: Path, modules: list[str]) -> None:
+        self.package_dir = package_dir
+        self.package = package_dir.name
+        self.modules = modules
+
+    def state(self, target: Path) -> State:
+        return plugin_check(self.package, target / PLUGIN_BUILDS / self.package,
+                            self.package_dir)
+
+
+def checkout_plugins(root: Path = PACKAGE_DIR.parents[2]) -> list[PluginSources]:
+    """Every plugin under ``root``/plugins whose hatch-mypyc hook names modules."""
+    found = []
+    for pyproject in sorted((root / "plugins").glob("*/pyproject.toml")):
+        hooks = tomllib.loads(pyproject.read_text())["tool"]["hatch"]["build"]["targets"][
+            "wheel"].get("hooks", {})
+        include: list[str] = hooks.get("mypyc", {}).get("include", [])
+        if not include:
+            continue
+        # "/sidemesh_retry/policy.py": modules of the package itself, never a subpackage's.
+        parts = [entry.strip("/").split("/") for entry in include]
+        package = parts[0][0]
+        if any(len(p) != 2 or p[0] != package or not p[1].endswith(".py") for p in parts):
+            raise ValueError(f"{pyproject}: the mypyc hook's include must list modules of "
+                             f"one package as /{package}/<module>.py: {include}")
+        found.append(PluginSources(pyproject.parent / package,
+                                   [p[1].removesuffix(".py") for p in parts]))
+    return found
+
+
+def build_plugin(plugin: PluginSources, target: Path) -> None:
+    """Compile one plugin's modules into its folder of the build in ``target``."""
+    folder = target / PLUGIN_BUILDS / plugin.package
+    staging = Path(f"{folder}.new")
+    files = _compile(plugin.package_dir, plugin.modules, staging)
+    manifest = {**plugin_fingerprint(plugin.package_dir, plugin.modules), "files": files}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _replace(staging, folder)
 
 
 class BuildProgress:
@@ -175,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--status", action="store_true", help="only say what runs, and why")
     args = parser.parse_args(argv)
     target = build_dir()
+    plugins = checkout_plugins() if in_checkout() else []
     if args.status:
         print(state().reason)
+        for plugin in plugins:
+            print(f"{plugin.package}: {plugin.state(target).reason}")
         return 0
     if not in_checkout() and "SIDEMESH_COMPILED_DIR" not in os.environ:
         # A build made here would be outside pip's record: left behind by `pip uninstall`,
@@ -185,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{state().remedy or 'its compiled modules come with the wheel'}",
               file=sys.stderr)
         return 1
-    if args.if_stale and check(target, honour_env=False).active:
+    core_stale = not (args.if_stale and check(target, honour_env=False).active)
+    stale = [p for p in plugins if not (args.if_stale and p.state(target).active)]
+    if not core_stale and not stale:
         return 0
     try:
         import mypyc  # noqa: F401
@@ -194,16 +260,25 @@ def main(argv: list[str] | None = None) -> int:
             "mypyc is not installed (pip install mypy): sidemesh runs interpreted", file=sys.stderr
         )
         return 1
-    print("compiling the request path with mypyc (about a minute)...", file=sys.stderr)
-    try:
-        build(target)
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        print(
-            f"could not compile the request path, sidemesh runs interpreted: {exc}", file=sys.stderr
-        )
-        return 1
-    print(f"compiled {len(MODULES)} modules into {target}", file=sys.stderr)
-    return 0
+    if core_stale:
+        print("compiling the request path with mypyc (a few minutes)...", file=sys.stderr)
+        try:
+            build(target)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            print(f"could not compile the request path, sidemesh runs interpreted: {exc}",
+                  file=sys.stderr)
+            return 1
+        print(f"compiled {len(MODULES)} modules into {target}", file=sys.stderr)
+    failed = 0
+    for plugin in stale:
+        print(f"compiling {plugin.package}'s {', '.join(plugin.modules)}...", file=sys.stderr)
+        try:
+            build_plugin(plugin, target)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            print(f"could not compile {plugin.package}, it runs interpreted: {exc}",
+                  file=sys.stderr)
+            failed = 1
+    return failed
 
 
 if __name__ == "__main__":

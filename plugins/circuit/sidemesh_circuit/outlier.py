@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from sidemesh import Attempt, ClusterView, EndpointView, ResponseFlag
 
 from .metrics import EJECTIONS
@@ -63,6 +65,8 @@ class _State:
         self.last_sweep = time.monotonic()
 
 
+# Compiled (pyproject.toml), and still a base class for other plugins' policies.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class OutlierDetector:
     """Counts outcomes per endpoint of one cluster and ejects the outliers."""
 

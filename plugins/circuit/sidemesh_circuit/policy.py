@@ -6,6 +6,8 @@ import json
 from importlib import resources
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from sidemesh import (
     Attempt,
     ClusterView,
@@ -37,6 +39,8 @@ def _tighter(current: int | None, mine: int) -> int:
     return mine if current is None else min(current, mine)
 
 
+# Compiled (pyproject.toml), and still a base class for other plugins' policies.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CircuitPolicy(Policy):
     """Envoy's circuit breakers and consecutive-error outlier detection; see README."""
 

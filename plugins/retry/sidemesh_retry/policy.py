@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
 from prometheus_client import Counter
 
 from sidemesh import (
@@ -69,6 +70,8 @@ _STATE = StashKey[_State]("retry")
 _IDLE = _State()
 
 
+# Compiled (pyproject.toml), and still a base class for other plugins' policies.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RetryPolicy(Policy):
     """Envoy's retry policy with a retry budget; see the plugin's README."""
 

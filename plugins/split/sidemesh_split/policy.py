@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from sidemesh import (
     ClusterView,
     EndpointView,
@@ -89,6 +91,8 @@ class Target:
         return self._set
 
 
+# Compiled (pyproject.toml), and still a base class for other plugins' policies.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SplitPolicy(Policy):
     """Weighted split among subsets or clusters; sticky on a header or cookie; mirror."""
 
