@@ -245,8 +245,11 @@ def test_version_names_the_client_its_plugins_and_the_control_plane(
     lines = out.splitlines()
     assert lines[0].startswith(f"client version: {__version__} (request path ")
     assert lines[1] == f"control plane version: {__version__} at {cp.url}, store sqlite"
+    rows = [line.split() for line in lines]
+    assert ["NAME", "DISTRIBUTION", "VERSION", "REQUEST", "PATH"] in rows
     for plugin in PluginRegistry.load().all():
-        assert [plugin.name, plugin.distribution, plugin.version] in map(str.split, lines)
+        assert [plugin.name, plugin.distribution, plugin.version, "compiled"] in rows \
+            or [plugin.name, plugin.distribution, plugin.version, "interpreted"] in rows
     code, out, _ = sidemesh(capsys, "version", "--short")
     assert out == f"client version: {__version__}\ncontrol plane version: {__version__}\n"
     code, out, _ = sidemesh(capsys, "version", "--json")

@@ -155,7 +155,9 @@ def test_the_platform_wheel_runs_every_plugin_compiled_and_uninstalls_cleanly(
 
     version = json.loads(_run(bin_dir / "sidemesh", "version", "--client", "--json"))
     assert version["client"] == {"version": __version__, "request_path": "compiled"}
-    assert sorted(p["name"] for p in version["plugins"]) == PLUGINS
+    assert {p["name"]: p["request_path"] for p in version["plugins"]} == {
+        "circuit": "compiled", "mtls": "compiled", "retry": "compiled", "split": "compiled",
+        "tracing": "interpreted"}
     probe = json.loads(_run(bin_dir / "python", "-c", PROBE))
     assert probe["reason"] == f"compiled: {len(MODULES)} modules from the platform wheel"
     assert probe["forward"].startswith(str(tmp_path / "venv"))
@@ -183,10 +185,14 @@ def test_the_pure_wheel_runs_interpreted_and_says_so(
         dist: Path, tmp_path: Path, certs: Path, upstream: Upstream) -> None:
     (core,) = (dist / "pure").glob("sidemesh-*.whl")
     assert core.name == f"sidemesh-{__version__}-py3-none-any.whl"
-    bin_dir = _venv(tmp_path / "venv", core, *sorted(dist.glob("sidemesh_*-*.whl")))
+    pure = {w.name.split("-")[0]: w for w in (dist / "pure").glob("sidemesh_*-*.whl")}
+    assert all(w.name.endswith("-py3-none-any.whl") for w in pure.values())
+    plugins = [pure.get(w.name.split("-")[0], w) for w in dist.glob("sidemesh_*-*.whl")]
+    bin_dir = _venv(tmp_path / "venv", core, *sorted(plugins))
 
     version = json.loads(_run(bin_dir / "sidemesh", "version", "--client", "--json"))
     assert version["client"]["request_path"] == "interpreted"
+    assert {p["request_path"] for p in version["plugins"]} == {"interpreted"}
     assert json.loads(_run(bin_dir / "python", "-c", PROBE))["forward"].endswith(".py")
 
     log, metrics = _serve_once(bin_dir, *_config(tmp_path, upstream, certs), upstream)

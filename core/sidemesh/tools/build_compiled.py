@@ -116,8 +116,15 @@ class PluginSources:
         self.modules = modules
 
     def state(self, target: Path) -> State:
-        return plugin_check(self.package, target / PLUGIN_BUILDS / self.package,
-                            self.package_dir)
+        folder = target / PLUGIN_BUILDS / self.package
+        try:
+            built = sorted(json.loads((folder / MANIFEST).read_text())["sources"])
+        except (OSError, ValueError, KeyError, TypeError):
+            built = []
+        if built and built != sorted(self.modules):
+            return State(False, "interpreted: pyproject.toml lists other modules than the "
+                                "build has (rebuild it)")
+        return plugin_check(self.package, folder, self.package_dir)
 
 
 def checkout_plugins(root: Path = PACKAGE_DIR.parents[2]) -> list[PluginSources]:
@@ -249,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{state().remedy or 'its compiled modules come with the wheel'}",
               file=sys.stderr)
         return 1
+    declared = {plugin.package for plugin in plugins}
+    # A plugin's build that no pyproject.toml asks for any more is not used again.
+    for folder in (target / PLUGIN_BUILDS).glob("*"):
+        if folder.name not in declared:
+            shutil.rmtree(folder, ignore_errors=True)
     core_stale = not (args.if_stale and check(target, honour_env=False).active)
     stale = [p for p in plugins if not (args.if_stale and p.state(target).active)]
     if not core_stale and not stale:

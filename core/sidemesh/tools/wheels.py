@@ -3,8 +3,9 @@
 Usage: python -m sidemesh.tools.wheels [OUT]   (OUT: the checkout's dist/ by default)
 
 Into OUT: the core's sdist, its platform wheel with the request path compiled by mypyc
-(the hatch-mypyc hook of the root pyproject.toml), and each plugin's and the demo's wheel.
-Into OUT/pure/: the core's pure-Python wheel, the fallback where no platform wheel fits
+(the hatch-mypyc hook of the root pyproject.toml), and each plugin's and the demo's wheel:
+a plugin whose pyproject.toml has a mypyc hook gets an sdist and a platform wheel too.
+Into OUT/pure/: the pure-Python wheels of those, the fallback where no platform wheel fits
 (kept apart: ``pip install OUT/sidemesh-*.whl`` given both would refuse them as a
 conflict). The core's wheels are built from its sdist, because the hook compiles in the
 tree it builds in, and with this environment's build tools (no build isolation): no
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from sidemesh.datapath import in_checkout
+from sidemesh.tools.build_compiled import checkout_plugins
 
 __all__ = ["ROOT", "build_all", "main"]
 
@@ -67,9 +69,20 @@ def build_all(out: Path) -> list[Path]:
           "(about two minutes)...", file=sys.stderr, flush=True)
     made.append(_build("the core's platform wheel", sdist, out, "--wheel",
                        env={"HATCH_BUILD_HOOK_ENABLE_MYPYC": "1"}))
+    compiled = {plugin.package_dir.parent for plugin in checkout_plugins(ROOT)}
     projects = [*sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml")),
                 ROOT / "demo"]
-    made += [_build(project.name, project, out, "--wheel") for project in projects]
+    for project in projects:
+        if project not in compiled:
+            made.append(_build(project.name, project, out, "--wheel"))
+            continue
+        # As the core's: a platform wheel with the modules its mypyc hook names, built
+        # from the sdist, and the pure wheel beside the core's.
+        plugin_sdist = _build(f"{project.name}'s sdist", project, out, "--sdist")
+        made += [plugin_sdist,
+                 _build(f"{project.name}'s pure wheel", plugin_sdist, out / "pure", "--wheel"),
+                 _build(f"{project.name}'s platform wheel", plugin_sdist, out, "--wheel",
+                        env={"HATCH_BUILD_HOOK_ENABLE_MYPYC": "1"})]
     return made
 
 

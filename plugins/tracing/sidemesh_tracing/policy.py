@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mypy_extensions import mypyc_attr
 from opentelemetry.trace import Span, SpanKind, TracerProvider
 
 from sidemesh import (
@@ -74,8 +73,6 @@ TRACE = StashKey[RequestTrace]("tracing")
 NOT_RECORDED = SpanRecord("", "", None, "", "SERVER", 0, "")
 
 
-# Compiled (pyproject.toml), and still a base class for other plugins' policies.
-@mypyc_attr(allow_interpreted_subclasses=True)
 class TracingPolicy(Policy):
     """Extracts the caller's context (W3C, B3), records spans, propagates upstream and
     exports to Zipkin and/or OTLP."""

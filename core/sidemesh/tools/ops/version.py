@@ -1,10 +1,12 @@
 """``sidemesh version``: this client's version and request path, each installed
-plugin's, and the control plane's (its ``GET /healthz`` tells it, without a token)."""
+plugin's version and whether its policy runs compiled, and the control plane's version
+(its ``GET /healthz`` tells it, without a token)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import sysconfig
 from typing import Any
 
 from sidemesh import __version__
@@ -14,6 +16,16 @@ from sidemesh.datapath import state
 from sidemesh.tools.ops.common import control_client, control_url, print_json, print_table
 
 __all__ = ["main"]
+
+EXT_SUFFIX = str(sysconfig.get_config_var("EXT_SUFFIX"))
+
+
+def _request_path(cls: type) -> str:
+    """``compiled`` when the module defining a policy is a C extension (mypyc's build of
+    it, from a platform wheel or a checkout's build), ``interpreted`` otherwise."""
+    module = sys.modules.get(cls.__module__)
+    return "compiled" if str(getattr(module, "__file__", "")).endswith(EXT_SUFFIX) \
+        else "interpreted"
 
 
 def _control_plane(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,8 +52,8 @@ def main(args: argparse.Namespace) -> int:
     answer: dict[str, Any] = {
         "client": {"version": __version__,
                    "request_path": "compiled" if state().active else "interpreted"},
-        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version}
-                    for p in registry.all()],
+        "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                     "request_path": _request_path(p.cls)} for p in registry.all()],
     }
     if not args.client:
         answer["control_plane"] = _control_plane(args)
@@ -59,8 +71,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.short:
         if answer["plugins"]:
             print("plugins:")
-            print_table(("NAME", "DISTRIBUTION", "VERSION"), (
-                (p["name"], p["distribution"], p["version"]) for p in answer["plugins"]))
+            print_table(("NAME", "DISTRIBUTION", "VERSION", "REQUEST PATH"), (
+                (p["name"], p["distribution"], p["version"], p["request_path"])
+                for p in answer["plugins"]))
         else:
             print("plugins: none installed")
         for error in registry.load_errors:
