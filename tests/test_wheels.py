@@ -156,8 +156,8 @@ def test_the_platform_wheel_runs_every_plugin_compiled_and_uninstalls_cleanly(
     version = json.loads(_run(bin_dir / "sidemesh", "version", "--client", "--json"))
     assert version["client"] == {"version": __version__, "request_path": "compiled"}
     assert {p["name"]: p["request_path"] for p in version["plugins"]} == {
-        "circuit": "compiled", "mtls": "compiled", "retry": "compiled", "split": "compiled",
-        "tracing": "interpreted"}
+        "circuit": "compiled", "mtls": "interpreted", "retry": "compiled",
+        "split": "compiled", "tracing": "interpreted"}
     probe = json.loads(_run(bin_dir / "python", "-c", PROBE))
     assert probe["reason"] == f"compiled: {len(MODULES)} modules from the platform wheel"
     assert probe["forward"].startswith(str(tmp_path / "venv"))

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from mypy_extensions import mypyc_attr
-
 from sidemesh import (
     ConnectionSetup,
     Policy,
@@ -74,8 +72,6 @@ class _Rule:
     explicit: bool
 
 
-# Compiled (pyproject.toml), and still a base class for other plugins' policies.
-@mypyc_attr(allow_interpreted_subclasses=True)
 class MtlsPolicy(Policy):
     """Mutual TLS with SPIFFE identities (see the plugin README for the keys)."""
 
