@@ -176,8 +176,10 @@ def test_the_platform_wheel_runs_every_plugin_compiled_and_uninstalls_cleanly(
 
     # pip's record holds every compiled file: uninstalling leaves none behind.
     site = _site_packages(bin_dir)
-    _run(bin_dir / "python", "-m", "pip", "uninstall", "-y", "-q", "sidemesh")
+    _run(bin_dir / "python", "-m", "pip", "uninstall", "-y", "-q", "sidemesh",
+         *(f"sidemesh-{name}" for name in PLUGINS))
     assert not (site / "sidemesh").exists()
+    assert list(site.glob("sidemesh_*")) == []
     assert list(site.glob(f"*__mypyc{EXT_SUFFIX}")) == []
 
 
