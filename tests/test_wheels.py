@@ -176,7 +176,7 @@ def test_the_platform_wheel_runs_every_plugin_compiled_and_uninstalls_cleanly(
 
     # pip's record holds every compiled file: uninstalling leaves none behind.
     site = _site_packages(bin_dir)
-    _run(bin_dir / "python", "-m", "pip", "uninstall", "-y", "-q", "sidemesh",
+    _run(bin_dir / "python", "-m", "pip", "uninstall", "-y", "-q", "sidemesh", "sidemesh-demo",
          *(f"sidemesh-{name}" for name in PLUGINS))
     assert not (site / "sidemesh").exists()
     assert list(site.glob("sidemesh_*")) == []
