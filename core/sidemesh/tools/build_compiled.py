@@ -131,9 +131,10 @@ def checkout_plugins(root: Path = PACKAGE_DIR.parents[2]) -> list[PluginSources]
     """Every plugin under ``root``/plugins whose hatch-mypyc hook names modules."""
     found = []
     for pyproject in sorted((root / "plugins").glob("*/pyproject.toml")):
-        hooks = tomllib.loads(pyproject.read_text())["tool"]["hatch"]["build"]["targets"][
-            "wheel"].get("hooks", {})
-        include: list[str] = hooks.get("mypyc", {}).get("include", [])
+        table = tomllib.loads(pyproject.read_text())
+        for key in ("tool", "hatch", "build", "targets", "wheel", "hooks", "mypyc"):
+            table = table.get(key, {})
+        include: list[str] = table.get("include", [])
         if not include:
             continue
         # "/sidemesh_retry/policy.py": modules of the package itself, never a subpackage's.
