@@ -113,6 +113,9 @@ class TracingPolicy(Policy):
                 OtlpExporter,
             )
         self._exporters = tuple(e for e in (self.exporter, self.otlp) if e is not None)
+        # W3C alone (the default) can be read back from the request's own headers: a
+        # request whose spans nothing records then keeps no state between hooks.
+        self._stateless_w3c = self.formats == ("w3c",)
         load_global_provider()
 
     @classmethod
@@ -147,6 +150,14 @@ class TracingPolicy(Policy):
         otel_server: Span | None = None
         server_id = new_span_id()
         tracer = otel_tracer(self.tracer_provider) if sampled else None
+        log = request.log
+        if self._stateless_w3c and not (sampled and (tracer is not None or self._exporters)):
+            # Nothing records this request's spans: the first attempt's context goes in
+            # now, and a retry reads it back (select_upstream). No state, no span.
+            inject(headers, incoming, new_span_id(), server_id, sampled, self.formats)
+            log["trace_id"] = incoming.trace_id
+            log["span_id"] = server_id
+            return None
         if sampled and tracer is None and not self._exporters:
             # Nothing would read the spans (no collector, no SDK): the request still
             # carries the sampled context upstream, ids and log fields as ever.
@@ -175,7 +186,6 @@ class TracingPolicy(Policy):
         request.stash[TRACE] = RequestTrace(
             incoming, sampled, server_id, request_id, server, otel_server, first_id
         )
-        log = request.log
         log["trace_id"] = incoming.trace_id
         log["span_id"] = server_id
         return None
@@ -188,7 +198,14 @@ class TracingPolicy(Policy):
         # attempt after our on_response already ran, and we could not know it. This hook
         # runs before *every* attempt, so each one gets its own client span id.
         state = request.stash.get(TRACE, None)
-        if state is not None and state.client is None and state.otel_client is None:
+        if state is None:
+            if request.attempts > 1:
+                # A stateless request's retry: the context the previous attempt sent,
+                # under a span id of its own.
+                sent = extract(request.headers)
+                inject(request.headers, sent, new_span_id(), "", bool(sent.sampled),
+                       self.formats)
+        elif state.client is None and state.otel_client is None:
             self._open_attempt(request, state)
         return endpoints
 

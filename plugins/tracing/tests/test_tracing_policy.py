@@ -123,6 +123,7 @@ def run_request(policy: TracingPolicy, request: Request, statuses: list[int | No
     sent = []
     for number, status in enumerate(statuses, start=1):
         ep = endpoint(9080 + number)
+        request.attempts = number  # as the core counts them, before select_upstream
         policy.select_upstream(request, [ep])
         sent.append(request.headers.get("traceparent") or "")
         request.tried.append(ep)
