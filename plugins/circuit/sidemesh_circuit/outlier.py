@@ -65,7 +65,7 @@ class _State:
         self.last_sweep = time.monotonic()
 
 
-# Compiled (pyproject.toml), and still a base class for other plugins' policies.
+# Compiled (pyproject.toml), and still a base class for detectors written in Python.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class OutlierDetector:
     """Counts outcomes per endpoint of one cluster and ejects the outliers."""
