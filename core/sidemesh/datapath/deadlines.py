@@ -8,8 +8,9 @@ while exchanges are in flight.
 from __future__ import annotations
 
 import asyncio
-import weakref
-from typing import Protocol
+from typing import Final, Protocol
+
+from sidemesh.datapath.per_loop import PerLoop
 
 __all__ = ["SWEEP_INTERVAL", "Expiring", "Sweeper", "sweeper"]
 
@@ -49,14 +50,5 @@ class Sweeper:
         self._handle = self.loop.call_later(SWEEP_INTERVAL, self._sweep) if self.live else None
 
 
-_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sweeper] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def sweeper(loop: asyncio.AbstractEventLoop) -> Sweeper:
-    """The sweeper of ``loop`` (made on first use)."""
-    found = _SWEEPERS.get(loop)
-    if found is None:
-        found = _SWEEPERS[loop] = Sweeper(loop)
-    return found
+#: the sweeper of a loop: ``sweeper(loop)``.
+sweeper: Final = PerLoop(Sweeper)

@@ -13,8 +13,9 @@ transport whose held writes must arrive calls :meth:`WriteBatch.flush` first."""
 from __future__ import annotations
 
 import asyncio
-import weakref
 from typing import Final
+
+from sidemesh.datapath.per_loop import PerLoop
 
 __all__ = ["BATCH_LIMIT", "WriteBatch", "write_batch"]
 
@@ -54,14 +55,5 @@ class WriteBatch:
                     transport.write(data)
 
 
-_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def write_batch(loop: asyncio.AbstractEventLoop) -> WriteBatch:
-    """The write batch of ``loop`` (made on first use)."""
-    found = _BATCHES.get(loop)
-    if found is None:
-        found = _BATCHES[loop] = WriteBatch(loop)
-    return found
+#: the write batch of a loop: ``write_batch(loop)``.
+write_batch: Final = PerLoop(WriteBatch)
