@@ -72,7 +72,9 @@ def test_an_ejection_by_one_worker_is_honoured_by_the_other(tmp_path: Path) -> N
             if ejected():
                 break
         assert ejected(), "the failing endpoint was never ejected"
-        assert all(served(admin)), "one worker served nothing while the endpoint failed"
+        # The ejection can come after as few as five requests, all of them possibly taken
+        # by one worker; the other worker then has never seen the endpoint fail and can
+        # only keep away from it through the shared ejection.
         reached, before = len(bad.requests), served(admin)
 
         answers = [get(url + "/after") for _ in range(60)]
