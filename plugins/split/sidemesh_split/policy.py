@@ -114,12 +114,12 @@ class SplitPolicy(Policy):
             Target(d, context, f"destinations[{i}]") for i, d in enumerate(destinations)
         ]
         route = context.route
-        self._counted = [REQUESTS.labels(context.listener, route, t.label) for t in self.targets]
+        self._counted = [REQUESTS.cell(context.listener, route, t.label) for t in self.targets]
         mirror = config.get("mirror")
         if mirror is not None and mirror.get("percent", 100) > 0:
             self._mirror = Target(mirror, context, "mirror")
             self._mirror_share = float(mirror.get("percent", 100)) / 100.0
-            self._mirrored = MIRRORED.labels(context.listener, route, self._mirror.label)
+            self._mirrored = MIRRORED.cell(context.listener, route, self._mirror.label)
 
     @classmethod
     def check_config(cls, config: dict[str, Any], context: PolicyContext) -> list[str]:
@@ -139,13 +139,13 @@ class SplitPolicy(Policy):
         if target.switch:
             request.cluster = target.cluster
         request.log["split"] = target.label
-        self._counted[index].inc()
+        self._counted[index][0] += 1
         mirror = self._mirror
         if mirror is not None and (
             self._mirror_share >= 1.0 or random.random() < self._mirror_share
         ):
             request.mirror(mirror.cluster, mirror.subset)
-            self._mirrored.inc()
+            self._mirrored[0] += 1
         return None
 
     def select_upstream(

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 
 from sidemesh import Attempt, EndpointView, Policy, Request, Response, hookimpl, testing
 from sidemesh_split import choose
@@ -270,3 +270,19 @@ def test_requests_are_counted_per_destination_once_per_request(
                        "ratings": answers["ratings"]}
     assert sum(counted.values()) == 120
 
+
+
+def test_the_counts_go_on_across_a_reload(servers: dict[str, testing.Upstream]) -> None:
+    # A reload makes new policies: they must add to the same series, never restart it
+    # (a Prometheus counter that drops looks like a process restart to rate()).
+    before = metric("reviews", "reviews/v2")
+    only_v2 = doc(servers, [split({"subset": "v2", "weight": 1})])
+    with testing.running_sidecar(only_v2) as sc, httpx.Client(base_url=sc.url("outbound"),
+                                                               timeout=5) as client:
+        assert [client.get("/r").text for _ in range(3)] == ["v2"] * 3
+        sc.apply(doc(servers, [split({"subset": "v2", "weight": 2})]), version="v2")
+        assert [client.get("/r").text for _ in range(4)] == ["v2"] * 4
+    assert metric("reviews", "reviews/v2") - before == 7
+    text = generate_latest(REGISTRY).decode()
+    assert 'sidemesh_split_requests_total{destination="reviews/v2",listener="outbound",' \
+           'route="reviews"}' in text
