@@ -87,3 +87,48 @@ def test_default_metrics_are_sidemeshs_plus_cluster_gauges(tmp_path: Path) -> No
     labels = (("cluster", "app"), ("code", "200"), ("listener", "inbound"), ("route", "app"))
     assert after[("sidemesh_requests_total", labels)] == 2
     assert types["sidemesh_request_duration_seconds"] == "histogram"
+
+
+def test_requests_are_counted_per_route_code_and_flag_when_routes_interleave(
+    tmp_path: Path,
+) -> None:
+    # The counts keep the last request's route at hand: requests that alternate between
+    # routes, and answers of the core's own (no route, a dead endpoint), must each land
+    # in their own series all the same.
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "web.yaml"
+    with Upstream(lambda r: Reply(status=503 if r.path.endswith("/down") else 200)) as up:
+        config.write_text(json.dumps({
+            "node": {"service": "web"}, "admin": f"127.0.0.1:{admin}",
+            "clusters": [{"name": "app", "endpoints": [{"address": up.address}]},
+                         {"name": "dead", "endpoints": [{"address": f"127.0.0.1:{free_port()}"}]}],
+            "listeners": [{"name": "inbound", "address": f"127.0.0.1:{listen}", "routes": [
+                {"name": "a", "match": {"prefix": "/a"}, "cluster": "app"},
+                {"name": "b", "match": {"prefix": "/b"}, "cluster": "app"},
+                {"name": "gone", "match": {"prefix": "/gone"}, "cluster": "dead"}]}],
+        }))  # fmt: skip
+        with ProxyProcess("proxy", "-c", str(config)) as proc, httpx.Client(
+                base_url=f"http://127.0.0.1:{listen}", timeout=5) as client:
+            proc.wait_http(f"http://127.0.0.1:{admin}/ready")
+            paths = ["/a", "/b", "/a", "/b/down", "/a", "/nowhere", "/a", "/gone", "/b"]
+            assert [client.get(p).status_code for p in paths] == [
+                200, 200, 200, 503, 200, 404, 200, 503, 200]
+            _, samples = scrape(admin)
+
+    def count(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    route = {"listener": "inbound", "cluster": "app"}
+    assert count("sidemesh_requests_total", route="a", code="200", **route) == 4
+    assert count("sidemesh_requests_total", route="b", code="200", **route) == 2
+    assert count("sidemesh_requests_total", route="b", code="503", **route) == 1
+    assert count("sidemesh_request_duration_seconds_count", route="a", **route) == 4
+    assert count("sidemesh_request_duration_seconds_count", route="b", **route) == 3
+    assert count("sidemesh_requests_total", listener="inbound", route="", cluster="",
+                 code="404") == 1
+    assert count("sidemesh_upstream_errors_total", listener="inbound", route="", cluster="",
+                 flag="NR") == 1
+    assert count("sidemesh_requests_total", listener="inbound", route="gone",
+                 cluster="dead", code="503") == 1
+    assert count("sidemesh_upstream_errors_total", listener="inbound", route="gone",
+                 cluster="dead", flag="UF") == 1

@@ -42,21 +42,26 @@ LATENCY_BUCKETS = (
 _ROUTE = ["listener", "route", "cluster"]
 
 
-class _Histogram:
-    __slots__ = ("buckets", "sum")
+class _RouteCounts:
+    """What one (listener, route, cluster) answered: codes, latency buckets, flags."""
 
-    def __init__(self) -> None:
+    __slots__ = ("buckets", "cluster", "codes", "flags", "listener", "route", "sum")
+
+    def __init__(self, listener: str, route: str, cluster: str) -> None:
+        self.listener = listener
+        self.route = route
+        self.cluster = cluster
+        self.codes: dict[int, int] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.sum = 0.0
+        self.flags: dict[str, int] = {}
 
 
 class _RequestCollector(Collector):
     """Per-request counters, exposed at scrape time."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str, str], int] = {}
-        self.latency: dict[tuple[str, str, str], _Histogram] = {}
-        self.flags: dict[tuple[str, str, str, str], int] = {}
+        self.routes: dict[tuple[str, str, str], _RouteCounts] = {}
         self.attempts: dict[str, int] = {}
         self.retries: dict[str, int] = {}
 
@@ -66,28 +71,32 @@ class _RequestCollector(Collector):
             "Requests answered, by listener, route, cluster and status code.",
             labels=[*_ROUTE, "code"],
         )
-        for key, value in list(self.requests.items()):
-            requests.add_metric(list(key), value)
-        yield requests
         latency = HistogramMetricFamily(
             "sidemesh_request_duration_seconds",
             "Time from the request head to the end of the response.",
             labels=_ROUTE,
         )
-        for route_key, hist in list(self.latency.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), hist.buckets, strict=True):
-                cumulative += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            latency.add_metric(list(route_key), buckets, hist.sum)
-        yield latency
         flags = CounterMetricFamily(
             "sidemesh_upstream_errors",
             "Requests with an Envoy response flag (UF, UT, UC, UH, UO, URX, NR ...).",
             labels=[*_ROUTE, "flag"],
         )
-        for key, value in list(self.flags.items()):
-            flags.add_metric(list(key), value)
+        for counts in list(self.routes.values()):
+            labels = [counts.listener, counts.route, counts.cluster]
+            for code, value in list(counts.codes.items()):
+                requests.add_metric([*labels, str(code)], value)
+            if counts.codes:
+                cumulative, buckets = 0, []
+                for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts.buckets,
+                                        strict=True):
+                    cumulative += count
+                    buckets.append((str(bound) if bound != float("inf") else "+Inf",
+                                    cumulative))
+                latency.add_metric(labels, buckets, counts.sum)
+            for flag, value in list(counts.flags.items()):
+                flags.add_metric([*labels, flag], value)
+        yield requests
+        yield latency
         yield flags
         for name, doc, data in (
             ("sidemesh_upstream_attempts", "Attempts sent upstream (first tries and retries).",
@@ -137,6 +146,8 @@ class Metrics:
         self.registry = registry
         self._collector = _RequestCollector()
         registry.register(self._collector)
+        #: the counts the last request went to.
+        self._last: _RouteCounts | None = None
         self._clusters = _ClusterCollector()
         registry.register(self._clusters)
         self.istio = IstioMetrics()
@@ -180,18 +191,25 @@ class Metrics:
         flags: Sequence[str],
         attempts: int,
     ) -> None:
-        c = self._collector
-        key = (listener, route, cluster, str(status))
-        c.requests[key] = c.requests.get(key, 0) + 1
-        route_key = (listener, route, cluster)
-        hist = c.latency.get(route_key)
-        if hist is None:
-            hist = c.latency[route_key] = _Histogram()
-        hist.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
-        hist.sum += duration
-        for flag in flags:
-            flag_key = (listener, route, cluster, flag)
-            c.flags[flag_key] = c.flags.get(flag_key, 0) + 1
+        counts = self._last
+        # Most requests take the route the one before took: three identity checks
+        # instead of a tuple built and hashed.
+        if counts is None or counts.route is not route or counts.listener is not listener \
+                or counts.cluster is not cluster:
+            routes = self._collector.routes
+            key = (listener, route, cluster)
+            found = routes.get(key)
+            if found is None:
+                found = routes[key] = _RouteCounts(listener, route, cluster)
+            counts = self._last = found
+        codes = counts.codes
+        codes[status] = codes.get(status, 0) + 1
+        counts.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
+        counts.sum += duration
+        if flags:
+            counted = counts.flags
+            for flag in flags:
+                counted[flag] = counted.get(flag, 0) + 1
         if attempts:
             self._attempts(cluster, attempts)
 
