@@ -25,8 +25,18 @@ from sidemesh import (
 
 from .attributes import client_tags, finish_client, finish_server, grpc_tags, server_tags
 from .otel import end_otel_span, load_global_provider, otel_tracer, start_otel_span
-from .propagation import Incoming, Propagation, extract, inject, new_span_id, ratio_sampled
+from .propagation import (
+    Incoming,
+    Propagation,
+    extract,
+    find_context,
+    inject,
+    new_ids,
+    new_span_id,
+    ratio_sampled,
+)
 from .spans import SpanRecord, now_us
+from .w3c import FLAG_RANDOM, FLAG_SAMPLED, format_traceparent
 
 if TYPE_CHECKING:
     from .exporter import BatchExporter
@@ -133,8 +143,11 @@ class TracingPolicy(Policy):
 
     def on_request(self, request: Request) -> Response | None:
         headers = request.headers
-        incoming = extract(headers)
-        if incoming.debug:
+        trace_id, server_id, client_id = new_ids()
+        incoming = find_context(headers)
+        if incoming is None:
+            sampled = ratio_sampled(trace_id, self.ratio)
+        elif incoming.debug:
             sampled = True
         elif incoming.sampled is not None:
             sampled = incoming.sampled
@@ -148,16 +161,23 @@ class TracingPolicy(Policy):
             request.request_id = request_id
         server: SpanRecord | None = None
         otel_server: Span | None = None
-        server_id = new_span_id()
         tracer = otel_tracer(self.tracer_provider) if sampled else None
         log = request.log
         if self._stateless_w3c and not (sampled and (tracer is not None or self._exporters)):
             # Nothing records this request's spans: the first attempt's context goes in
             # now, and a retry reads it back (select_upstream). No state, no span.
-            inject(headers, incoming, new_span_id(), server_id, sampled, self.formats)
-            log["trace_id"] = incoming.trace_id
+            if incoming is None:
+                # A new trace, and no tracing field to remove first.
+                flags = FLAG_RANDOM | FLAG_SAMPLED if sampled else FLAG_RANDOM
+                headers.add("traceparent", format_traceparent(trace_id, client_id, flags))
+            else:
+                inject(headers, incoming, client_id, server_id, sampled, self.formats)
+                trace_id = incoming.trace_id
+            log["trace_id"] = trace_id
             log["span_id"] = server_id
             return None
+        if incoming is None:
+            incoming = Incoming(trace_id, None, None, FLAG_RANDOM)
         if sampled and tracer is None and not self._exporters:
             # Nothing would read the spans (no collector, no SDK): the request still
             # carries the sampled context upstream, ids and log fields as ever.
@@ -182,9 +202,8 @@ class TracingPolicy(Policy):
                 debug=incoming.debug, tracestate=incoming.tracestate,
             )
         # Written upstream by select_upstream, which runs before every attempt.
-        first_id = new_span_id()
         request.stash[TRACE] = RequestTrace(
-            incoming, sampled, server_id, request_id, server, otel_server, first_id
+            incoming, sampled, server_id, request_id, server, otel_server, client_id
         )
         log["trace_id"] = incoming.trace_id
         log["span_id"] = server_id

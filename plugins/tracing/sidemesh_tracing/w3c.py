@@ -16,6 +16,8 @@ __all__ = [
     "FLAG_SAMPLED",
     "TRACESTATE_MAX_LENGTH",
     "TRACESTATE_MAX_MEMBERS",
+    "ZERO_SPAN_ID",
+    "ZERO_TRACE_ID",
     "TraceParent",
     "format_traceparent",
     "format_tracestate",
@@ -35,8 +37,9 @@ TRACESTATE_LARGE_ENTRY = 128
 
 _OWS = " \t"
 _HEX = re.compile("[0-9a-f]*")
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
+#: the one invalid value of each id.
+ZERO_TRACE_ID = "0" * 32
+ZERO_SPAN_ID = "0" * 16
 
 #: Flags this version defines; the others are reserved and must be sent as zero.
 _KNOWN_FLAGS = FLAG_SAMPLED | FLAG_RANDOM
@@ -92,7 +95,7 @@ def parse_traceparent(values: list[str]) -> TraceParent | None:
         return None
     if not (_is_hex(trace_id) and _is_hex(parent_id) and _is_hex(flags)):
         return None
-    if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
+    if trace_id == ZERO_TRACE_ID or parent_id == ZERO_SPAN_ID:
         return None
     return TraceParent(trace_id, parent_id, int(flags, 16) & _KNOWN_FLAGS)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import select
+
 import pytest
 
 from sidemesh import Headers
 from sidemesh_tracing.b3 import parse_b3_multi, parse_b3_single
-from sidemesh_tracing.propagation import extract, inject, new_trace_id, ratio_sampled
+from sidemesh_tracing.propagation import extract, inject, new_ids, new_trace_id, ratio_sampled
 
 TRACE = "463ac35c9f6413ad48485a3953bb6124"
 SPAN = "0020000000000001"
@@ -146,3 +149,34 @@ def test_ratio_sampling_is_deterministic_and_proportional() -> None:
     assert [t for t in ids if ratio_sampled(t, 0.25)] == picked
     # A trace sampled at a low ratio is sampled at every higher ratio (consistent cut).
     assert all(ratio_sampled(t, 0.5) for t in picked)
+
+
+def test_new_ids_are_valid_and_never_repeat_across_batches() -> None:
+    seen: set[str] = set()
+    for _ in range(300):  # several batches of drawn ids
+        trace_id, server_id, client_id = new_ids()
+        assert len(trace_id) == 32 and len(server_id) == len(client_id) == 16
+        assert int(trace_id, 16) and int(server_id, 16) and int(client_id, 16)
+        assert trace_id == trace_id.lower()
+        seen.update((trace_id, server_id, client_id))
+    assert len(seen) == 900
+
+
+def test_a_forked_worker_does_not_hand_out_its_parents_ids() -> None:
+    new_ids()  # the parent now holds a batch of drawn ids
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the next ids go to the parent, then exit at once
+        try:
+            os.write(write_end, ",".join(new_ids()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 10)
+        assert ready, "the forked child wrote nothing within 10 s"
+        child = os.read(read_end, 200).decode().split(",")
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert child != list(new_ids())
