@@ -50,7 +50,8 @@ class Weights:
         """The destination index for ``key``, or a random weighted one for ``None``."""
         if self._only is not None:
             return self._only
-        point = random.randrange(self.total) if key is None else key_point(key, self.total)
+        # random() rather than randrange(), which is Python code: a third of the cost.
+        point = int(random.random() * self.total) if key is None else key_point(key, self.total)
         return bisect.bisect_right(self._bounds, point)
 
 
