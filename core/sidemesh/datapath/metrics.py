@@ -85,14 +85,12 @@ class _RequestCollector(Collector):
             labels = [counts.listener, counts.route, counts.cluster]
             for code, value in list(counts.codes.items()):
                 requests.add_metric([*labels, str(code)], value)
-            if counts.codes:
-                cumulative, buckets = 0, []
-                for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts.buckets,
-                                        strict=True):
-                    cumulative += count
-                    buckets.append((str(bound) if bound != float("inf") else "+Inf",
-                                    cumulative))
-                latency.add_metric(labels, buckets, counts.sum)
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts.buckets,
+                                    strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric(labels, buckets, counts.sum)
             for flag, value in list(counts.flags.items()):
                 flags.add_metric([*labels, flag], value)
         yield requests
