@@ -16,8 +16,12 @@ from sidemesh.testing import free_port
 
 #: what a plain config's proxy does not need: mTLS's cryptography, the control-plane
 #: client's httpx (and the rich and click of httpx's command line), the tracing
-#: exporters' OpenTelemetry SDK and protobuf.
-NOT_FOR_A_PLAIN_CONFIG = ("cryptography", "httpx", "rich", "opentelemetry.sdk", "google.protobuf")
+#: exporters' OpenTelemetry SDK and protobuf, RE2 (regex routes only), h2 (until the
+#: first HTTP/2 client or pool), websockets (the admin API has no WebSocket endpoint).
+NOT_FOR_A_PLAIN_CONFIG = (
+    "cryptography", "httpx", "rich", "opentelemetry.sdk", "google.protobuf", "re2", "h2",
+    "websockets",
+)
 #: what only the parent of ``--concurrency N`` serves (the admin API, the status port).
 PARENT_ONLY = ("starlette", "uvicorn")
 

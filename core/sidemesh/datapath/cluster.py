@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from mypy_extensions import mypyc_attr
 
 from sidemesh.datapath.connections import ConnectionSetup
-from sidemesh.datapath.h2_pool import H2Pool
 from sidemesh.datapath.limits import ConnectionLimit, RetryLimit
 from sidemesh.datapath.pool import ConnectionPool
 
@@ -181,6 +180,9 @@ class Cluster:
         makes each connection's TLS settings; ``None``: plain)."""
         protocol = self.config.protocol
         if protocol == "http2" or (protocol == "auto" and setup is not None):
+            # Imported on the first HTTP/2 pool: most sidecars never make one.
+            from sidemesh.datapath.h2_pool import H2Pool
+
             return H2Pool(endpoint.host, endpoint.port, setup, protocol == "auto")
         return ConnectionPool(endpoint.host, endpoint.port, setup)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -40,14 +40,20 @@ from sidemesh.datapath.codec import (
 from sidemesh.datapath.connections import ConnectionInfo, describe_local
 from sidemesh.datapath.exchange import ClientSide
 from sidemesh.datapath.h1_response import Http1Responder
-from sidemesh.datapath.h2_downstream import PREFACE, H2Session
 from sidemesh.datapath.messages import Headers, Request, Response
 from sidemesh.datapath.model import ConnectionLimits, Http2Settings, PathNormalization
 from sidemesh.datapath.paths import PathRejected, normalize_path
 from sidemesh.datapath.upgrade_hold import UpgradeHold
 from sidemesh.datapath.writes import write_batch
 
+if TYPE_CHECKING:
+    from sidemesh.datapath.h2_downstream import H2Session
+
 __all__ = ["DownstreamConnection"]
+
+#: the first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 3.4): an
+#: HTTP/1.1 request line cannot start with them.
+_H2_START = b"PRI"
 
 
 #: fields the core reads itself; the parser notes their first value as it goes.
@@ -148,6 +154,10 @@ class DownstreamConnection(Http1Responder):
                 self._start_h2(b"")
 
     def _start_h2(self, data: bytes) -> None:
+        # Imported on the first HTTP/2 client: h2 and hpack add ~1 MiB to a sidecar
+        # that may never see one.
+        from sidemesh.datapath.h2_downstream import H2Session
+
         transport = self.transport
         assert transport is not None
         session = self.session = H2Session(self, self.http2)
@@ -160,7 +170,7 @@ class DownstreamConnection(Http1Responder):
         if self.closed:
             return
         self.reads += 1
-        if self.reads == 1 and data[:3] == PREFACE[:3]:
+        if self.reads == 1 and data[:3] == _H2_START:
             self._start_h2(data)
             return
         try:

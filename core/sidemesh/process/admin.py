@@ -115,6 +115,8 @@ class EmbeddedApp:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            # No WebSocket endpoint: "auto" would import websockets (~2.5 MiB) anyway.
+            ws="none",
         )
         self.server = _EmbeddedServer(config)
 
