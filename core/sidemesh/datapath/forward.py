@@ -136,7 +136,7 @@ class Forwarder:
         outcome.status = response.status
         outcome.response = response
         if not conn.closed:
-            conn.write_simple(response)
+            conn.write_simple(response, request.method == "HEAD")
 
     # the request -------------------------------------------------------------------
     @staticmethod

@@ -167,13 +167,13 @@ class H2Stream(ClientSide):
         self._ending = True
         self.send_pending()
 
-    def write_simple(self, response: Response) -> None:
+    def write_simple(self, response: Response, head_only: bool = False) -> None:
         body = response.body
         fields = response_fields(response)
         fields.append((b"content-length", b"%d" % len(body)))
         if response.headers.get("server") is None:
             fields.append((b"server", b"sidemesh"))
-        self._hold_head(fields, False)
+        self._hold_head(fields, head_only)  # no_body: write_body drops what follows
         self.write_body(body)
         self.end_response(None)
 

@@ -1,0 +1,91 @@
+"""The proxy's own answers to a HEAD request (no route, a dead upstream) carry no body,
+as RFC 9110 9.3.2 requires and Envoy's local replies do: on a kept-alive HTTP/1.1
+connection such a body would be read as the head of the next response."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from sidemesh import testing
+
+IO_TIMEOUT = 5.0
+
+
+def _config(upstream: str) -> dict[str, object]:
+    doc = testing.simple_config(upstream)
+    doc["listeners"][0]["routes"][0]["match"] = {"prefix": "/api"}
+    return doc
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a kept-open connection; what came back within a second of quiet."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(data)
+        sock.settimeout(1.0)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+@pytest.fixture(scope="module")
+def sidecar() -> object:
+    # Nothing listens on the cluster's endpoint: /api/... gets the proxy's 503 (UF).
+    with testing.running_sidecar(_config(f"127.0.0.1:{testing.free_port()}")) as sc:
+        yield sc
+
+
+@pytest.mark.parametrize("path, status", [("/elsewhere", 404), ("/api/x", 503)])
+def test_a_head_answer_has_no_body_and_the_next_response_follows_it(
+    sidecar: testing.RunningSidecar, path: str, status: int
+) -> None:
+    received = _exchange(
+        sidecar.port("main"),
+        f"HEAD {path} HTTP/1.1\r\nHost: a\r\n\r\nGET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+    )
+    head, _, rest = received.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\ncontent-length: (\d+)", head, re.IGNORECASE)
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()) and length, received
+    # The GET's answer starts right after the HEAD's head, with the body the HEAD's
+    # content-length announced.
+    assert rest.startswith(f"HTTP/1.1 {status} ".encode()), received
+    _, _, get_body = rest.partition(b"\r\n\r\n")
+    assert len(get_body) == int(length.group(1)) > 0, received
+
+
+def test_a_head_answer_over_http2_ends_its_stream_with_the_headers(
+    sidecar: testing.RunningSidecar,
+) -> None:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    events: list[h2.events.Event] = []
+    with socket.create_connection(("127.0.0.1", sidecar.port("main")), timeout=IO_TIMEOUT) as sock:
+        conn.send_headers(1, [(":method", "HEAD"), (":scheme", "http"), (":path", "/elsewhere"),
+                              (":authority", "a")], end_stream=True)  # fmt: skip
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + IO_TIMEOUT
+        while time.monotonic() < deadline and not any(
+            isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in events
+        ):
+            data = sock.recv(65536)
+            if not data:
+                break
+            events.extend(conn.receive_data(data))
+            sock.sendall(conn.data_to_send())
+    responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert responses and dict(responses[0].headers)[b":status"] == b"404", events
+    assert responses[0].stream_ended is not None, "the HEADERS frame did not end the stream"
+    assert not [e for e in events if isinstance(e, h2.events.DataReceived)], events
