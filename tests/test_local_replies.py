@@ -89,3 +89,39 @@ def test_a_head_answer_over_http2_ends_its_stream_with_the_headers(
     assert responses and dict(responses[0].headers)[b":status"] == b"404", events
     assert responses[0].stream_ended is not None, "the HEADERS frame did not end the stream"
     assert not [e for e in events if isinstance(e, h2.events.DataReceived)], events
+
+
+def test_an_answer_before_the_request_body_says_the_connection_closes(
+    sidecar: testing.RunningSidecar,
+) -> None:
+    # The body is still to come when the 404 goes out: the proxy cannot skip it safely
+    # and closes the connection, so the client must not send another request on it.
+    with socket.create_connection(("127.0.0.1", sidecar.port("main")), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(b"POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, received
+            received += chunk
+    head = received.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 404 ") and b"\r\nconnection: close" in head, received
+
+
+def test_a_client_still_sending_its_body_gets_the_early_answer_not_a_reset(
+    sidecar: testing.RunningSidecar,
+) -> None:
+    # A large upload to a path with no route: the 404 comes before the body. Closing at
+    # once, with the client's bytes unread, would reset the connection and could destroy
+    # the 404 before the client read it; the proxy drops what follows for a while instead
+    # (Envoy's delayed close), then closes.
+    body = b"x" * (4 << 20)
+    with socket.create_connection(("127.0.0.1", sidecar.port("main")), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(f"POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode())
+        time.sleep(0.2)  # the answer is out before the body starts
+        sock.sendall(body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 404 "), received
+    assert received.endswith(b'"path": "/elsewhere"}'), received

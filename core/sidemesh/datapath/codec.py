@@ -11,6 +11,7 @@ chunked decoder lives in chunked.py.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, Final
 
 import httptools
@@ -38,6 +39,7 @@ __all__ = [
     "check_upgrade",
     "check_version",
     "client_fields",
+    "drop_nominated_fields",
     "encode_chunk",
     "expects_continue",
     "field_name",
@@ -56,7 +58,8 @@ __all__ = [
 ]
 
 # Final module constants: mypyc keeps them in C globals, no dict lookup per use.
-REASONS: Final = {
+#: reason phrases: RFC 9110's, over the standard library's older ones (413, 414).
+REASONS: Final = {status.value: status.phrase for status in HTTPStatus} | {
     200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large",
@@ -166,6 +169,17 @@ def nominated_fields(connection: str) -> frozenset[str]:
     names.discard("")
     names.discard("close")
     return frozenset(names - PROTECTED)
+
+
+def drop_nominated_fields(headers: Headers, core: dict[str, str]) -> None:
+    """Remove the fields ``headers``' Connection fields nominate, and from ``core`` (the
+    fields the core read as they came) those it keeps of them."""
+    nominated = nominated_fields(",".join(headers.get_all("connection")))
+    if nominated:
+        headers.remove_all(nominated)
+        for name in ("x-forwarded-for", "expect"):
+            if name in nominated:
+                core.pop(name, None)
 
 
 def request_host(version: str, host: str | None, hosts: int, authority: str | None) -> str:

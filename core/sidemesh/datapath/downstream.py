@@ -31,8 +31,8 @@ from sidemesh.datapath.codec import (
     check_target_length,
     check_upgrade,
     check_version,
+    drop_nominated_fields,
     field_name,
-    nominated_fields,
     request_framing,
     request_host,
     request_target,
@@ -61,6 +61,9 @@ CORE_FIELDS = frozenset(
     {"host", "transfer-encoding", "content-length", "connection", "expect",
      "x-request-id", "x-forwarded-for", "upgrade"}
 )  # fmt: skip
+#: how long a connection closed after an early answer still takes (and drops) the
+#: client's bytes: Envoy's delayed_close_timeout default.
+LINGER = 1.0
 _DEFAULT_PATHS = PathNormalization()
 _DEFAULT_LIMITS = ConnectionLimits()
 _DEFAULT_HTTP2 = Http2Settings()
@@ -115,6 +118,8 @@ class DownstreamConnection(Http1Responder):
         self.seen = (-1, -1)
         self.since = 0.0
         self._queue: deque[tuple[Request, RequestBody, bool]] = deque()
+        #: the body of the request being answered.
+        self._serving = NO_BODY
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._header_bytes = 0
@@ -206,6 +211,8 @@ class DownstreamConnection(Http1Responder):
         self._on_close(self)
 
     def eof_received(self) -> bool | None:
+        if self.closed:
+            return None  # lingering (_linger): the client is done too
         # The client half-closed: answer what it sent, then close (returning True keeps
         # the write side open until then).
         self.keep_alive = False
@@ -265,7 +272,8 @@ class DownstreamConnection(Http1Responder):
         check_upgrade(core.get("upgrade"), framing)
         connection = core.get("connection")
         if connection is not None and connection not in PLAIN_CONNECTION:
-            self._drop_nominated(headers, core)
+            # Before routing, so routes and policies see the fields the upstream gets.
+            drop_nominated_fields(headers, core)
         paths = self.paths
         if paths.normalize and path != "*":
             try:
@@ -292,16 +300,6 @@ class DownstreamConnection(Http1Responder):
             self._task = self._loop.create_task(self._serve())
         elif self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-
-    @staticmethod
-    def _drop_nominated(headers: Headers, core: dict[str, str]) -> None:
-        # Before routing, so routes and policies see the fields the upstream gets.
-        nominated = nominated_fields(",".join(headers.get_all("connection")))
-        if nominated:
-            headers.remove_all(nominated)
-            for name in ("x-forwarded-for", "expect"):
-                if name in nominated:
-                    core.pop(name, None)
 
     def on_body(self, body: bytes) -> None:
         if self._current is not None:
@@ -341,15 +339,17 @@ class DownstreamConnection(Http1Responder):
                 self.busy = True
                 self.response_started = False
                 self.response_done = False
+                self._serving = body
                 await self.handler(self, request, body)
+                self._serving = NO_BODY
                 self.busy = False
                 self.bytes_sent = 0
-                if not self.keep_alive or not self.response_done:
-                    self.close()
-                    break
-                if not body.eof:
+                if self.response_done and not body.eof:
                     # The handler answered before the body was read (a 403, a 404):
                     # the rest of the body cannot be skipped safely.
+                    self._linger()
+                    break
+                if not self.keep_alive or not self.response_done:
                     self.close()
                     break
         finally:
@@ -359,6 +359,16 @@ class DownstreamConnection(Http1Responder):
                 self._answer_error()
             elif self._eof:
                 self.close()
+
+    def start_response(
+        self, status: int, headers: Headers | bytes, reason: str = "", chunked: bool = False
+    ) -> None:
+        if not self._serving.eof:
+            # Answered before its body is in (a 404, a policy's 403): the rest cannot be
+            # skipped safely, so the connection ends with this answer (_serve), and the
+            # client must be told so, or it would send its next request on it.
+            self.keep_alive = False
+        super().start_response(status, headers, reason, chunked)
 
     # hygiene (hygiene.py) ------------------------------------------------------------
     def reading_head(self) -> bool:
@@ -411,6 +421,23 @@ class DownstreamConnection(Http1Responder):
             self.batch.flush()  # the last answer may be held (writes.py)
             self.transport.close()
         self.closed = True
+
+    def _linger(self) -> None:
+        """Close after an answer that came before the request's body was in, as Envoy's
+        delayed close: the answer goes out with a FIN, and what the client still sends is
+        read and dropped for up to :data:`LINGER` seconds. Closing at once with its bytes
+        unread would reset the connection, and a reset can destroy the answer before
+        the client has read it."""
+        transport = self.transport
+        if self.session is not None or transport is None or transport.is_closing():
+            self.close()
+            return
+        self.closed = True  # data_received drops what comes
+        self.batch.flush()
+        if transport.can_write_eof():  # not over TLS: there the answer tells the client
+            transport.write_eof()
+        transport.resume_reading()
+        self._loop.call_later(LINGER, transport.close)
 
     def stop_serving(self) -> None:
         """Serve the requests begun, then close (a drain): HTTP/2 clients get a GOAWAY."""

@@ -33,13 +33,13 @@ from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid, build
 from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import ApplyError
-from sidemesh.process.admin import EmbeddedApp
 from sidemesh.process.discovery import (
     Registrar,
     cluster_endpoints,
     service_clusters,
     with_endpoints,
 )
+from sidemesh.process.endpoints import EndpointServer
 from sidemesh.process.lifecycle import (
     install_signals,
     log_ready,
@@ -129,7 +129,7 @@ class Agent:
         self.applied: int | None = None
         self.seen: int = 0
         self.nacked: dict[int, str] = {}
-        self.admin: EmbeddedApp | None = None
+        self.admin: EndpointServer | None = None
         self.admin_address: str | None = None
         self.pending: dict[str, Any] | None = None
         self.tried_cache = False
@@ -163,7 +163,7 @@ class Agent:
             config = with_endpoints(build(local, self.registry), local, self.endpoints)
         except ConfigInvalid as exc:
             return "; ".join(str(e) for e in exc.errors)
-        new_admin: EmbeddedApp | None = None
+        new_admin: EndpointServer | None = None
         if config.admin and config.admin != self.admin_address:
             try:
                 new_admin = await start_admin(self.sidecar, self.registry, config.admin)

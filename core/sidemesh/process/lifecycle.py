@@ -14,7 +14,8 @@ from sidemesh.api.policy import ControlPlane
 from sidemesh.config.build import split_address
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.datapath.accesslog import AccessLog
-from sidemesh.process.admin import AdminServer, EmbeddedApp
+from sidemesh.process.admin import AdminServer
+from sidemesh.process.endpoints import EndpointServer
 from sidemesh.process.sidecar import new_sidecar
 from sidemesh.process.workers import Served, WorkerGroup, cpu_count
 from sidemesh.process.workers_admin import WorkersAdmin
@@ -53,7 +54,7 @@ async def new_served(args: argparse.Namespace, registry: PluginRegistry,
     return group
 
 
-async def start_admin(sidecar: Served, registry: PluginRegistry, address: str) -> EmbeddedApp:
+async def start_admin(sidecar: Served, registry: PluginRegistry, address: str) -> EndpointServer:
     """Start the admin API on ``address``.
 
     :raises OSError: when it cannot listen there.
@@ -73,7 +74,7 @@ def install_signals(stop: asyncio.Event, on_hup: Callable[[], object]) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
-def log_ready(sidecar: Served, service: str, admin: EmbeddedApp | None,
+def log_ready(sidecar: Served, service: str, admin: EndpointServer | None,
               admin_address: str | None) -> None:
     listening = {name: f"{s.host}:{s.port}" for name, s in sidecar.servers.items()}
     where = f"{admin_address.rpartition(':')[0]}:{admin.port}" if admin and admin_address \
@@ -88,8 +89,8 @@ def log_ready(sidecar: Served, service: str, admin: EmbeddedApp | None,
     )
 
 
-async def shut_down(sidecar: Served, admin: EmbeddedApp | None, drain: float,
-                    status: EmbeddedApp | None = None) -> None:
+async def shut_down(sidecar: Served, admin: EndpointServer | None, drain: float,
+                    status: EndpointServer | None = None) -> None:
     """Drain in-flight requests (up to ``drain`` seconds), then stop the admin API and the
     status port (which answers ``503`` while the sidecar drains, so kubelet sees it)."""
     log.info("draining (up to %ss)", drain)

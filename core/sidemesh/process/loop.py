@@ -2,8 +2,7 @@
 run on uvloop.
 
 Apart from :mod:`sidemesh.process.runtime` so that a worker of ``--concurrency N``
-imports neither the admin API nor the status port (Starlette, uvicorn), which only the
-parent serves.
+imports neither the admin API nor the status port, which only the parent serves.
 """
 
 from __future__ import annotations

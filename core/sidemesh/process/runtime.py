@@ -14,7 +14,7 @@ from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import ConfigInvalid, config_digest, load_file
 from sidemesh.datapath.accesslog import AccessLog
 from sidemesh.datapath.sidecar import ApplyError
-from sidemesh.process.admin import EmbeddedApp
+from sidemesh.process.endpoints import EndpointServer
 from sidemesh.process.lifecycle import (
     install_signals,
     log_ready,
@@ -56,8 +56,8 @@ async def serve_file(
     except ApplyError as exc:
         log.error("%s", exc)
         return 1
-    admin: EmbeddedApp | None = None
-    status: EmbeddedApp | None = None
+    admin: EndpointServer | None = None
+    status: EndpointServer | None = None
     try:
         if config.admin:
             admin = await start_admin(sidecar, registry, config.admin)

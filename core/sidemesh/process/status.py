@@ -13,12 +13,9 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
-
-from sidemesh.process.admin import EmbeddedApp, metrics_response
+from sidemesh.datapath.messages import Response
+from sidemesh.process.admin import metrics_response
+from sidemesh.process.endpoints import Endpoint, EndpointServer
 from sidemesh.process.sidecar import not_ready
 from sidemesh.process.workers import Served, WorkerGroup
 from sidemesh.process.workers_admin import WorkersStatus
@@ -26,36 +23,31 @@ from sidemesh.process.workers_admin import WorkersStatus
 if TYPE_CHECKING:
     from sidemesh.datapath.sidecar import Sidecar
 
-__all__ = ["StatusServer", "start_status", "status_app", "status_target"]
+__all__ = ["StatusServer", "start_status", "status_routes", "status_target"]
 
 log = logging.getLogger("sidemesh")
 
 
-def status_app(sidecar: Sidecar) -> Starlette:
-    async def ready(_: Request) -> Response:
+def status_routes(sidecar: Sidecar) -> dict[str, Endpoint]:
+    async def ready() -> Response:
         # The reason (listener names, a control plane's error) stays on the admin API:
         # anyone in the cluster can reach this port.
         if not_ready(sidecar) is None:
-            return PlainTextResponse("ready\n")
-        return PlainTextResponse("not ready\n", status_code=503)
+            return Response.text(200, "ready\n")
+        return Response.text(503, "not ready\n")
 
-    async def metrics(_: Request) -> Response:
+    async def metrics() -> Response:
         return metrics_response(sidecar)
 
-    return Starlette(
-        routes=[
-            Route("/healthz/ready", ready, methods=["GET"]),
-            Route("/stats/prometheus", metrics, methods=["GET"]),
-        ]
-    )
+    return {"/healthz/ready": ready, "/stats/prometheus": metrics}
 
 
-class StatusServer(EmbeddedApp):
+class StatusServer(EndpointServer):
     def __init__(self, sidecar: Sidecar, host: str, port: int) -> None:
-        super().__init__(status_app(sidecar), host, port, "status port")
+        super().__init__(status_routes(sidecar), host, port, "status port")
 
 
-async def start_status(sidecar: Served, host: str, port: int | None) -> EmbeddedApp | None:
+async def start_status(sidecar: Served, host: str, port: int | None) -> EndpointServer | None:
     """Serve the status port on ``host:port``; ``None`` when ``port`` is ``None`` (off).
 
     :raises OSError: when it cannot listen there.

@@ -15,13 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
 
 from sidemesh.config.registry import PluginRegistry
-from sidemesh.process.admin import EmbeddedApp, plugins_body
+from sidemesh.datapath.messages import Response
+from sidemesh.process.admin import plugins_body
+from sidemesh.process.endpoints import Endpoint, EndpointServer, bytes_answer
 from sidemesh.process.workers import WorkerGroup
 
 __all__ = ["WorkersAdmin", "WorkersStatus", "merge_clusters", "merge_metrics"]
@@ -112,72 +110,66 @@ def _requests(text: str) -> int:
                    if f.name == "sidemesh_requests" for s in f.samples))
 
 
-def admin_app(group: WorkerGroup, registry: PluginRegistry) -> Starlette:
-    async def ready(_: Request) -> Response:
+def admin_routes(group: WorkerGroup, registry: PluginRegistry) -> dict[str, Endpoint]:
+    async def ready() -> Response:
         reason = "draining" if group.draining else group.waiting_for()
         if reason is None and group.snapshot is not None:
-            return JSONResponse({"ready": True, "version": group.snapshot.version})
-        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+            return Response.json(200, {"ready": True, "version": group.snapshot.version})
+        return Response.json(503, {"ready": False, "reason": reason})
 
-    async def config_dump(_: Request) -> Response:
+    async def config_dump() -> Response:
         applied = group.snapshot
         if applied is None:
-            return JSONResponse({"version": None, "source": None, "config": None})
-        return JSONResponse({"version": applied.version, "source": applied.source,
-                             "applied_at": applied.applied_at, "config": applied.config.raw,
-                             "workers": len(group.workers)})
+            return Response.json(200, {"version": None, "source": None, "config": None})
+        return Response.json(200, {"version": applied.version, "source": applied.source,
+                                   "applied_at": applied.applied_at,
+                                   "config": applied.config.raw, "workers": len(group.workers)})
 
-    async def clusters(_: Request) -> Response:
+    async def clusters() -> Response:
         answers = await group.ask("clusters")
-        return JSONResponse({"clusters": merge_clusters([a["clusters"] for a in answers])})
+        return Response.json(200, {"clusters": merge_clusters([a["clusters"] for a in answers])})
 
-    async def plugins(_: Request) -> Response:
-        return JSONResponse(plugins_body(registry))
+    async def plugins() -> Response:
+        return Response.json(200, plugins_body(registry))
 
-    async def metrics(_: Request) -> Response:
+    async def metrics() -> Response:
         return await metrics_response(group)
 
-    async def workers(_: Request) -> Response:
+    async def workers() -> Response:
         served = {a["worker"]: _requests(a["text"]) for a in await group.ask("metrics")}
         active = {a["worker"]: sum(c["active_requests"] for c in a["clusters"])
                   for a in await group.ask("clusters")}
-        return JSONResponse({"workers": [
+        return Response.json(200, {"workers": [
             {**w, "requests": served.get(w["worker"]), "active_requests": active.get(w["worker"])}
             for w in group.describe()]})
 
-    return Starlette(routes=[
-        Route("/ready", ready), Route("/config_dump", config_dump),
-        Route("/clusters", clusters), Route("/plugins", plugins), Route("/metrics", metrics),
-        Route("/workers", workers),
-    ])
+    return {"/ready": ready, "/config_dump": config_dump, "/clusters": clusters,
+            "/plugins": plugins, "/metrics": metrics, "/workers": workers}
 
 
 async def metrics_response(group: WorkerGroup) -> Response:
     texts = [a["text"] for a in await group.ask("metrics")]
-    return Response(merge_metrics(texts), media_type=CONTENT_TYPE_LATEST)
+    return bytes_answer(merge_metrics(texts), CONTENT_TYPE_LATEST)
 
 
-def status_app(group: WorkerGroup) -> Starlette:
-    async def ready(_: Request) -> Response:
+def status_routes(group: WorkerGroup) -> dict[str, Endpoint]:
+    async def ready() -> Response:
         if not group.draining and group.waiting_for() is None:
-            return PlainTextResponse("ready\n")
-        return PlainTextResponse("not ready\n", status_code=503)
+            return Response.text(200, "ready\n")
+        return Response.text(503, "not ready\n")
 
-    async def metrics(_: Request) -> Response:
+    async def metrics() -> Response:
         return await metrics_response(group)
 
-    return Starlette(routes=[
-        Route("/healthz/ready", ready, methods=["GET"]),
-        Route("/stats/prometheus", metrics, methods=["GET"]),
-    ])
+    return {"/healthz/ready": ready, "/stats/prometheus": metrics}
 
 
-class WorkersAdmin(EmbeddedApp):
+class WorkersAdmin(EndpointServer):
     def __init__(self, group: WorkerGroup, registry: PluginRegistry, host: str,
                  port: int) -> None:
-        super().__init__(admin_app(group, registry), host, port, "admin API")
+        super().__init__(admin_routes(group, registry), host, port, "admin API")
 
 
-class WorkersStatus(EmbeddedApp):
+class WorkersStatus(EndpointServer):
     def __init__(self, group: WorkerGroup, host: str, port: int) -> None:
-        super().__init__(status_app(group), host, port, "status port")
+        super().__init__(status_routes(group), host, port, "status port")
