@@ -4,11 +4,10 @@ Envoy's, never handed out twice (not across batches, not by a forked worker)."""
 from __future__ import annotations
 
 import collections
-import os
-import select
 import uuid
 
 from sidemesh.datapath.request_ids import request_id
+from sidemesh.testing import in_forked_child
 
 
 def test_ids_are_canonical_random_version_4_uuids_across_batches() -> None:
@@ -28,19 +27,5 @@ def test_ids_are_canonical_random_version_4_uuids_across_batches() -> None:
 
 def test_a_forked_worker_does_not_hand_out_its_parents_ids() -> None:
     request_id()  # the parent now holds a batch of made ids
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next ids go to the parent, then it exits at once
-        try:
-            os.write(write_end, ",".join(request_id() for _ in range(3)).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 10)
-        assert ready, "the forked child wrote nothing within 10 s"
-        child = os.read(read_end, 200).decode().split(",")
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    child = in_forked_child(lambda: ",".join(request_id() for _ in range(3))).split(",")
     assert set(child).isdisjoint(request_id() for _ in range(3))

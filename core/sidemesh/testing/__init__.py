@@ -22,7 +22,13 @@ from sidemesh.testing.config import (
     run_cli,
     validate_config,
 )
-from sidemesh.testing.loop import BackgroundLoop, free_port, raw_exchange, wait_for
+from sidemesh.testing.loop import (
+    BackgroundLoop,
+    free_port,
+    in_forked_child,
+    raw_exchange,
+    wait_for,
+)
 from sidemesh.testing.objects import make_cluster, make_endpoint, make_request, policy_context
 from sidemesh.testing.process import ProxyProcess
 from sidemesh.testing.sidecar import RunningSidecar, running_sidecar, simple_config
@@ -42,6 +48,7 @@ __all__ = [
     "compile_config",
     "control",
     "free_port",
+    "in_forked_child",
     "installed",
     "make_cluster",
     "make_endpoint",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import select
 import socket
 import threading
 import time
@@ -11,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["BackgroundLoop", "free_port", "raw_exchange", "wait_for"]
+__all__ = ["BackgroundLoop", "free_port", "in_forked_child", "raw_exchange", "wait_for"]
 
 T = TypeVar("T")
 
@@ -98,3 +100,23 @@ def _ephemeral_low() -> int:
     except (OSError, ValueError, IndexError):
         low = 32768
     return max(low, _UNPRIVILEGED_LOW + 1000)
+
+
+def in_forked_child(make: Callable[[], str], timeout: float = 10.0) -> str:
+    """What ``make()`` returns in a forked child of this process (as a worker of
+    ``--concurrency N`` is): for state that must not be shared across a fork."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its answer to the parent, then it exits at once
+        try:
+            os.write(write_end, make().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        assert ready, f"the forked child wrote nothing within {timeout:g} s"
+        return os.read(read_end, 1 << 16).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)

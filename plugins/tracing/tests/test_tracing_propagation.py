@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import select
-
 import pytest
 
-from sidemesh import Headers
+from sidemesh import Headers, testing
 from sidemesh_tracing.b3 import parse_b3_multi, parse_b3_single
 from sidemesh_tracing.propagation import extract, inject, new_ids, new_trace_id, ratio_sampled
 
@@ -164,19 +161,5 @@ def test_new_ids_are_valid_and_never_repeat_across_batches() -> None:
 
 def test_a_forked_worker_does_not_hand_out_its_parents_ids() -> None:
     new_ids()  # the parent now holds a batch of drawn ids
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the next ids go to the parent, then exit at once
-        try:
-            os.write(write_end, ",".join(new_ids()).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 10)
-        assert ready, "the forked child wrote nothing within 10 s"
-        child = os.read(read_end, 200).decode().split(",")
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    child = testing.in_forked_child(lambda: ",".join(new_ids())).split(",")
     assert child != list(new_ids())
