@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import time
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -125,3 +127,32 @@ def test_a_client_still_sending_its_body_gets_the_early_answer_not_a_reset(
             received += chunk
     assert received.startswith(b"HTTP/1.1 404 "), received
     assert received.endswith(b'"path": "/elsewhere"}'), received
+
+
+@pytest.mark.skipif(not testing.installed("mtls"), reason="the mtls plugin is not installed")
+def test_over_tls_too_the_early_answer_reaches_a_client_still_sending(tmp_path: Path) -> None:
+    # TLS has no half-close: the proxy keeps reading and dropping until the client, told
+    # by "connection: close", goes (or a second passes).
+    ca = testing.control.CertificateAuthority.open(tmp_path / "ca", "cluster.local")
+    server = testing.control.svid_files(ca, tmp_path, "echo")
+    client = testing.control.svid_files(ca, tmp_path, "web")
+    doc = _config(f"127.0.0.1:{testing.free_port()}")
+    doc["listeners"][0]["plugins"] = [{"name": "mtls", "config": server}]
+    context = ssl.create_default_context(cafile=client["bundle_file"])
+    context.load_cert_chain(client["cert_file"], client["key_file"])
+    context.check_hostname = False  # a SPIFFE certificate names no host
+    body = b"x" * (4 << 20)
+    with (
+        testing.running_sidecar(doc) as sc,
+        socket.create_connection(("127.0.0.1", sc.port("main")), timeout=IO_TIMEOUT) as raw,
+        context.wrap_socket(raw) as sock,
+    ):
+        sock.sendall(f"POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode())
+        time.sleep(0.2)  # the answer is out before the body starts
+        sock.sendall(body)
+        received = b""
+        while b'"path": "/elsewhere"}' not in received and (chunk := sock.recv(65536)):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 404 "), received
+    assert b"\r\nconnection: close\r\n" in received.lower(), received
