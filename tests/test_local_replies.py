@@ -68,14 +68,15 @@ def test_a_head_answer_has_no_body_and_the_next_response_follows_it(
     assert len(get_body) == int(length.group(1)) > 0, received
 
 
+@pytest.mark.parametrize("path, status", [("/elsewhere", b"404"), ("/a%zz/b", b"400")])
 def test_a_head_answer_over_http2_ends_its_stream_with_the_headers(
-    sidecar: testing.RunningSidecar,
+    sidecar: testing.RunningSidecar, path: str, status: bytes
 ) -> None:
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     events: list[h2.events.Event] = []
     with socket.create_connection(("127.0.0.1", sidecar.port("main")), timeout=IO_TIMEOUT) as sock:
-        conn.send_headers(1, [(":method", "HEAD"), (":scheme", "http"), (":path", "/elsewhere"),
+        conn.send_headers(1, [(":method", "HEAD"), (":scheme", "http"), (":path", path),
                               (":authority", "a")], end_stream=True)  # fmt: skip
         sock.sendall(conn.data_to_send())
         deadline = time.monotonic() + IO_TIMEOUT
@@ -88,7 +89,7 @@ def test_a_head_answer_over_http2_ends_its_stream_with_the_headers(
             events.extend(conn.receive_data(data))
             sock.sendall(conn.data_to_send())
     responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
-    assert responses and dict(responses[0].headers)[b":status"] == b"404", events
+    assert responses and dict(responses[0].headers)[b":status"] == status, events
     assert responses[0].stream_ended is not None, "the HEADERS frame did not end the stream"
     assert not [e for e in events if isinstance(e, h2.events.DataReceived)], events
 

@@ -147,7 +147,7 @@ class H2Session(asyncio.Protocol):
         try:
             request = self._parse(stream, raw)
         except CodecError as exc:
-            stream.refuse(exc.status, exc.message)
+            stream.refuse(exc.status, exc.message, (b":method", b"HEAD") in raw)
             return
         body = NO_BODY
         if not ended:

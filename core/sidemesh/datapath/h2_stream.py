@@ -118,11 +118,12 @@ class H2Stream(ClientSide):
         if upstream is not None:
             upstream.close()
 
-    def refuse(self, status: int, message: str) -> None:
+    def refuse(self, status: int, message: str, head_only: bool = False) -> None:
         """A request refused before routing: answered here, never forwarded."""
         conn = self.session.conn
         error = REASONS.get(status, "error")
-        self.write_simple(Response.json(status, {"error": error, "message": message}))
+        payload = {"error": error, "message": message}
+        self.write_simple(Response.json(status, payload), head_only)
         if conn.on_rejected is not None:
             conn.on_rejected(self, status, message)
 
