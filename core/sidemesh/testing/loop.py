@@ -1,4 +1,4 @@
-"""Event loops in background threads, and small waits for tests."""
+"""Event loops in background threads, small waits, and a forked child, for tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import select
+import signal
 import socket
 import threading
 import time
@@ -119,4 +120,6 @@ def in_forked_child(make: Callable[[], str], timeout: float = 10.0) -> str:
         return os.read(read_end, 1 << 16).decode()
     finally:
         os.close(read_end)
-        os.waitpid(pid, 0)
+        if os.waitpid(pid, os.WNOHANG) == (0, 0):  # still running: it must not outlive us
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
