@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,23 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
             worker.join(10)
             assert results == [200]
             assert proc.stop() == 0
+
+
+def test_sigterm_after_sigterm_still_exits_0(tmp_path: Path) -> None:
+    # A supervisor may signal again while the sidecar stops: however late the next
+    # SIGTERM comes (during the drain, or as the interpreter winds down), exit 0.
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "sidemesh.yaml"
+    with Upstream() as up:
+        _write(config, up.address, listen, admin)
+        with ProxyProcess("proxy", "-c", str(config)) as proc:
+            proc.wait_http(f"http://127.0.0.1:{admin}/ready")
+            assert proc.proc is not None
+            deadline = time.monotonic() + 15
+            while proc.proc.poll() is None and time.monotonic() < deadline:
+                proc.signal(signal.SIGTERM)
+                time.sleep(0.002)
+            assert proc.proc.poll() == 0, proc.output
 
 
 def test_an_invalid_file_starts_nothing_and_lists_every_error(tmp_path: Path) -> None:

@@ -99,3 +99,10 @@ async def shut_down(sidecar: Served, admin: EndpointServer | None, drain: float,
         if server is not None:
             await server.stop()
     log.info("stopped%s", "" if finished else " (drain timeout: some requests were cut)")
+    # The process exits next. Another SIGTERM (a supervisor's, or kubelet's after a
+    # slow drain) while the interpreter winds down would turn a clean exit into death by
+    # signal once the loop's handlers are gone: ignore it from here on.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
