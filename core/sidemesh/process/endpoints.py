@@ -2,7 +2,7 @@
 path's client connections, as Envoy serves its admin interface with its own HTTP stack.
 
 uvicorn and Starlette served them before: for a handful of GET routes they cost every
-sidecar ~2.7 MiB of resident memory (issue 19). Here a request gets the data path's
+sidecar ~5 MiB of resident memory (issue 19). Here a request gets the data path's
 checks (llhttp's strict parsing, its header limits and path normalisation, the header
 and idle timeouts), and the answers are Starlette's: 404 for an unknown path, 405 with
 ``Allow`` for a method other than GET or HEAD, 500 when an endpoint fails.
