@@ -1,6 +1,7 @@
-"""The proxy's own answers to a HEAD request (no route, a dead upstream) carry no body,
-as RFC 9110 9.3.2 requires and Envoy's local replies do: on a kept-alive HTTP/1.1
-connection such a body would be read as the head of the next response."""
+"""The proxy's own answers (no route, a dead upstream, a refused request), as Envoy's
+local replies: to a HEAD request with no body (RFC 9110 9.3.2; on a kept-alive HTTP/1.1
+connection a body would be read as the head of the next response), and before the
+request's body is in with ``connection: close`` and a delayed close."""
 
 from __future__ import annotations
 
@@ -26,20 +27,17 @@ def _config(upstream: str) -> dict[str, object]:
     return doc
 
 
-def _exchange(port: int, data: bytes) -> bytes:
-    """Send ``data`` on a kept-open connection; what came back within a second of quiet."""
+def _upload_to_nowhere(sock: socket.socket) -> bytes:
+    """POST a 4 MiB body to a path with no route, the body only once the 404 is out;
+    what comes back, up to the end of the 404 (or the close)."""
+    body = b"x" * (4 << 20)
+    sock.sendall(f"POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
+                 .encode())
+    time.sleep(0.2)  # the answer is out before the body starts
+    sock.sendall(body)
     received = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
-        sock.sendall(data)
-        sock.settimeout(1.0)
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            received += chunk
+    while b'"path": "/elsewhere"}' not in received and (chunk := sock.recv(65536)):
+        received += chunk
     return received
 
 
@@ -54,9 +52,11 @@ def sidecar() -> object:
 def test_a_head_answer_has_no_body_and_the_next_response_follows_it(
     sidecar: testing.RunningSidecar, path: str, status: int
 ) -> None:
-    received = _exchange(
+    received = testing.raw_exchange(
         sidecar.port("main"),
         f"HEAD {path} HTTP/1.1\r\nHost: a\r\n\r\nGET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode(),
+        timeout=1.0,
+        half_close=False,
     )
     head, _, rest = received.partition(b"\r\n\r\n")
     length = re.search(rb"\r\ncontent-length: (\d+)", head, re.IGNORECASE)
@@ -117,15 +117,8 @@ def test_a_client_still_sending_its_body_gets_the_early_answer_not_a_reset(
     # once, with the client's bytes unread, would reset the connection and could destroy
     # the 404 before the client read it; the proxy drops what follows for a while instead
     # (Envoy's delayed close), then closes.
-    body = b"x" * (4 << 20)
     with socket.create_connection(("127.0.0.1", sidecar.port("main")), timeout=IO_TIMEOUT) as sock:
-        sock.sendall(f"POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
-                     .encode())
-        time.sleep(0.2)  # the answer is out before the body starts
-        sock.sendall(body)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
+        received = _upload_to_nowhere(sock)
     assert received.startswith(b"HTTP/1.1 404 "), received
     assert received.endswith(b'"path": "/elsewhere"}'), received
 
@@ -142,18 +135,11 @@ def test_over_tls_too_the_early_answer_reaches_a_client_still_sending(tmp_path: 
     context = ssl.create_default_context(cafile=client["bundle_file"])
     context.load_cert_chain(client["cert_file"], client["key_file"])
     context.check_hostname = False  # a SPIFFE certificate names no host
-    body = b"x" * (4 << 20)
     with (
         testing.running_sidecar(doc) as sc,
         socket.create_connection(("127.0.0.1", sc.port("main")), timeout=IO_TIMEOUT) as raw,
         context.wrap_socket(raw) as sock,
     ):
-        sock.sendall(f"POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
-                     .encode())
-        time.sleep(0.2)  # the answer is out before the body starts
-        sock.sendall(body)
-        received = b""
-        while b'"path": "/elsewhere"}' not in received and (chunk := sock.recv(65536)):
-            received += chunk
+        received = _upload_to_nowhere(sock)
     assert received.startswith(b"HTTP/1.1 404 "), received
     assert b"\r\nconnection: close\r\n" in received.lower(), received

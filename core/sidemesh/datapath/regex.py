@@ -20,13 +20,6 @@ class RegexError(ValueError):
     """A pattern that cannot be used: not RE2, or too large a program."""
 
 
-def _options(re2: Any) -> Any:
-    options = re2.Options()
-    # Errors are ours to report, with the config path; RE2 would also log them to stderr.
-    options.log_errors = False
-    return options
-
-
 def compile_regex(pattern: str, max_program_size: int = MAX_PROGRAM_SIZE) -> Any:
     """The compiled RE2 pattern (``fullmatch``/``search`` as in ``re``).
 
@@ -36,8 +29,11 @@ def compile_regex(pattern: str, max_program_size: int = MAX_PROGRAM_SIZE) -> Any
     # match routes by prefix only.
     import re2
 
+    options = re2.Options()
+    # Errors are ours to report, with the config path; RE2 would also log them to stderr.
+    options.log_errors = False
     try:
-        compiled = re2.compile(pattern, _options(re2))
+        compiled = re2.compile(pattern, options)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):

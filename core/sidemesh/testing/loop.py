@@ -53,13 +53,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
     return predicate()
 
 
-def raw_exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    """Send exact bytes to 127.0.0.1:``port``, half-close, and return everything that
+def raw_exchange(port: int, data: bytes, timeout: float = 3.0, half_close: bool = True) -> bytes:
+    """Send exact bytes to 127.0.0.1:``port``, half-close (unless not ``half_close``:
+    the connection stays as a kept-alive client leaves it), and return everything that
     comes back until the peer closes (or ``timeout`` passes without data)."""
     chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         while True:
             try:
                 chunk = sock.recv(65536)
