@@ -21,6 +21,10 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("two sidecar hops", "chain-plain", "direct"),
     ("mTLS between the two sidecars", "chain-mtls", "chain-plain"),
     ("two sidecar hops with mTLS", "chain-mtls", "direct"),
+    ("two nginx hops", "chain-nginx", "direct"),
+    ("two bare Python relay hops", "chain-floor", "direct"),
+    ("two sidecar hops over two nginx hops", "chain-plain", "chain-nginx"),
+    ("two mTLS sidecar hops over two nginx hops", "chain-mtls", "chain-nginx"),
     ("tracing, no collector", "sidemesh-tracing", "sidemesh"),
     ("a dead Zipkin collector", "sidemesh-tracing-dead-collector", "sidemesh-tracing"),
 )

@@ -14,6 +14,7 @@ import http.client
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,8 @@ class Scenario:
     source: str = "built-in"
     #: nginx's worker_processes, sidemesh's --concurrency.
     workers: int = 1
+    #: nginx and python-floor: proxies in a row, each one's upstream the next one.
+    hops: int = 1
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,16 @@ BUILTIN: tuple[Scenario, ...] = (
     Scenario(
         "sidemesh-2w", "sidemesh", "sidemesh proxy --concurrency 2, one / route, no plugins",
         templates=(_sidemesh_template(),), workers=2,
+    ),
+    Scenario(
+        "chain-nginx", "nginx",
+        "two nginx reverse proxies in a row, 1 worker each: what two hops cost any proxy "
+        "on this machine (the baseline of chain-plain and chain-mtls)",
+        hops=2,
+    ),
+    Scenario(
+        "chain-floor", "python-floor", "two bare asyncio + httptools relays in a row",
+        hops=2,
     ),
 )
 
@@ -173,17 +186,35 @@ def check_answers(url: str, timeout: float = 5.0) -> None:
                          f"{body.strip()[:200]!r}")
 
 
+def _start_chain(
+    scenario: Scenario, ctx: StartContext, running: Running,
+    command: Callable[[Path, int, int], list[str]],
+) -> None:
+    """``scenario.hops`` proxies in a row; ``command(directory, port, upstream_port)``
+    is the argv of one. Started from the one nearest the upstream, so each one's
+    upstream is up before its client."""
+    upstream = ctx.upstream_port
+    for hop in reversed(range(scenario.hops)):
+        name = f"{scenario.name}-{hop}" if scenario.hops > 1 else f"{scenario.name}-proxy"
+        directory = ctx.work_dir / name
+        directory.mkdir()
+        port = free_port()
+        process = ManagedProcess(name, command(directory, port, upstream), ctx.work_dir,
+                                 ctx.proxy_cpu)
+        running.processes.append(process.start())
+        wait_for_port("127.0.0.1", port, ctx.start_timeout, process)
+        upstream = port
+    running.url = f"http://127.0.0.1:{upstream}/"
+
+
 def _start_nginx(scenario: Scenario, ctx: StartContext, running: Running) -> None:
-    prefix = ctx.work_dir / f"{scenario.name}-proxy"
-    prefix.mkdir()
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_proxy_config(prefix, port, ctx.upstream_port, scenario.workers))
-    argv = [ctx.tools.nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    process = ManagedProcess(f"{scenario.name}-proxy", argv, ctx.work_dir, ctx.proxy_cpu)
-    running.processes.append(process.start())
-    wait_for_port("127.0.0.1", port, ctx.start_timeout, process)
-    running.url = f"http://127.0.0.1:{port}/"
+    def command(prefix: Path, port: int, upstream: int) -> list[str]:
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_proxy_config(prefix, port, upstream, scenario.workers))
+        return [ctx.tools.nginx, "-p", str(prefix), "-c", str(conf),
+                "-e", str(prefix / "error.log")]
+
+    _start_chain(scenario, ctx, running, command)
 
 
 def _start_haproxy(ctx: StartContext, running: Running) -> None:
@@ -199,14 +230,13 @@ def _start_haproxy(ctx: StartContext, running: Running) -> None:
     running.url = f"http://127.0.0.1:{port}/"
 
 
-def _start_python_floor(ctx: StartContext, running: Running) -> None:
-    port = free_port()
+def _start_python_floor(scenario: Scenario, ctx: StartContext, running: Running) -> None:
     script = Path(__file__).resolve().parent / "python_floor.py"
-    argv = [sys.executable, str(script), str(port), str(ctx.upstream_port)]
-    process = ManagedProcess("python-floor", argv, ctx.work_dir, ctx.proxy_cpu)
-    running.processes.append(process.start())
-    wait_for_port("127.0.0.1", port, ctx.start_timeout, process)
-    running.url = f"http://127.0.0.1:{port}/"
+
+    def command(_: Path, port: int, upstream: int) -> list[str]:
+        return [sys.executable, str(script), str(port), str(upstream)]
+
+    _start_chain(scenario, ctx, running, command)
 
 
 def sidemesh_command() -> Path:
@@ -291,7 +321,7 @@ def start(scenario: Scenario, ctx: StartContext) -> Running:
         elif scenario.kind == "haproxy":
             _start_haproxy(ctx, running)
         elif scenario.kind == "python-floor":
-            _start_python_floor(ctx, running)
+            _start_python_floor(scenario, ctx, running)
         elif scenario.kind == "sidemesh":
             _start_sidemesh(scenario, ctx, running)
         try:

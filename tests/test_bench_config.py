@@ -8,6 +8,7 @@ here are the one error tolerated: the harness reports those scenarios as failed.
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -83,3 +84,54 @@ def test_upstream_serves_tls_only_for_scenarios_that_ask(
     assert f"ssl_certificate {certs / 'b.crt'};" in tls
     assert f"ssl_certificate_key {certs / 'b.key'};" in tls
     assert tls.count("return 200") == 2
+
+
+def test_a_chain_baseline_starts_its_hops_in_a_row(
+    bench_scenarios: ModuleType, tmp_path: Path
+) -> None:
+    """chain-floor: two real relays, the client's one forwarding to the other, which
+    forwards to the upstream; start() checks the upstream's body comes back through both."""
+    import http.server
+    import threading
+
+    from bench.configs import RESPONSE_BODY
+    from bench.tools import Tools
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = RESPONSE_BODY.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    chain = next(s for s in bench_scenarios.BUILTIN if s.name == "chain-floor")
+    ctx = bench_scenarios.StartContext(
+        Tools("nginx", "wrk", None), server.server_address[1], tmp_path, None, 20.0
+    )
+    try:
+        running = bench_scenarios.start(chain, ctx)
+        pids = [process.pid for process in running.processes]
+        try:
+            first, second = running.processes[1], running.processes[0]
+            listen = running.url.rsplit(":", 1)[1].strip("/")
+            assert first.argv[-2] == listen
+            assert first.argv[-1] == second.argv[-2]  # the first hop's upstream: the second
+            assert second.argv[-1] == str(server.server_address[1])
+        finally:
+            running.stop()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
