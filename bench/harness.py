@@ -29,6 +29,7 @@ from bench.http2 import TARGETS, parse_targets, run_h2
 from bench.load import LoadSettings, measure
 from bench.procs import BenchError, ManagedProcess, free_port, peak_rss_kib, wait_for_port
 from bench.report import Delta, Row, add_ratios, deltas, format_deltas, format_table, write_json
+from bench.rounds import format_rounds
 from bench.scenarios import (
     BUILTIN,
     Scenario,
@@ -93,6 +94,9 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
                         help="fixed-rate latency mode: this many req/s with bench/fixed_rate.py "
                              "instead of wrk at full speed; 'max,1000' runs every scenario "
                              "in both modes, one table each")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the selected scenarios this many times in turn and "
+                             "summarize each ratio's median and range (taken per round)")
     parser.add_argument("--proxy-cpu", type=_cpu, default=0, help="CPU for the proxy (or none)")
     parser.add_argument("--load-cpu", type=_cpu, default=1,
                         help="CPU for wrk / the fixed-rate client (or none)")
@@ -117,8 +121,9 @@ def _parse_args(argv: list[str] | None, scenarios: list[Scenario]) -> argparse.N
     unknown = sorted(set(args.selected) - set(names))
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(names)}")
-    if args.duration <= 0 or args.connections < 1 or args.warmup < 0:
-        parser.error("--duration and --connections must be positive, --warmup >= 0")
+    if args.duration <= 0 or args.connections < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--duration, --connections and --rounds must be positive, "
+                     "--warmup >= 0")
     return args
 
 
@@ -286,9 +291,19 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
                     duration=args.duration, warmup=args.warmup, connections=args.connections,
                     rate=rate, cpu=args.load_cpu, wrk=tools.wrk,
                 )
-                mode_rows = _run_mode(args, by_name, ctx, settings)
-                found.extend(_report_mode(mode_rows, len(args.rate) > 1))
-                rows.extend(mode_rows)
+                rounds = []
+                for number in range(1, args.rounds + 1):
+                    if args.rounds > 1:
+                        print(f"== round {number} of {args.rounds}", flush=True)
+                    mode_rows = _run_mode(args, by_name, ctx, settings)
+                    for row in mode_rows:
+                        row.round = number
+                    mode_found = _report_mode(mode_rows, len(args.rate) > 1)
+                    rounds.append((mode_rows, mode_found))
+                    found.extend(mode_found)
+                    rows.extend(mode_rows)
+                if args.rounds > 1:
+                    print(format_rounds(rounds) + "\n", flush=True)
         finally:
             upstream.stop()
         h2_rows = run_h2(args, tools, work_dir) if args.h2 else []

@@ -44,6 +44,8 @@ class Row:
     mode: str = ""
     #: CPU time of all the proxy's processes per request served, in microseconds.
     cpu_us: float | None = None
+    #: which round of ``--rounds`` measured it (1 for a single run).
+    round: int = 1
 
     def summary(self) -> str:
         m = self.measurement
@@ -112,6 +114,7 @@ class Delta:
     p99_ms: float | None
     #: req/s of the scenario over the baseline's.
     rps_ratio: float | None
+    round: int = 1
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -121,17 +124,17 @@ def _minus(a: float | None, b: float | None) -> float | None:
 def deltas(rows: list[Row]) -> list[Delta]:
     """The :data:`COMPARISONS` whose two scenarios both have a measurement in ``rows``
     (rows of one load mode: differences across modes mean nothing)."""
-    measured = {row.scenario: (row.mode, row.measurement)
+    measured = {row.scenario: (row.mode, row.measurement, row.round)
                 for row in rows if row.measurement is not None}
     found = []
     for label, name, baseline_name in COMPARISONS:
         if name not in measured or baseline_name not in measured:
             continue
-        (mode, m), (_, b) = measured[name], measured[baseline_name]
+        (mode, m, number), (_, b, _) = measured[name], measured[baseline_name]
         found.append(Delta(
             label, name, baseline_name, mode,
             _minus(m.p50_ms, b.p50_ms), _minus(m.p99_ms, b.p99_ms),
-            m.rps / b.rps if b.rps > 0 else None,
+            m.rps / b.rps if b.rps > 0 else None, number,
         ))
     return found
 

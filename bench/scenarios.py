@@ -197,7 +197,7 @@ def _start_chain(
     for hop in reversed(range(scenario.hops)):
         name = f"{scenario.name}-{hop}" if scenario.hops > 1 else f"{scenario.name}-proxy"
         directory = ctx.work_dir / name
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)  # again in the next round or load mode
         port = free_port()
         process = ManagedProcess(name, command(directory, port, upstream), ctx.work_dir,
                                  ctx.proxy_cpu)
