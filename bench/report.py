@@ -114,6 +114,7 @@ class Delta:
     p99_ms: float | None
     #: req/s of the scenario over the baseline's.
     rps_ratio: float | None
+    #: the round of ``--rounds`` both scenarios were measured in.
     round: int = 1
 
 
