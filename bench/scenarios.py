@@ -188,18 +188,16 @@ def check_answers(url: str, timeout: float = 5.0) -> None:
 
 def _start_chain(
     scenario: Scenario, ctx: StartContext, running: Running,
-    command: Callable[[Path, int, int], list[str]],
+    command: Callable[[str, int, int], list[str]],
 ) -> None:
-    """``scenario.hops`` proxies in a row; ``command(directory, port, upstream_port)``
-    is the argv of one. Started from the one nearest the upstream, so each one's
-    upstream is up before its client."""
+    """``scenario.hops`` proxies in a row; ``command(name, port, upstream_port)`` is the
+    argv of one. Started from the one nearest the upstream, so each one's upstream is up
+    before its client."""
     upstream = ctx.upstream_port
     for hop in reversed(range(scenario.hops)):
         name = f"{scenario.name}-{hop}" if scenario.hops > 1 else f"{scenario.name}-proxy"
-        directory = ctx.work_dir / name
-        directory.mkdir(exist_ok=True)  # again in the next round or load mode
         port = free_port()
-        process = ManagedProcess(name, command(directory, port, upstream), ctx.work_dir,
+        process = ManagedProcess(name, command(name, port, upstream), ctx.work_dir,
                                  ctx.proxy_cpu)
         running.processes.append(process.start())
         wait_for_port("127.0.0.1", port, ctx.start_timeout, process)
@@ -208,7 +206,9 @@ def _start_chain(
 
 
 def _start_nginx(scenario: Scenario, ctx: StartContext, running: Running) -> None:
-    def command(prefix: Path, port: int, upstream: int) -> list[str]:
+    def command(name: str, port: int, upstream: int) -> list[str]:
+        prefix = ctx.work_dir / name
+        prefix.mkdir(exist_ok=True)  # again in the next round or load mode
         conf = prefix / "nginx.conf"
         conf.write_text(nginx_proxy_config(prefix, port, upstream, scenario.workers))
         return [ctx.tools.nginx, "-p", str(prefix), "-c", str(conf),
@@ -233,7 +233,7 @@ def _start_haproxy(ctx: StartContext, running: Running) -> None:
 def _start_python_floor(scenario: Scenario, ctx: StartContext, running: Running) -> None:
     script = Path(__file__).resolve().parent / "python_floor.py"
 
-    def command(_: Path, port: int, upstream: int) -> list[str]:
+    def command(_: str, port: int, upstream: int) -> list[str]:
         return [sys.executable, str(script), str(port), str(upstream)]
 
     _start_chain(scenario, ctx, running, command)
