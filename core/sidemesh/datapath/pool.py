@@ -24,6 +24,7 @@ from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamError, Upstrea
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.limits import ConnectionLimit, PendingOverflow
 from sidemesh.datapath.messages import Request
+from sidemesh.datapath.tls_client import open_tls
 from sidemesh.datapath.writes import WriteBatch, write_batch
 
 __all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]
@@ -326,15 +327,16 @@ class ConnectionPool:
         ssl_context: ssl.SSLContext | None = setup.ssl_context if setup else None
         try:
             async with asyncio.timeout(connect_timeout):
-                transport, protocol = await loop.create_connection(
-                    factory,
-                    self.host,
-                    self.port,
-                    ssl=ssl_context,
-                    server_hostname=(
-                        (setup.server_hostname or "") if setup is not None and ssl_context else None
-                    ),
-                )
+                if ssl_context is None:
+                    transport, protocol = await loop.create_connection(
+                        factory, self.host, self.port
+                    )
+                else:
+                    hostname = setup.server_hostname if setup is not None else None
+                    bridge, protocol = await open_tls(
+                        loop, factory, self.host, self.port, ssl_context, hostname
+                    )
+                    transport = cast(asyncio.Transport, bridge)
         except TimeoutError:
             raise UpstreamError(
                 ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
