@@ -176,6 +176,7 @@ async def _tampered_record(certs: Certs) -> None:
         assert isinstance(error, ssl.SSLError)
         assert app.data == b""  # nothing of the forged record reaches the protocol
         assert bridge.is_closing()
+        bridge.write(b"after")  # a writer that has not noticed yet is not raised at
     finally:
         server.close()
         await server.wait_closed()

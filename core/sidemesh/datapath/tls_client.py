@@ -70,7 +70,7 @@ class TlsClient(asyncio.Protocol):
         # The peer closed TCP (a close_notify, if any, came before as data).
         if self._handshaking:
             self._fail_handshake(ConnectionResetError(_CLOSED_IN_HANDSHAKE))
-        else:
+        elif not self._closing:  # not told twice after a close_notify
             self._app.eof_received()
         return None  # the transport closes, and connection_lost follows
 
@@ -131,16 +131,18 @@ class TlsClient(asyncio.Protocol):
             ended = True  # the peer's close_notify
         except ssl.SSLError as exc:
             # A record that fails its check, an alert: nothing more can be trusted.
-            self._error = exc
-            chunks = []
-            if self._tcp is not None:
-                self._tcp.abort()
+            self._fail(exc)
+            return
         self._flush()  # a KeyUpdate's answer, an alert
         if chunks:
             self._app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if ended and not self._closing:
             self._app.eof_received()
             self.close()
+
+    def _fail(self, exc: ssl.SSLError) -> None:
+        self._error = exc
+        self.abort()
 
     def _flush(self) -> None:
         data = self._outgoing.read()
@@ -151,7 +153,11 @@ class TlsClient(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._closing:
             return
-        self._ssl.write(data)
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:  # the session broke: the writer learns it as a loss
+            self._fail(exc)
+            return
         self._flush()
 
     def close(self) -> None:
