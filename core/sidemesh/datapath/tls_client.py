@@ -4,8 +4,8 @@ uvloop's SSL transport made up a third of the CPU of a request to a TLS upstream
 (bench/README.md, the all-plugins row): per record it goes through its buffered-protocol
 machinery, ``ssl.SSLObject``'s Python methods, and reads until ``SSLWantReadError`` is
 raised. This bridge calls the C ``_SSLSocket`` directly and reads only while the
-incoming BIO or OpenSSL hold bytes: 93-95 -> 83-88 µs per request through the
-all-plugins route in three A/B pairs. The handshake, certificate checks, record
+incoming BIO or OpenSSL hold bytes: 100.8 -> 89.6 µs of CPU per request through the
+all-plugins route (medians of seven A/B pairs). The handshake, certificate checks, record
 protection, KeyUpdate and session tickets stay OpenSSL's; this module moves bytes between
 the socket and the two BIOs, and gives the connection's protocol a transport.
 
