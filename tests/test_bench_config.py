@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from sidemesh import testing
 from sidemesh.config.registry import PluginRegistry
 from sidemesh.config.validate import validate
 
@@ -91,33 +92,14 @@ def test_a_chain_baseline_starts_its_hops_in_a_row(
 ) -> None:
     """chain-floor: two real relays, the client's one forwarding to the other, which
     forwards to the upstream; start() checks the upstream's body comes back through both."""
-    import http.server
-    import threading
-
     from bench.configs import RESPONSE_BODY
     from bench.tools import Tools
 
-    class Upstream(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            body = RESPONSE_BODY.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return None
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
     chain = next(s for s in bench_scenarios.BUILTIN if s.name == "chain-floor")
-    ctx = bench_scenarios.StartContext(
-        Tools("nginx", "wrk", None), server.server_address[1], tmp_path, None, 20.0
-    )
-    try:
+    with testing.Upstream(lambda _: testing.Reply(body=RESPONSE_BODY.encode())) as upstream:
+        ctx = bench_scenarios.StartContext(
+            Tools("nginx", "wrk", None), upstream.port, tmp_path, None, 20.0
+        )
         running = bench_scenarios.start(chain, ctx)
         pids = [process.pid for process in running.processes]
         try:
@@ -125,13 +107,9 @@ def test_a_chain_baseline_starts_its_hops_in_a_row(
             listen = running.url.rsplit(":", 1)[1].strip("/")
             assert first.argv[-2] == listen
             assert first.argv[-1] == second.argv[-2]  # the first hop's upstream: the second
-            assert second.argv[-1] == str(server.server_address[1])
+            assert second.argv[-1] == str(upstream.port)
         finally:
             running.stop()
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)

@@ -333,10 +333,9 @@ class ConnectionPool:
                     )
                 else:
                     hostname = setup.server_hostname if setup is not None else None
-                    bridge, protocol = await open_tls(
+                    transport, protocol = await open_tls(
                         loop, factory, self.host, self.port, ssl_context, hostname
                     )
-                    transport = cast(asyncio.Transport, bridge)
         except TimeoutError:
             raise UpstreamError(
                 ResponseFlag.UPSTREAM_CONNECTION_FAILURE,

@@ -182,9 +182,6 @@ class TlsClient(asyncio.Protocol):
     def can_write_eof(self) -> bool:
         return False  # TLS 1.3 has no half-close (RFC 8446 6.1)
 
-    def write_eof(self) -> None:
-        raise NotImplementedError("TLS connections cannot be half-closed")
-
     def pause_reading(self) -> None:
         if self._tcp is not None:
             self._tcp.pause_reading()
@@ -196,21 +193,9 @@ class TlsClient(asyncio.Protocol):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._app = cast(asyncio.Protocol, protocol)
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._app
-
-    def get_write_buffer_size(self) -> int:
-        return self._tcp.get_write_buffer_size() if self._tcp is not None else 0
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self._object
-        if name == "sslcontext":
-            return self._object.context
-        if name == "peercert":
-            return self._object.getpeercert()
-        if name == "cipher":
-            return self._object.cipher()
         if self._tcp is None:
             return default
         return self._tcp.get_extra_info(name, default)
@@ -223,9 +208,10 @@ async def open_tls(
     port: int,
     context: ssl.SSLContext,
     server_hostname: str | None,
-) -> tuple[TlsClient, P]:
+) -> tuple[asyncio.Transport, P]:
     """A TLS connection to ``host:port`` whose protocol ``factory`` makes, once the
-    handshake succeeded (``ssl.SSLError`` or ``OSError`` when it did not)."""
+    handshake succeeded (``ssl.SSLError`` or ``OSError`` when it did not): its transport
+    (a :class:`TlsClient`) and that protocol."""
     ready: asyncio.Future[None] = loop.create_future()
     app = factory()
     bridge = TlsClient(context, server_hostname, app, ready)
@@ -235,4 +221,4 @@ async def open_tls(
     except BaseException:
         bridge.abort()  # a timeout or a cancellation mid-handshake leaves no socket
         raise
-    return bridge, app
+    return cast(asyncio.Transport, bridge), app
