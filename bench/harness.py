@@ -157,7 +157,7 @@ def _upstream(
 
 
 def _run_scenario(
-    scenario: Scenario, ctx: StartContext, settings: LoadSettings
+    scenario: Scenario, ctx: StartContext, settings: LoadSettings, upstream_pid: int
 ) -> Row:
     if scenario.kind == "haproxy" and ctx.tools.haproxy is None:
         return Row(scenario.name, "skipped: haproxy not installed")
@@ -167,8 +167,15 @@ def _run_scenario(
         return Row(scenario.name, f"failed: {exc}")
     try:
         meter = CpuMeter([proc.pid for proc in running.processes])
-        result = measure(settings, running.url, meter.start)
+        upstream_meter = CpuMeter([upstream_pid])
+
+        def started() -> None:
+            meter.start()
+            upstream_meter.start()
+
+        result = measure(settings, running.url, started)
         cpu = meter.seconds()
+        load_cpu = upstream_meter.seconds() + (result.client_cpu_s or 0.0)
         peaks = [p for proc in running.processes if (p := peak_rss_kib(proc.pid)) is not None]
         dead = [proc for proc in running.processes if proc.exited()]
         if dead:
@@ -178,7 +185,8 @@ def _run_scenario(
         served = result.requests + round((settings.rate or 0) * settings.warmup)
         return Row(scenario.name, "ok", measurement=result,
                    rss_kib=max(peaks) if peaks else None,
-                   cpu_us=cpu * 1e6 / served if running.processes and served else None)
+                   cpu_us=cpu * 1e6 / served if running.processes and served else None,
+                   load_cpu_us=load_cpu * 1e6 / served if served else None)
     except BenchError as exc:
         return Row(scenario.name, f"failed: {exc}")
     finally:
@@ -227,6 +235,7 @@ def _run_mode(
     by_name: dict[str, Scenario],
     ctx: StartContext,
     settings: LoadSettings,
+    upstream_pid: int,
 ) -> list[Row]:
     mode = _mode(settings.rate)
     if len(args.rate) > 1:
@@ -234,14 +243,14 @@ def _run_mode(
     rows = []
     for name in args.selected:
         print(f"-- {name}: {by_name[name].description}", flush=True)
-        row = _run_scenario(by_name[name], ctx, settings)
+        row = _run_scenario(by_name[name], ctx, settings, upstream_pid)
         row.mode = mode
         print(f"   {row.summary()}", flush=True)
         rows.append(row)
     return rows
 
 
-def _report_mode(rows: list[Row], titled: bool) -> list[Delta]:
+def _report_mode(rows: list[Row], titled: bool, shared_cores: int | None) -> list[Delta]:
     """Print one mode's table (and its comparisons) as soon as the mode is done."""
     add_ratios(rows)
     found = deltas(rows)
@@ -249,7 +258,7 @@ def _report_mode(rows: list[Row], titled: bool) -> list[Delta]:
     if titled and rows:
         print(f"{rows[0].mode}:\n")
     print(format_table(rows))
-    scaling = format_scaling(rows)
+    scaling = format_scaling(rows, shared_cores)
     if scaling:
         print()
         print(scaling)
@@ -272,6 +281,9 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
           f"load={args.load_cpu} upstream={args.upstream_cpu}; load average "
           f"{' '.join(f'{x:.2f}' for x in env['loadavg_before'])}", flush=True)
     by_name = {s.name: s for s in scenarios}
+    # Only when nothing is pinned do the proxy, the load and the upstream share every core.
+    unpinned = (args.proxy_cpu, args.load_cpu, args.upstream_cpu) == (None, None, None)
+    shared_cores = os.cpu_count() if unpinned else None
     rows: list[Row] = []
     found: list[Delta] = []
     with tempfile.TemporaryDirectory(prefix="sidemesh-bench-") as tmp:
@@ -295,10 +307,10 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
                 for number in range(1, args.rounds + 1):
                     if args.rounds > 1:
                         print(f"== round {number} of {args.rounds}", flush=True)
-                    mode_rows = _run_mode(args, by_name, ctx, settings)
+                    mode_rows = _run_mode(args, by_name, ctx, settings, upstream.pid)
                     for row in mode_rows:
                         row.round = number
-                    mode_found = _report_mode(mode_rows, len(args.rate) > 1)
+                    mode_found = _report_mode(mode_rows, len(args.rate) > 1, shared_cores)
                     rounds.append((mode_rows, mode_found))
                     found.extend(mode_found)
                     rows.extend(mode_rows)

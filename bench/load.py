@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.procs import BenchError, cpu_prefix
@@ -40,6 +41,8 @@ class Measurement:
     #: responses outside 2xx/3xx (wrk) or 2xx (fixed rate): a fast 502 is no success.
     bad_status: int
     socket_errors: int
+    #: user + system CPU seconds of the load generator's own process over the run.
+    client_cpu_s: float | None = None
 
 
 def _to_ms(text: str) -> float:
@@ -70,7 +73,16 @@ def parse_wrk(output: str) -> Measurement:
     )
 
 
-def _run(argv: list[str], timeout: float) -> str:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(argv: list[str], timeout: float) -> tuple[str, float]:
+    """The command's output and its CPU seconds: what the children reaped while it ran
+    used, and during a measured run the harness reaps no other child (its proxies and
+    the upstream run on until the scenario stops)."""
+    before = _children_cpu()
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -80,10 +92,10 @@ def _run(argv: list[str], timeout: float) -> str:
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
         raise BenchError(f"{Path(argv[0]).name} exited {result.returncode}: {lines[-1][:300]}")
-    return result.stdout
+    return result.stdout, _children_cpu() - before
 
 
-def _wrk(settings: LoadSettings, url: str, seconds: float) -> str:
+def _wrk(settings: LoadSettings, url: str, seconds: float) -> tuple[str, float]:
     argv = [
         *cpu_prefix(settings.cpu), settings.wrk, "-t1", f"-c{settings.connections}",
         f"-d{max(1, round(seconds))}s", "--timeout", "5s", "--latency", url,
@@ -98,7 +110,7 @@ def _fixed_rate(settings: LoadSettings, url: str, rate: float) -> Measurement:
         "--warmup", str(settings.warmup), "--connections", str(settings.connections),
         "--json",
     ]
-    output = _run(argv, timeout=settings.duration + settings.warmup + 60)
+    output, cpu = _run(argv, timeout=settings.duration + settings.warmup + 60)
     try:
         data = json.loads(output.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
@@ -111,6 +123,7 @@ def _fixed_rate(settings: LoadSettings, url: str, rate: float) -> Measurement:
         requests=int(data["completed"]),
         bad_status=int(data["non_2xx"]),
         socket_errors=int(data["errors"]),
+        client_cpu_s=cpu,
     )
 
 
@@ -126,4 +139,5 @@ def measure(
     if settings.warmup > 0:
         _wrk(settings, url, settings.warmup)
     started()
-    return parse_wrk(_wrk(settings, url, settings.duration))
+    output, cpu = _wrk(settings, url, settings.duration)
+    return replace(parse_wrk(output), client_cpu_s=cpu)

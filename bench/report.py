@@ -44,6 +44,8 @@ class Row:
     mode: str = ""
     #: CPU time of all the proxy's processes per request served, in microseconds.
     cpu_us: float | None = None
+    #: the same of the load generator and the upstream nginx together.
+    load_cpu_us: float | None = None
     #: which round of ``--rounds`` measured it (1 for a single run).
     round: int = 1
 

@@ -1,5 +1,6 @@
 """The benchmark's CPU per request: every process of a proxy counts (its children too),
-and the scaling table sets 1 and 2 workers side by side."""
+the load generator's own CPU is read, and the scaling table sets 1 and 2 workers side
+by side with the ceiling that the load's CPU puts on their gain."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from sidemesh import testing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,20 +52,46 @@ def test_the_cpu_of_a_proxys_children_counts(bench_cpu: ModuleType) -> None:
         parent.wait(10)
 
 
-def test_the_scaling_table_pairs_one_and_two_workers(bench_cpu: ModuleType) -> None:
+def _row(name: str, rps: float, cpu_us: float, rss_mib: int,
+         load_cpu_us: float | None = None) -> object:
     report = importlib.import_module("bench.report")
     load = importlib.import_module("bench.load")
+    measurement = load.Measurement(rps=rps, p50_ms=1.0, p99_ms=2.0, requests=int(rps),
+                                   bad_status=0, socket_errors=0)
+    return report.Row(name, "ok", measurement=measurement, rss_kib=rss_mib * 1024,
+                      cpu_us=cpu_us, load_cpu_us=load_cpu_us)
 
-    def row(name: str, rps: float, cpu_us: float, rss_mib: int) -> object:
-        measurement = load.Measurement(rps=rps, p50_ms=1.0, p99_ms=2.0, requests=int(rps),
-                                       bad_status=0, socket_errors=0)
-        return report.Row(name, "ok", measurement=measurement, rss_kib=rss_mib * 1024,
-                          cpu_us=cpu_us)
 
-    rows = [row("sidemesh", 10_000, 80.0, 60), row("sidemesh-2w", 16_000, 82.5, 58),
-            row("nginx", 40_000, 18.0, 7)]
+def test_the_scaling_table_pairs_one_and_two_workers(bench_cpu: ModuleType) -> None:
+    rows = [_row("sidemesh", 10_000, 80.0, 60), _row("sidemesh-2w", 16_000, 82.5, 58),
+            _row("nginx", 40_000, 18.0, 7)]
     format_scaling = bench_cpu.format_scaling
     table = format_scaling(rows)
-    assert "| sidemesh | 10,000 | 16,000 | 1.60 | 80.0 | 82.5 | 60.0 / 58.0 |" in table
+    assert "| sidemesh | 10,000 | 16,000 | 1.60 | - | 80.0 | 82.5 | - | 60.0 / 58.0 |" in table
     assert "| nginx |" not in table  # nginx-2w did not run
     assert format_scaling(rows[2:]) == ""
+
+
+def test_the_ceiling_of_two_workers_is_the_shared_cores_over_all_the_cpu_a_request_costs(
+    bench_cpu: ModuleType,
+) -> None:
+    # Two cores, 20 µs of the workers' and 20 of the load's a request: at most 50,000
+    # req/s, 1.25x the one worker's 40,000, however the workers are built.
+    rows = [_row("sidemesh", 40_000, 20.0, 42), _row("sidemesh-2w", 46_000, 20.0, 41, 20.0)]
+    table = bench_cpu.format_scaling(rows, shared_cores=2)
+    assert "| sidemesh | 40,000 | 46,000 | 1.15 | 1.25 | 20.0 | 20.0 | 20.0 |" in table
+    # Pinned, the processes do not share the cores: no ceiling is claimed.
+    assert "| 1.15 | - |" in bench_cpu.format_scaling(rows, shared_cores=None)
+
+
+def test_the_load_generators_own_cpu_is_measured(bench_cpu: ModuleType) -> None:
+    load = importlib.import_module("bench.load")
+    settings = load.LoadSettings(duration=1.0, warmup=0.0, connections=2, rate=500.0,
+                                 cpu=None, wrk="wrk")
+    with testing.Upstream() as upstream:
+        result = load.measure(settings, f"http://{upstream.address}/")
+    assert result.requests > 300
+    # The fixed-rate client is a Python process that ran for a second: some of a core,
+    # at most all of it (its start-up included).
+    assert result.client_cpu_s is not None
+    assert 0.02 < result.client_cpu_s < 2.0
