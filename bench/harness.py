@@ -209,11 +209,30 @@ def _default_sidemesh_args() -> str:
     return ""
 
 
+def _cpu_model() -> str:
+    """The processor as /proc/cpuinfo names it, with its family and model: ratios from
+    two machines do not compare (a CPU's caches and branch prediction favour the
+    interpreter's work and nginx's differently)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", platform.processor() or "unknown")
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def _environment(tools: Tools, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "interpreter": sys.executable,
         "nginx": tool_version([tools.nginx, "-v"]),
@@ -276,6 +295,7 @@ def _run_all(args: argparse.Namespace, scenarios: list[Scenario]) -> int:
     env = _environment(tools, args)
     print(f"{env['python']} ({env['interpreter']}); {env['nginx']}; {env['wrk']}; "
           f"{env['haproxy'] or 'no haproxy'}")
+    print(f"{env['cpus']} CPUs: {env['cpu_model']}")
     print(f"mode: {env['mode']}, {args.connections} connections, {args.duration:g}s "
           f"(+{args.warmup:g}s warm-up) per scenario; CPUs proxy={args.proxy_cpu} "
           f"load={args.load_cpu} upstream={args.upstream_cpu}; load average "
