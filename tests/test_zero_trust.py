@@ -3,18 +3,23 @@ real sidecar and a real upstream. Every test here failed before its fix."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from sidemesh import testing
+from sidemesh.control.ca import CertificateAuthority
+from sidemesh.testing.certs import svid_files
 
 
 def _sidecar_doc(upstream: str, **listener: Any) -> dict[str, Any]:
@@ -163,6 +168,51 @@ def test_connections_over_max_connections_are_refused_and_counted() -> None:
         assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
         again = testing.raw_exchange(sc.port("main"), b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status(again) == 200
+
+
+def _failing_tls_clients(port: int) -> None:
+    """What reaches an mTLS port and never completes a handshake: a client without a
+    certificate, a TCP probe (a load balancer's, a kubelet's), a ClientHello cut off."""
+    no_certificate = ssl.create_default_context()
+    no_certificate.check_hostname = False
+    no_certificate.verify_mode = ssl.CERT_NONE
+    with (
+        contextlib.suppress(OSError),
+        no_certificate.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+        as tls,
+    ):
+        tls.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
+        tls.recv(65536)
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as cut:
+        cut.sendall(b"\x16\x03\x01\x00\xff\x01")
+
+
+@pytest.mark.parametrize("mode", ["strict", "permissive"])
+def test_failed_tls_handshakes_give_their_connection_slot_back(
+    mode: str, tmp_path: Path
+) -> None:
+    # Each of them used to keep its place under max_connections for good: an
+    # unauthenticated client could fill an mTLS listener until it refused every caller.
+    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
+    server, client = svid_files(ca, tmp_path, "b"), svid_files(ca, tmp_path, "a")
+    with testing.Upstream() as up:
+        doc = _sidecar_doc(up.address, max_connections=3)
+        doc["listeners"][0]["plugins"] = [
+            {"name": "mtls", "config": {"mode": mode, **server}}]
+        with testing.running_sidecar(doc) as sc:
+            port = sc.port("main")
+            for _ in range(3):
+                _failing_tls_clients(port)
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+            good = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            good.check_hostname = False
+            good.load_verify_locations(client["bundle_file"])
+            good.load_cert_chain(client["cert_file"], client["key_file"])
+            with good.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) \
+                    as tls:
+                tls.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert status(tls.recv(65536)) == 200
 
 
 def test_max_requests_per_connection_closes_after_the_last() -> None:

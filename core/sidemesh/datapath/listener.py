@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.tls_bridge import tls_server
 
 __all__ = ["ListenerServer"]
 
@@ -57,7 +58,8 @@ class ListenerServer:
             loop.add_reader(sock.fileno(), self._accept)
             return
         self._server = await loop.create_server(
-            self.factory, self.host, self.port, ssl=ctx, backlog=1024, reuse_address=True,
+            self.factory if ctx is None else tls_server(ctx, self.factory),
+            self.host, self.port, backlog=1024, reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
         # Any, not the stub's Server: uvloop's gives its sockets as a list where the stub
@@ -104,10 +106,9 @@ class ListenerServer:
             return
         ctx = self.setup.ssl_context if first[0] == TLS_HANDSHAKE_RECORD else None
         try:
-            await loop.connect_accepted_socket(self.factory, conn, ssl=ctx)
+            await loop.connect_accepted_socket(
+                self.factory if ctx is None else tls_server(ctx, self.factory), conn)
         except (OSError, asyncio.CancelledError):
-            conn.close()
-        except Exception:  # a failed TLS handshake: the client is gone, nothing to answer
             conn.close()
 
     def stop_accepting(self) -> None:

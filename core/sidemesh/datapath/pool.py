@@ -24,7 +24,7 @@ from sidemesh.datapath.exchange import BodySink, RawHead, UpstreamError, Upstrea
 from sidemesh.datapath.flags import ResponseFlag
 from sidemesh.datapath.limits import ConnectionLimit, PendingOverflow
 from sidemesh.datapath.messages import Request
-from sidemesh.datapath.tls_client import open_tls
+from sidemesh.datapath.tls_bridge import open_tls
 from sidemesh.datapath.writes import WriteBatch, write_batch
 
 __all__ = ["ConnectionPool", "UpstreamConnection", "UpstreamError"]

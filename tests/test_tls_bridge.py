@@ -1,11 +1,12 @@
-"""TLS to upstreams over ``ssl.MemoryBIO`` (``datapath/tls_client.py``), against real TLS
-servers with certificates from a real CA: what the protocol above it sees when the
-server answers, ends the session, fails its handshake or sends a record that does not
-check out."""
+"""TLS over ``ssl.MemoryBIO`` (``datapath/tls_bridge.py``), against real TLS servers and
+clients with certificates from a real CA: what the protocol above it sees when the
+peer answers, ends the session, fails or never finishes its handshake, or sends a
+record that does not check out."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import uvloop
 
 from sidemesh.control.ca import CertificateAuthority
-from sidemesh.datapath.tls_client import open_tls
+from sidemesh.datapath.tls_bridge import open_tls, tls_server
 from sidemesh.testing.certs import svid_files
 
 pytestmark = pytest.mark.timeout(30)
@@ -25,7 +26,7 @@ Certs = dict[str, dict[str, str]]
 @pytest.fixture
 def certs(tmp_path: Path) -> Certs:
     ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
-    return {"b": svid_files(ca, tmp_path, "b")}
+    return {name: svid_files(ca, tmp_path, name) for name in ("a", "b")}
 
 
 def _server_context(files: dict[str, str]) -> ssl.SSLContext:
@@ -34,10 +35,19 @@ def _server_context(files: dict[str, str]) -> ssl.SSLContext:
     return context
 
 
-def _client_context(bundle: str) -> ssl.SSLContext:
+def _client_context(bundle: str, files: dict[str, str] | None = None) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # SPIFFE certificates name no host
     context.load_verify_locations(bundle)
+    if files is not None:
+        context.load_cert_chain(files["cert_file"], files["key_file"])
+    return context
+
+
+def _mtls_server_context(files: dict[str, str]) -> ssl.SSLContext:
+    context = _server_context(files)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(files["bundle_file"])
     return context
 
 
@@ -49,12 +59,16 @@ class _App(asyncio.Protocol):
         self.eof = False
         self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
+        #: written back to the peer on every read (a server's answer).
+        self.answer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.data += data
+        if self.answer and self.transport is not None:
+            self.transport.write(self.answer)
 
     def eof_received(self) -> bool | None:
         self.eof = True
@@ -182,6 +196,90 @@ async def _tampered_record(certs: Certs) -> None:
         await server.wait_closed()
 
 
+class _Listener:
+    """A plain listening socket serving TLS through :func:`tls_server`, keeping the
+    protocols it made."""
+
+    def __init__(self, context: ssl.SSLContext, handshake_timeout: float = 10.0) -> None:
+        self.context = context
+        self.timeout = handshake_timeout
+        self.apps: list[_App] = []
+        self.server: asyncio.Server | None = None
+
+    def _make(self) -> _App:
+        app = _App()
+        app.answer = b"pong"
+        self.apps.append(app)
+        return app
+
+    async def __aenter__(self) -> int:
+        factory = tls_server(self.context, self._make, handshake_timeout=self.timeout)
+        self.server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def _serves_a_verified_client(certs: Certs) -> None:
+    client_der = ssl.PEM_cert_to_DER_cert(Path(certs["a"]["cert_file"]).read_text())  # noqa: ASYNC240
+    listener = _Listener(_mtls_server_context(certs["b"]))
+    async with listener as port:
+        context = _client_context(certs["b"]["bundle_file"], certs["a"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"pong"
+        (app,) = listener.apps
+        assert app.transport is not None
+        ssl_object = app.transport.get_extra_info("ssl_object")
+        assert ssl_object.getpeercert(binary_form=True) == client_der
+        writer.close()  # close_notify, then FIN
+        assert await asyncio.wait_for(app.lost, 10) is None
+        assert app.data == b"ping"
+        assert app.eof
+
+
+async def _refuses_a_client_without_a_certificate(certs: Certs) -> None:
+    listener = _Listener(_mtls_server_context(certs["b"]))
+    async with listener as port:
+        context = _client_context(certs["b"]["bundle_file"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        writer.write(b"ping")
+        # TLS 1.3: the client's side of the handshake is done before the server has
+        # checked it; the server's alert says why it was refused.
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+            await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        (app,) = listener.apps
+        # The protocol made at accept hears the end, and never had a connection.
+        assert isinstance(await asyncio.wait_for(app.lost, 10), ssl.SSLError)
+        assert app.transport is None
+        assert app.data == b""
+
+
+async def _drops_a_client_that_never_finishes_its_handshake(certs: Certs) -> None:
+    listener = _Listener(_mtls_server_context(certs["b"]), handshake_timeout=0.3)
+    async with listener as port:
+        silent = await asyncio.open_connection("127.0.0.1", port)
+        # A ClientHello's first bytes, then nothing.
+        stalled = await asyncio.open_connection("127.0.0.1", port)
+        stalled[1].write(b"\x16\x03\x01\x00\xff")
+        started = asyncio.get_running_loop().time()
+        for reader, _ in (silent, stalled):
+            # Closed by the server: an end of stream or a reset, well before the test's.
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert asyncio.get_running_loop().time() - started < 3
+        for app in listener.apps:
+            assert isinstance(await asyncio.wait_for(app.lost, 5), TimeoutError)
+            assert app.transport is None
+        assert len(listener.apps) == 2
+        for _, writer in (silent, stalled):
+            writer.close()
+
 
 def test_an_exchange_and_the_servers_close_notify(certs: Certs) -> None:
     uvloop.run(asyncio.wait_for(_exchange_and_close_notify(certs), 20))
@@ -199,3 +297,19 @@ def test_a_record_that_fails_its_check_ends_the_connection_with_the_error(
     certs: Certs,
 ) -> None:
     uvloop.run(asyncio.wait_for(_tampered_record(certs), 20))
+
+
+def test_a_listener_serves_a_verified_client_and_hears_its_close_notify(
+    certs: Certs,
+) -> None:
+    uvloop.run(asyncio.wait_for(_serves_a_verified_client(certs), 20))
+
+
+def test_a_client_without_a_certificate_gets_the_alert_and_frees_its_protocol(
+    certs: Certs,
+) -> None:
+    uvloop.run(asyncio.wait_for(_refuses_a_client_without_a_certificate(certs), 20))
+
+
+def test_a_client_that_never_finishes_its_handshake_is_dropped(certs: Certs) -> None:
+    uvloop.run(asyncio.wait_for(_drops_a_client_that_never_finishes_its_handshake(certs), 20))

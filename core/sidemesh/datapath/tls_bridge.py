@@ -1,15 +1,15 @@
-"""TLS to upstreams, spoken over a plain transport through ``ssl.MemoryBIO``.
+"""TLS spoken over a plain transport through ``ssl.MemoryBIO``: to upstreams, and on
+listeners.
 
 uvloop's SSL transport made up a third of the CPU of a request to a TLS upstream
 (bench/README.md, the all-plugins row): per record it goes through its buffered-protocol
 machinery, ``ssl.SSLObject``'s Python methods, and reads until ``SSLWantReadError`` is
 raised. This bridge calls the C ``_SSLSocket`` directly and reads only while the
 incoming BIO or OpenSSL hold bytes: 100.8 -> 89.6 µs of CPU per request through the
-all-plugins route (medians of seven A/B pairs). The handshake, certificate checks, record
-protection, KeyUpdate and session tickets stay OpenSSL's; this module moves bytes between
-the socket and the two BIOs, and gives the connection's protocol a transport.
-
-Listeners keep uvloop's server-side TLS (SNI callbacks, one handshake per client).
+all-plugins route (medians of seven A/B pairs). The handshake, certificate checks, SNI
+callbacks, record protection, KeyUpdate and session tickets stay OpenSSL's; this module
+moves bytes between the socket and the two BIOs, and gives the connection's protocol a
+transport once the handshake is done.
 """
 
 from __future__ import annotations
@@ -20,34 +20,51 @@ import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-__all__ = ["TlsClient", "open_tls"]
+__all__ = ["HANDSHAKE_TIMEOUT", "TlsBridge", "open_tls", "tls_server"]
 
 #: plaintext asked of OpenSSL per read; a record holds at most 16 KiB.
 READ_SIZE = 64 * 1024
+#: how long a client has to finish its handshake with a listener (uvloop's default,
+#: which listeners had before they used this bridge).
+HANDSHAKE_TIMEOUT = 60.0
 P = TypeVar("P", bound=asyncio.BaseProtocol)
-_CLOSED_IN_HANDSHAKE = "the upstream closed the connection during the TLS handshake"
+_CLOSED_IN_HANDSHAKE = "the peer closed the connection during the TLS handshake"
 
 
-class TlsClient(asyncio.Protocol):
-    """The protocol of a TCP connection that speaks TLS as a client, and the transport
-    of the protocol above it (which sees plaintext), once the handshake is done."""
+class TlsBridge(asyncio.Protocol):
+    """The protocol of a TCP connection that speaks TLS, as a client or a server, and
+    the transport of the protocol above it (which sees plaintext), once the handshake
+    is done.
+
+    A client reports the handshake's end on ``ready``. A server's protocol is made as
+    the connection is accepted (it counts against the listener's connection limit, as
+    Envoy's do), so it hears ``connection_lost`` when the handshake fails, times out or
+    the client leaves during it, without having heard ``connection_made``.
+    """
 
     def __init__(
         self,
         context: ssl.SSLContext,
-        server_hostname: str | None,
         app: asyncio.BaseProtocol,
-        ready: asyncio.Future[None],
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ready: asyncio.Future[None] | None = None,
+        handshake_timeout: float | None = None,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._object = context.wrap_bio(
-            self._incoming, self._outgoing, server_hostname=server_hostname or None
+            self._incoming, self._outgoing, server_side=server_side,
+            server_hostname=server_hostname or None,
         )
         # The C object under SSLObject: its methods without a Python frame each.
         self._ssl: Any = self._object._sslobj  # type: ignore[attr-defined]
         self._app = cast(asyncio.Protocol, app)
+        self._server_side = server_side
         self._ready = ready
+        self._handshake_timeout = handshake_timeout
+        self._timer: asyncio.TimerHandle | None = None
         self._tcp: asyncio.Transport | None = None
         self._handshaking = True
         self._closing = False
@@ -57,6 +74,9 @@ class TlsClient(asyncio.Protocol):
     # the TCP connection -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp = cast(asyncio.Transport, transport)
+        if self._handshake_timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._handshake_timeout, self._handshake_timed_out)
         self._handshake()
 
     def data_received(self, data: bytes) -> None:
@@ -78,6 +98,8 @@ class TlsClient(asyncio.Protocol):
         self._closing = True
         if self._handshaking:
             self._fail_handshake(exc or ConnectionResetError(_CLOSED_IN_HANDSHAKE))
+            if self._server_side:
+                self._app.connection_lost(exc or self._error)
             return
         self._app.connection_lost(exc or self._error)
 
@@ -96,22 +118,38 @@ class TlsClient(asyncio.Protocol):
             self._flush()
             return
         except (ssl.SSLError, OSError) as exc:
-            self._flush()  # the alert telling the server why
+            self._flush()  # the alert telling the peer why
+            self._error = exc
             self._fail_handshake(exc)
             return
         self._flush()
         self._handshaking = False
+        self._stop_timer()
         self._app.connection_made(self)  # type: ignore[arg-type]
-        if not self._ready.done():
+        if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
-        if self._incoming.pending:  # what came with the server's last handshake flight
+        if self._incoming.pending:  # what came with the peer's last handshake flight
             self._read()
 
     def _fail_handshake(self, exc: BaseException) -> None:
-        if not self._ready.done():
+        self._stop_timer()
+        if self._ready is not None and not self._ready.done():
             self._ready.set_exception(exc)
         if self._tcp is not None:
             self._tcp.close()
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._handshaking:
+            self._error = TimeoutError("the TLS handshake timed out")
+            self._fail_handshake(self._error)
+            if self._tcp is not None:
+                self._tcp.abort()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _read(self) -> None:
         chunks: list[bytes] = []
@@ -211,10 +249,10 @@ async def open_tls(
 ) -> tuple[asyncio.Transport, P]:
     """A TLS connection to ``host:port`` whose protocol ``factory`` makes, once the
     handshake succeeded (``ssl.SSLError`` or ``OSError`` when it did not): its transport
-    (a :class:`TlsClient`) and that protocol."""
+    (a :class:`TlsBridge`) and that protocol."""
     ready: asyncio.Future[None] = loop.create_future()
     app = factory()
-    bridge = TlsClient(context, server_hostname, app, ready)
+    bridge = TlsBridge(context, app, server_hostname=server_hostname, ready=ready)
     try:
         await loop.create_connection(lambda: bridge, host, port)
         await ready
@@ -222,3 +260,20 @@ async def open_tls(
         bridge.abort()  # a timeout or a cancellation mid-handshake leaves no socket
         raise
     return cast(asyncio.Transport, bridge), app
+
+
+def tls_server(
+    context: ssl.SSLContext,
+    factory: Callable[[], asyncio.BaseProtocol],
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+) -> Callable[[], TlsBridge]:
+    """A protocol factory for a plain listening socket (``loop.create_server(...)``
+    without ``ssl``) that serves TLS with ``context``: each accepted connection's
+    protocol from ``factory`` is made at once and hears of the connection only when the
+    client's handshake succeeded."""
+
+    def make() -> TlsBridge:
+        return TlsBridge(context, factory(), server_side=True,
+                         handshake_timeout=handshake_timeout)
+
+    return make
