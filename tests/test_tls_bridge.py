@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from sidemesh.control.ca import CertificateAuthority
-from sidemesh.datapath.tls_bridge import open_tls, tls_server
+from sidemesh.datapath.tls_bridge import handshake_failure, open_tls, tls_server
 from sidemesh.testing.certs import svid_files
 
 pytestmark = pytest.mark.timeout(30)
@@ -204,6 +204,8 @@ class _Listener:
         self.context = context
         self.timeout = handshake_timeout
         self.apps: list[_App] = []
+        #: why handshakes did not succeed, as on_failure heard.
+        self.failures: list[str] = []
         self.server: asyncio.Server | None = None
 
     def _make(self) -> _App:
@@ -213,7 +215,8 @@ class _Listener:
         return app
 
     async def __aenter__(self) -> int:
-        factory = tls_server(self.context, self._make, handshake_timeout=self.timeout)
+        factory = tls_server(self.context, self._make, handshake_timeout=self.timeout,
+                             on_failure=lambda exc: self.failures.append(handshake_failure(exc)))
         self.server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
         port: int = self.server.sockets[0].getsockname()[1]
         return port
@@ -240,6 +243,7 @@ async def _serves_a_verified_client(certs: Certs) -> None:
         assert await asyncio.wait_for(app.lost, 10) is None
         assert app.data == b"ping"
         assert app.eof
+        assert listener.failures == []
 
 
 async def _refuses_a_client_without_a_certificate(certs: Certs) -> None:
@@ -258,6 +262,7 @@ async def _refuses_a_client_without_a_certificate(certs: Certs) -> None:
         assert isinstance(await asyncio.wait_for(app.lost, 10), ssl.SSLError)
         assert app.transport is None
         assert app.data == b""
+        assert listener.failures == ["no_certificate"]
 
 
 async def _drops_a_client_that_never_finishes_its_handshake(certs: Certs) -> None:
@@ -277,6 +282,7 @@ async def _drops_a_client_that_never_finishes_its_handshake(certs: Certs) -> Non
             assert isinstance(await asyncio.wait_for(app.lost, 5), TimeoutError)
             assert app.transport is None
         assert len(listener.apps) == 2
+        assert listener.failures == ["timeout", "timeout"]
         for _, writer in (silent, stalled):
             writer.close()
 

@@ -170,19 +170,29 @@ def test_connections_over_max_connections_are_refused_and_counted() -> None:
         assert status(again) == 200
 
 
-def _failing_tls_clients(port: int) -> None:
-    """What reaches an mTLS port and never completes a handshake: a client without a
-    certificate, a TCP probe (a load balancer's, a kubelet's), a ClientHello cut off."""
-    no_certificate = ssl.create_default_context()
-    no_certificate.check_hostname = False
-    no_certificate.verify_mode = ssl.CERT_NONE
+def _client_context(files: dict[str, str] | None = None) -> ssl.SSLContext:
+    """A TLS client that trusts any server, presenting ``files``' certificate if given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if files is not None:
+        context.load_cert_chain(files["cert_file"], files["key_file"])
+    return context
+
+
+def _tls_client(port: int, context: ssl.SSLContext) -> None:
     with (
         contextlib.suppress(OSError),
-        no_certificate.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
-        as tls,
+        context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) as tls,
     ):
         tls.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
         tls.recv(65536)
+
+
+def _failing_tls_clients(port: int) -> None:
+    """What reaches an mTLS port and never completes a handshake: a client without a
+    certificate, a TCP probe (a load balancer's, a kubelet's), a ClientHello cut off."""
+    _tls_client(port, _client_context())
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as cut:
         cut.sendall(b"\x16\x03\x01\x00\xff\x01")
@@ -205,14 +215,39 @@ def test_failed_tls_handshakes_give_their_connection_slot_back(
             for _ in range(3):
                 _failing_tls_clients(port)
             assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
-            good = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            good.check_hostname = False
-            good.load_verify_locations(client["bundle_file"])
-            good.load_cert_chain(client["cert_file"], client["key_file"])
+            good = _client_context(client)
             with good.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) \
                     as tls:
                 tls.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 assert status(tls.recv(65536)) == 200
+
+
+def _handshake_failures(reason: str) -> float:
+    labels = {"listener": "main", "reason": reason}
+    sample = "sidemesh_downstream_tls_handshake_failures_total"
+    return REGISTRY.get_sample_value(sample, labels) or 0.0
+
+
+def test_failed_tls_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
+    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
+    other = CertificateAuthority.open(tmp_path / "other-ca", "cluster.local")
+    (tmp_path / "other").mkdir()
+    stranger = svid_files(other, tmp_path / "other", "a")
+    server = svid_files(ca, tmp_path, "b")
+    reasons = ("no_certificate", "verify_failed", "closed", "error")
+    with testing.Upstream() as up:
+        doc = _sidecar_doc(up.address)
+        doc["listeners"][0]["plugins"] = [{"name": "mtls", "config": {"mode": "strict", **server}}]
+        with testing.running_sidecar(doc) as sc:
+            port = sc.port("main")
+            before = {reason: _handshake_failures(reason) for reason in reasons}
+            _tls_client(port, _client_context())
+            _tls_client(port, _client_context(stranger))
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            status(testing.raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n"))
+            expected = {reason: before[reason] + 1 for reason in reasons}
+            assert testing.wait_for(
+                lambda: {reason: _handshake_failures(reason) for reason in reasons} == expected)
 
 
 def test_max_requests_per_connection_closes_after_the_last() -> None:

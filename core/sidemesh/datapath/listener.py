@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ class ListenerServer:
         factory: Callable[[], asyncio.Protocol],
         setup: ConnectionSetup,
         reuse_port: bool = False,
+        on_tls_failure: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -38,6 +40,8 @@ class ListenerServer:
         #: SO_REUSEPORT, so the workers of ``--concurrency N`` each bind the port and the
         #: kernel spreads connections over them.
         self.reuse_port = reuse_port
+        #: told why a client's TLS handshake did not succeed.
+        self.on_tls_failure = on_tls_failure
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
         self._sniffers: set[asyncio.Task[None]] = set()
@@ -58,14 +62,18 @@ class ListenerServer:
             loop.add_reader(sock.fileno(), self._accept)
             return
         self._server = await loop.create_server(
-            self.factory if ctx is None else tls_server(ctx, self.factory),
-            self.host, self.port, backlog=1024, reuse_address=True,
+            self._protocols(ctx), self.host, self.port, backlog=1024, reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
         # Any, not the stub's Server: uvloop's gives its sockets as a list where the stub
         # says tuple, and compiled code checks the stub's type.
         server: Any = self._server
         self.port = server.sockets[0].getsockname()[1]
+
+    def _protocols(self, ctx: ssl.SSLContext | None) -> Callable[[], asyncio.BaseProtocol]:
+        if ctx is None:
+            return self.factory
+        return tls_server(ctx, self.factory, on_failure=self.on_tls_failure)
 
     def _accept(self) -> None:
         assert self._sock is not None
@@ -106,8 +114,7 @@ class ListenerServer:
             return
         ctx = self.setup.ssl_context if first[0] == TLS_HANDSHAKE_RECORD else None
         try:
-            await loop.connect_accepted_socket(
-                self.factory if ctx is None else tls_server(ctx, self.factory), conn)
+            await loop.connect_accepted_socket(self._protocols(ctx), conn)
         except (OSError, asyncio.CancelledError):
             conn.close()
 

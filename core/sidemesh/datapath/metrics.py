@@ -172,6 +172,14 @@ class Metrics:
             ["listener"],
             registry=registry,
         )
+        self.tls_handshake_failures = Counter(
+            "sidemesh_downstream_tls_handshake_failures",
+            "Client TLS handshakes on a listener that did not succeed, by reason: "
+            "no_certificate, verify_failed, timeout, closed, error (Envoy's listener "
+            "ssl.fail_verify_no_cert, ssl.fail_verify_error, ssl.connection_error).",
+            ["listener", "reason"],
+            registry=registry,
+        )
         self.config_applies = Counter(
             "sidemesh_config_apply_total",
             "Config apply attempts by result (ok, rejected).",

@@ -25,6 +25,7 @@ from sidemesh.datapath.metrics import Metrics
 from sidemesh.datapath.model import EndpointConfig, SidecarConfig
 from sidemesh.datapath.outcome import Outcome
 from sidemesh.datapath.snapshot import Snapshot
+from sidemesh.datapath.tls_bridge import handshake_failure
 
 __all__ = ["ApplyError", "Sidecar", "SnapshotBuilder"]
 
@@ -147,7 +148,7 @@ class Sidecar:
             if port == 0 and current is not None and current.host == cfg.host:
                 port = current.port  # "any port" keeps the one already bound
             wanted[name] = ListenerServer(name, cfg.host, port, self._factory(name), setup,
-                                          self.reuse_port)
+                                          self.reuse_port, self._tls_failed(name))
         started: list[ListenerServer] = []
         stopped: list[ListenerServer] = []
         try:
@@ -192,6 +193,12 @@ class Sidecar:
             if snapshot.active == 0:
                 self._retired.remove(snapshot)
                 asyncio.get_running_loop().create_task(snapshot.close())
+
+    def _tls_failed(self, listener: str) -> Callable[[BaseException | None], None]:
+        def count(exc: BaseException | None) -> None:
+            self.metrics.tls_handshake_failures.labels(listener, handshake_failure(exc)).inc()
+
+        return count
 
     def _factory(self, listener: str) -> Any:
         def closed(conn: DownstreamConnection) -> None:

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-__all__ = ["HANDSHAKE_TIMEOUT", "TlsBridge", "open_tls", "tls_server"]
+__all__ = ["HANDSHAKE_TIMEOUT", "TlsBridge", "handshake_failure", "open_tls", "tls_server"]
 
 #: plaintext asked of OpenSSL per read; a record holds at most 16 KiB.
 READ_SIZE = 64 * 1024
@@ -39,7 +39,8 @@ class TlsBridge(asyncio.Protocol):
     A client reports the handshake's end on ``ready``. A server's protocol is made as
     the connection is accepted (it counts against the listener's connection limit, as
     Envoy's do), so it hears ``connection_lost`` when the handshake fails, times out or
-    the client leaves during it, without having heard ``connection_made``.
+    the client leaves during it, without having heard ``connection_made``; and
+    ``on_failure`` hears why.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class TlsBridge(asyncio.Protocol):
         server_hostname: str | None = None,
         ready: asyncio.Future[None] | None = None,
         handshake_timeout: float | None = None,
+        on_failure: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -64,6 +66,7 @@ class TlsBridge(asyncio.Protocol):
         self._server_side = server_side
         self._ready = ready
         self._handshake_timeout = handshake_timeout
+        self._on_failure = on_failure
         self._timer: asyncio.TimerHandle | None = None
         self._tcp: asyncio.Transport | None = None
         self._handshaking = True
@@ -99,6 +102,8 @@ class TlsBridge(asyncio.Protocol):
         if self._handshaking:
             self._fail_handshake(exc or ConnectionResetError(_CLOSED_IN_HANDSHAKE))
             if self._server_side:
+                if self._on_failure is not None:
+                    self._on_failure(self._error or exc)
                 self._app.connection_lost(exc or self._error)
             return
         self._app.connection_lost(exc or self._error)
@@ -266,14 +271,30 @@ def tls_server(
     context: ssl.SSLContext,
     factory: Callable[[], asyncio.BaseProtocol],
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    on_failure: Callable[[BaseException | None], None] | None = None,
 ) -> Callable[[], TlsBridge]:
     """A protocol factory for a plain listening socket (``loop.create_server(...)``
     without ``ssl``) that serves TLS with ``context``: each accepted connection's
     protocol from ``factory`` is made at once and hears of the connection only when the
-    client's handshake succeeded."""
+    client's handshake succeeded; ``on_failure`` is told why one did not."""
 
     def make() -> TlsBridge:
         return TlsBridge(context, factory(), server_side=True,
-                         handshake_timeout=handshake_timeout)
+                         handshake_timeout=handshake_timeout, on_failure=on_failure)
 
     return make
+
+
+def handshake_failure(exc: BaseException | None) -> str:
+    """How a listener counts a handshake that did not succeed, as Envoy's listener ``ssl``
+    statistics split them: ``no_certificate`` (``fail_verify_no_cert``),
+    ``verify_failed`` (``fail_verify_error``: untrusted, expired, malformed), ``timeout``,
+    ``closed`` (the client left: a TCP probe, a cut-off hello) or ``error`` (any other
+    TLS failure: no shared version or cipher, not TLS at all)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "verify_failed"
+    if isinstance(exc, ssl.SSLError):
+        return "no_certificate" if exc.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE" else "error"
+    return "closed"
