@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from sidemesh.control.ca import CertificateAuthority
-from sidemesh.datapath.tls_bridge import handshake_failure, open_tls, tls_server
+from sidemesh.datapath.tls_bridge import TlsBridge, handshake_failure, open_tls
 from sidemesh.testing.certs import svid_files
 
 pytestmark = pytest.mark.timeout(30)
@@ -197,8 +197,8 @@ async def _tampered_record(certs: Certs) -> None:
 
 
 class _Listener:
-    """A plain listening socket serving TLS through :func:`tls_server`, keeping the
-    protocols it made."""
+    """A plain listening socket serving TLS through a server-side :class:`TlsBridge`
+    for each connection, keeping the protocols above them."""
 
     def __init__(self, context: ssl.SSLContext, handshake_timeout: float = 10.0) -> None:
         self.context = context
@@ -208,16 +208,16 @@ class _Listener:
         self.failures: list[str] = []
         self.server: asyncio.Server | None = None
 
-    def _make(self) -> _App:
+    def _make(self) -> TlsBridge:
         app = _App()
         app.answer = b"pong"
         self.apps.append(app)
-        return app
+        return TlsBridge(self.context, app, server_side=True, handshake_timeout=self.timeout,
+                         on_failure=lambda exc: self.failures.append(handshake_failure(exc)))
 
     async def __aenter__(self) -> int:
-        factory = tls_server(self.context, self._make, handshake_timeout=self.timeout,
-                             on_failure=lambda exc: self.failures.append(handshake_failure(exc)))
-        self.server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self._make, "127.0.0.1", 0)
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 

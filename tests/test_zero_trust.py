@@ -228,6 +228,34 @@ def _handshake_failures(reason: str) -> float:
     return REGISTRY.get_sample_value(sample, labels) or 0.0
 
 
+def test_a_permissive_listener_counts_connections_before_their_first_byte(
+    tmp_path: Path,
+) -> None:
+    # A permissive port waits up to 10 s for a client's first byte to tell TLS from
+    # plain HTTP; those connections used to escape max_connections altogether.
+    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
+    server = svid_files(ca, tmp_path, "b")
+    with testing.Upstream() as up:
+        doc = _sidecar_doc(up.address, max_connections=2)
+        doc["listeners"][0]["plugins"] = [
+            {"name": "mtls", "config": {"mode": "permissive", **server}}]
+        with testing.running_sidecar(doc) as sc:
+            port = sc.port("main")
+            before = _overflows()
+            silent = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                      for _ in range(2)]
+            try:
+                assert testing.wait_for(lambda: len(sc.sidecar.connections) == 2)
+                assert _closed_without_answer(port)
+                assert _overflows() == before + 1
+            finally:
+                for sock in silent:
+                    sock.close()
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+            again = testing.raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status(again) == 200
+
+
 def test_failed_tls_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
     ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
     other = CertificateAuthority.open(tmp_path / "other-ca", "cluster.local")

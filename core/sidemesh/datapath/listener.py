@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sidemesh.datapath.connections import ConnectionSetup
-from sidemesh.datapath.tls_bridge import tls_server
+from sidemesh.datapath.tls_bridge import HANDSHAKE_TIMEOUT, TlsBridge
 
 __all__ = ["ListenerServer"]
 
@@ -20,7 +17,13 @@ TLS_HANDSHAKE_RECORD = 0x16
 
 
 class ListenerServer:
-    """One listening socket and the connections it accepted."""
+    """One listening socket and the connections it accepted.
+
+    Every connection's protocol comes from ``factory`` as the connection is accepted,
+    whatever the listener speaks: it counts against the listener's connection limit
+    from then on, and hears ``connection_lost`` (without ``connection_made``) if the
+    connection ends before its TLS handshake or its first byte.
+    """
 
     def __init__(
         self,
@@ -43,26 +46,15 @@ class ListenerServer:
         #: told why a client's TLS handshake did not succeed.
         self.on_tls_failure = on_tls_failure
         self._server: asyncio.AbstractServer | None = None
-        self._sock: socket.socket | None = None
-        self._sniffers: set[asyncio.Task[None]] = set()
+        self._sniffing: set[_Sniffer] = set()
 
     @property
     def key(self) -> tuple[str, int, bool, bool]:
         return (self.host, self.port, self.setup.ssl_context is not None, self.setup.tls_optional)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        ctx = self.setup.ssl_context
-        if ctx is not None and self.setup.tls_optional:
-            sock = socket.create_server((self.host, self.port), backlog=1024,
-                                          reuse_port=self.reuse_port)
-            sock.setblocking(False)
-            self._sock = sock
-            self.port = sock.getsockname()[1]
-            loop.add_reader(sock.fileno(), self._accept)
-            return
-        self._server = await loop.create_server(
-            self._protocols(ctx), self.host, self.port, backlog=1024, reuse_address=True,
+        self._server = await asyncio.get_running_loop().create_server(
+            self._protocol, self.host, self.port, backlog=1024, reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
         # Any, not the stub's Server: uvloop's gives its sockets as a list where the stub
@@ -70,61 +62,76 @@ class ListenerServer:
         server: Any = self._server
         self.port = server.sockets[0].getsockname()[1]
 
-    def _protocols(self, ctx: ssl.SSLContext | None) -> Callable[[], asyncio.BaseProtocol]:
+    def _protocol(self) -> asyncio.BaseProtocol:
+        ctx = self.setup.ssl_context
         if ctx is None:
-            return self.factory
-        return tls_server(ctx, self.factory, on_failure=self.on_tls_failure)
+            return self.factory()
+        if self.setup.tls_optional:
+            return _Sniffer(self, self.factory())
+        return self.tls(self.factory())
 
-    def _accept(self) -> None:
-        assert self._sock is not None
-        for _ in range(64):
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            conn.setblocking(False)
-            task = asyncio.get_running_loop().create_task(self._sniff(conn))
-            self._sniffers.add(task)
-            task.add_done_callback(self._sniffers.discard)
-
-    async def _sniff(self, conn: socket.socket) -> None:
-        """Peek at the first byte: a TLS handshake record gets TLS, anything else is
-        served as plain HTTP (the mtls policy then decides what plain clients may do)."""
-        loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(conn.fileno(), wake)
-        try:
-            async with asyncio.timeout(SNIFF_TIMEOUT):
-                await readable
-            first = conn.recv(1, socket.MSG_PEEK)
-        except (TimeoutError, OSError):
-            conn.close()
-            return
-        finally:
-            loop.remove_reader(conn.fileno())
-        if not first:
-            conn.close()
-            return
-        ctx = self.setup.ssl_context if first[0] == TLS_HANDSHAKE_RECORD else None
-        try:
-            await loop.connect_accepted_socket(self._protocols(ctx), conn)
-        except (OSError, asyncio.CancelledError):
-            conn.close()
+    def tls(self, app: asyncio.BaseProtocol) -> TlsBridge:
+        """``app``'s connection, spoken in TLS with the listener's context."""
+        assert self.setup.ssl_context is not None
+        return TlsBridge(self.setup.ssl_context, app, server_side=True,
+                         handshake_timeout=HANDSHAKE_TIMEOUT, on_failure=self.on_tls_failure)
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
-        if self._sock is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-        for task in list(self._sniffers):
-            task.cancel()
+        for sniffer in list(self._sniffing):
+            sniffer.abort()
+
+
+class _Sniffer(asyncio.Protocol):
+    """A permissive listener's connection until its first bytes arrive: a TLS handshake
+    record gets TLS, anything else is served as plain HTTP (the mtls policy then decides
+    what plain clients may do)."""
+
+    def __init__(self, listener: ListenerServer, app: asyncio.Protocol) -> None:
+        self.listener = listener
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        # A connection over the listener's limit is closed by its protocol as it is
+        # made: at once, not after the client's first byte.
+        if getattr(self.app, "refused", False):
+            self._hand_over(self.app, b"")
+            return
+        self.listener._sniffing.add(self)
+        self.timer = asyncio.get_running_loop().call_later(SNIFF_TIMEOUT, self.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if data[0] == TLS_HANDSHAKE_RECORD:
+            self._hand_over(self.listener.tls(self.app), data)
+        else:
+            self._hand_over(self.app, data)
+
+    def eof_received(self) -> bool | None:
+        return None  # gone before a byte: the transport closes, connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+        self.app.connection_lost(exc)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _hand_over(self, protocol: asyncio.Protocol, data: bytes) -> None:
+        self._done()
+        transport = self.transport
+        assert transport is not None
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data and not transport.is_closing():
+            protocol.data_received(data)
+
+    def _done(self) -> None:
+        self.listener._sniffing.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-__all__ = ["HANDSHAKE_TIMEOUT", "TlsBridge", "handshake_failure", "open_tls", "tls_server"]
+__all__ = ["HANDSHAKE_TIMEOUT", "TlsBridge", "handshake_failure", "open_tls"]
 
 #: plaintext asked of OpenSSL per read; a record holds at most 16 KiB.
 READ_SIZE = 64 * 1024
@@ -265,24 +265,6 @@ async def open_tls(
         bridge.abort()  # a timeout or a cancellation mid-handshake leaves no socket
         raise
     return cast(asyncio.Transport, bridge), app
-
-
-def tls_server(
-    context: ssl.SSLContext,
-    factory: Callable[[], asyncio.BaseProtocol],
-    handshake_timeout: float = HANDSHAKE_TIMEOUT,
-    on_failure: Callable[[BaseException | None], None] | None = None,
-) -> Callable[[], TlsBridge]:
-    """A protocol factory for a plain listening socket (``loop.create_server(...)``
-    without ``ssl``) that serves TLS with ``context``: each accepted connection's
-    protocol from ``factory`` is made at once and hears of the connection only when the
-    client's handshake succeeded; ``on_failure`` is told why one did not."""
-
-    def make() -> TlsBridge:
-        return TlsBridge(context, factory(), server_side=True,
-                         handshake_timeout=handshake_timeout, on_failure=on_failure)
-
-    return make
 
 
 def handshake_failure(exc: BaseException | None) -> str:
