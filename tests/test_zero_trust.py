@@ -256,6 +256,27 @@ def test_a_permissive_listener_counts_connections_before_their_first_byte(
             assert status(again) == 200
 
 
+def test_a_permissive_listener_drops_a_client_that_never_sends_a_byte(
+    tmp_path: Path,
+) -> None:
+    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
+    server = svid_files(ca, tmp_path, "b")
+    with testing.Upstream() as up:
+        doc = _sidecar_doc(up.address)
+        doc["listeners"][0]["plugins"] = [
+            {"name": "mtls", "config": {"mode": "permissive", **server}}]
+        with (
+            testing.running_sidecar(doc) as sc,
+            socket.create_connection(("127.0.0.1", sc.port("main")), timeout=20) as silent,
+        ):
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 1)
+            started = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                assert silent.recv(1) == b""  # closed by the proxy, not by our timeout
+            assert 9 < time.monotonic() - started < 15  # SNIFF_TIMEOUT, 10 s
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+
+
 def test_failed_tls_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
     ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
     other = CertificateAuthority.open(tmp_path / "other-ca", "cluster.local")
