@@ -170,6 +170,21 @@ def test_connections_over_max_connections_are_refused_and_counted() -> None:
         assert status(again) == 200
 
 
+@contextmanager
+def mtls_proxy(
+    tmp_path: Path, mode: str, **listener: Any
+) -> Iterator[tuple[CertificateAuthority, testing.RunningSidecar]]:
+    """A sidecar whose listener has the mtls plugin in ``mode`` with ``b``'s certificate
+    from a real CA, which it yields to issue clients' certificates."""
+    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
+    server = svid_files(ca, tmp_path, "b")
+    with testing.Upstream() as up:
+        doc = _sidecar_doc(up.address, **listener)
+        doc["listeners"][0]["plugins"] = [{"name": "mtls", "config": {"mode": mode, **server}}]
+        with testing.running_sidecar(doc) as sc:
+            yield ca, sc
+
+
 def _client_context(files: dict[str, str] | None = None) -> ssl.SSLContext:
     """A TLS client that trusts any server, presenting ``files``' certificate if given."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -204,22 +219,51 @@ def test_failed_tls_handshakes_give_their_connection_slot_back(
 ) -> None:
     # Each of them used to keep its place under max_connections for good: an
     # unauthenticated client could fill an mTLS listener until it refused every caller.
-    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
-    server, client = svid_files(ca, tmp_path, "b"), svid_files(ca, tmp_path, "a")
-    with testing.Upstream() as up:
-        doc = _sidecar_doc(up.address, max_connections=3)
-        doc["listeners"][0]["plugins"] = [
-            {"name": "mtls", "config": {"mode": mode, **server}}]
-        with testing.running_sidecar(doc) as sc:
-            port = sc.port("main")
-            for _ in range(3):
-                _failing_tls_clients(port)
-            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
-            good = _client_context(client)
-            with good.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) \
-                    as tls:
-                tls.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert status(tls.recv(65536)) == 200
+    with mtls_proxy(tmp_path, mode, max_connections=3) as (ca, sc):
+        port = sc.port("main")
+        for _ in range(3):
+            _failing_tls_clients(port)
+        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+        good = _client_context(svid_files(ca, tmp_path, "a"))
+        with good.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)) as tls:
+            tls.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert status(tls.recv(65536)) == 200
+
+
+def test_a_permissive_listener_counts_connections_before_their_first_byte(
+    tmp_path: Path,
+) -> None:
+    # A permissive port waits up to 10 s for a client's first byte to tell TLS from
+    # plain HTTP; those connections used to escape max_connections altogether.
+    with mtls_proxy(tmp_path, "permissive", max_connections=2) as (_, sc):
+        port = sc.port("main")
+        before = _overflows()
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        try:
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 2)
+            assert _closed_without_answer(port)
+            assert _overflows() == before + 1
+        finally:
+            for sock in silent:
+                sock.close()
+        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+        again = testing.raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status(again) == 200
+
+
+def test_a_permissive_listener_drops_a_client_that_never_sends_a_byte(
+    tmp_path: Path,
+) -> None:
+    with (
+        mtls_proxy(tmp_path, "permissive") as (_, sc),
+        socket.create_connection(("127.0.0.1", sc.port("main")), timeout=20) as silent,
+    ):
+        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 1)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            assert silent.recv(1) == b""  # closed by the proxy, not by our timeout
+        assert 9 < time.monotonic() - started < 15  # SNIFF_TIMEOUT, 10 s
+        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
 
 
 def _handshake_failures(reason: str) -> float:
@@ -228,75 +272,21 @@ def _handshake_failures(reason: str) -> float:
     return REGISTRY.get_sample_value(sample, labels) or 0.0
 
 
-def test_a_permissive_listener_counts_connections_before_their_first_byte(
-    tmp_path: Path,
-) -> None:
-    # A permissive port waits up to 10 s for a client's first byte to tell TLS from
-    # plain HTTP; those connections used to escape max_connections altogether.
-    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
-    server = svid_files(ca, tmp_path, "b")
-    with testing.Upstream() as up:
-        doc = _sidecar_doc(up.address, max_connections=2)
-        doc["listeners"][0]["plugins"] = [
-            {"name": "mtls", "config": {"mode": "permissive", **server}}]
-        with testing.running_sidecar(doc) as sc:
-            port = sc.port("main")
-            before = _overflows()
-            silent = [socket.create_connection(("127.0.0.1", port), timeout=5)
-                      for _ in range(2)]
-            try:
-                assert testing.wait_for(lambda: len(sc.sidecar.connections) == 2)
-                assert _closed_without_answer(port)
-                assert _overflows() == before + 1
-            finally:
-                for sock in silent:
-                    sock.close()
-            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
-            again = testing.raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert status(again) == 200
-
-
-def test_a_permissive_listener_drops_a_client_that_never_sends_a_byte(
-    tmp_path: Path,
-) -> None:
-    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
-    server = svid_files(ca, tmp_path, "b")
-    with testing.Upstream() as up:
-        doc = _sidecar_doc(up.address)
-        doc["listeners"][0]["plugins"] = [
-            {"name": "mtls", "config": {"mode": "permissive", **server}}]
-        with (
-            testing.running_sidecar(doc) as sc,
-            socket.create_connection(("127.0.0.1", sc.port("main")), timeout=20) as silent,
-        ):
-            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 1)
-            started = time.monotonic()
-            with contextlib.suppress(ConnectionResetError):
-                assert silent.recv(1) == b""  # closed by the proxy, not by our timeout
-            assert 9 < time.monotonic() - started < 15  # SNIFF_TIMEOUT, 10 s
-            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
-
-
 def test_failed_tls_handshakes_are_counted_by_reason(tmp_path: Path) -> None:
-    ca = CertificateAuthority.open(tmp_path / "ca", "cluster.local")
     other = CertificateAuthority.open(tmp_path / "other-ca", "cluster.local")
     (tmp_path / "other").mkdir()
     stranger = svid_files(other, tmp_path / "other", "a")
-    server = svid_files(ca, tmp_path, "b")
     reasons = ("no_certificate", "verify_failed", "closed", "error")
-    with testing.Upstream() as up:
-        doc = _sidecar_doc(up.address)
-        doc["listeners"][0]["plugins"] = [{"name": "mtls", "config": {"mode": "strict", **server}}]
-        with testing.running_sidecar(doc) as sc:
-            port = sc.port("main")
-            before = {reason: _handshake_failures(reason) for reason in reasons}
-            _tls_client(port, _client_context())
-            _tls_client(port, _client_context(stranger))
-            socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            status(testing.raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n"))
-            expected = {reason: before[reason] + 1 for reason in reasons}
-            assert testing.wait_for(
-                lambda: {reason: _handshake_failures(reason) for reason in reasons} == expected)
+    with mtls_proxy(tmp_path, "strict") as (_, sc):
+        port = sc.port("main")
+        before = {reason: _handshake_failures(reason) for reason in reasons}
+        _tls_client(port, _client_context())
+        _tls_client(port, _client_context(stranger))
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        testing.raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS
+        expected = {reason: before[reason] + 1 for reason in reasons}
+        assert testing.wait_for(
+            lambda: {reason: _handshake_failures(reason) for reason in reasons} == expected)
 
 
 def test_max_requests_per_connection_closes_after_the_last() -> None:
