@@ -101,11 +101,10 @@ class TlsBridge(asyncio.Protocol):
         self._closing = True
         if self._handshaking:
             self._fail_handshake(exc or ConnectionResetError(_CLOSED_IN_HANDSHAKE))
-            if self._server_side:
-                if self._on_failure is not None:
-                    self._on_failure(self._error or exc)
-                self._app.connection_lost(exc or self._error)
-            return
+            if not self._server_side:
+                return  # open_tls raises; its caller never had the protocol
+            if self._on_failure is not None:
+                self._on_failure(self._error or exc)
         self._app.connection_lost(exc or self._error)
 
     def pause_writing(self) -> None:
