@@ -143,12 +143,10 @@ class TlsBridge(asyncio.Protocol):
             self._tcp.close()
 
     def _handshake_timed_out(self) -> None:
+        # Only armed while the handshake runs: its end, either way, cancels it.
         self._timer = None
-        if self._handshaking:
-            self._error = TimeoutError("the TLS handshake timed out")
-            self._fail_handshake(self._error)
-            if self._tcp is not None:
-                self._tcp.abort()
+        self._error = TimeoutError("the TLS handshake timed out")
+        self._fail_handshake(self._error)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
