@@ -120,6 +120,8 @@ def test_a_non_loopback_listen_serves_https_unless_told_otherwise(tmp_path: Path
         "control", "--data", str(data), "--listen", f"0.0.0.0:{port}", "--insecure-http"
     ) as plain:
         assert testing.wait_for(lambda: "clear text" in plain.output, timeout=20), plain.output
+        # The warning is printed before the socket is bound: wait for it to answer.
+        assert testing.wait_for(lambda: _listening(f"127.0.0.1:{port}"), timeout=20)
         assert httpx.get(f"http://127.0.0.1:{port}/v1/proxies", timeout=5).status_code == 401
 
 
