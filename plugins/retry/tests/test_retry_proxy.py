@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
 from sidemesh import Response, testing
@@ -153,6 +154,23 @@ def test_reset_is_retried_by_default() -> None:
         sidecar(up.address) as (sc, _),
     ):
         assert httpx.get(sc.url("main") + "/", timeout=10).text == "after reset"
+
+
+def test_a_response_cut_after_its_head_went_downstream_is_not_retried() -> None:
+    # As in Envoy: once the head is on its way to the client, the answer is the client's;
+    # the proxy cuts the client's connection too, and logs the upstream's cut (UC).
+    cut = testing.Reply(200, b"part", headers={"content-length": "10"}, close=True)
+    with (
+        testing.Upstream(script(cut, testing.Reply(200, b"whole"))) as up,
+        sidecar(up.address, retry={"retry_on": ["reset", "5xx"]}) as (sc, log),
+    ):
+        with httpx.Client(timeout=10) as client, client.stream("GET", sc.url("main")) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError, match="received 4 bytes, expected 10"):
+                r.read()
+        line = access_lines(log, 1)[0]
+        assert (line["status"], line["response_flags"], line["attempts"]) == (200, "UC", 1)
+        assert len(up.requests) == 1
 
 
 def test_connect_failure_retries_on_another_host() -> None:
