@@ -14,7 +14,7 @@ import pytest
 
 from sidemesh import Explanation, Policy, PolicyContext, Request, hookimpl
 from sidemesh.config.registry import PluginRegistry
-from sidemesh.tools import cli
+from sidemesh.tools import config_commands
 from sidemesh.tools.cli import main
 
 TESTS = Path(__file__).resolve().parent
@@ -209,7 +209,7 @@ HOOKED = CONFIG.replace(
 @pytest.fixture
 def hooked(config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The config with listener-level local policies, registered in this process."""
-    monkeypatch.setattr(cli, "_registry",
+    monkeypatch.setattr(config_commands, "_registry",
                         lambda: PluginRegistry.load(extra_plugins=[LocalPolicies()]))
     config.write_text(HOOKED)
     return config
