@@ -98,6 +98,10 @@ def test_proxy_arguments() -> None:
     (["proxy", "-c", "a.yaml", "--control", "http://x"], "either -c/--config FILE"),
     (["proxy", "--control", "http://x"], "--control needs --service"),
     (["proxy", "-c", "a.yaml", "--drain-timeout", "soon"], "is not a duration"),
+    (["proxy", "--control", "http://x", "--service", "a", "--register-ttl", "3x"],
+     "--register-ttl: '3x' is not a duration: write numbers with units"),
+    (["proxy", "-c", "a.yaml", "--deregister-grace", "1"], "'1' is not a duration"),
+    (["proxy-status", "--stale-after", "2x"], "'2x' is not a duration"),
     (["proxy", "-c", "a.yaml", "--log-level", "loud"], "invalid choice"),
     (["token"], "--service"),
 ])

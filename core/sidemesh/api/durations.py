@@ -9,10 +9,11 @@ so a string the schema accepts always parses here.
 
 from __future__ import annotations
 
+import argparse
 import re
 from fractions import Fraction
 
-__all__ = ["DURATION_PATTERN", "format_duration", "parse_duration"]
+__all__ = ["DURATION_PATTERN", "duration_argument", "format_duration", "parse_duration"]
 
 #: Regex of a duration string. ``\u00b5`` (micro sign) and ``\u03bc`` (Greek mu) are both
 #: accepted for microseconds, as Go does.
@@ -108,3 +109,12 @@ def format_duration(seconds: float) -> str:
     text = f"{hours}h" if hours else ""
     text += f"{minutes}m" if minutes else ""
     return text + (_decimal(rest, 10**9) + "s" if rest else "")
+
+
+def duration_argument(text: str) -> float:
+    """``parse_duration`` as an argparse ``type``: a bad flag gets the same message as a
+    bad config value (argparse hides a ``ValueError``'s own)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

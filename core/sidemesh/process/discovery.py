@@ -12,7 +12,7 @@ import socket
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sidemesh.api.durations import parse_duration
+from sidemesh.api.durations import duration_argument
 from sidemesh.api.policy import ControlPlane
 from sidemesh.config.build import split_address
 from sidemesh.datapath.model import EndpointConfig, SidecarConfig
@@ -51,10 +51,10 @@ def registration_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --control: the listener whose address is registered as this "
                    f"instance's (default {DEFAULT_LISTENER}; none of that name: not "
                    "registered)")
-    p.add_argument("--register-ttl", type=parse_duration, default=10.0, metavar="DURATION",
+    p.add_argument("--register-ttl", type=duration_argument, default=10.0, metavar="DURATION",
                    help="with --control: the registration is dropped this long after the "
                    "last heartbeat (sent every third of it; default 10s)")
-    p.add_argument("--deregister-grace", type=parse_duration, default=1.0,
+    p.add_argument("--deregister-grace", type=duration_argument, default=1.0,
                    metavar="DURATION", help="on SIGTERM, keep serving this long after "
                    "deregistering, so callers get the update before the listener closes "
                    "(default 1s)")

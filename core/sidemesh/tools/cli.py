@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from sidemesh import __version__
-from sidemesh.api.durations import parse_duration
+from sidemesh.api.durations import duration_argument, parse_duration
 from sidemesh.process.discovery import registration_arguments
 from sidemesh.tools import capture, kube
 from sidemesh.tools.config_commands import register as register_config_commands
@@ -46,13 +46,6 @@ examples:
 
 Run 'sidemesh COMMAND --help' for a command's options.
 """
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _workers(text: str) -> int:
@@ -148,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the config's host, ports unchanged, and send to localhost:PORT "
                    "endpoints (the local app) on HOST too (several sidecars of one "
                    "service on one machine, each on its own address, like pods)")
-    p.add_argument("--drain-timeout", type=_duration, default=parse_duration("10s"),
+    p.add_argument("--drain-timeout", type=duration_argument, default=parse_duration("10s"),
                    metavar="DURATION", help="on SIGTERM, wait this long for in-flight "
                    "requests (default 10s)")
     p.add_argument("--log-level", default="info",
@@ -203,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the control plane's state directory (default ./sidemesh-data)")
     p.add_argument("--service", metavar="NAME",
                    help="the service to issue a token for (with --list: only its tokens)")
-    p.add_argument("--ttl", type=_duration, metavar="DURATION",
+    p.add_argument("--ttl", type=duration_argument, metavar="DURATION",
                    help="the new token expires after this long, e.g. 24h (default: never)")
     action = p.add_mutually_exclusive_group()
     action.add_argument("--revoke", metavar="ID", help="revoke the token with this id")

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from sidemesh.api.durations import parse_duration
+from sidemesh.api.durations import duration_argument
 
 __all__ = ["DEFAULT_ADMIN_URL", "DEFAULT_STALE_AFTER", "register"]
 
@@ -28,13 +28,6 @@ def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
         return int(handler(args))
 
     return run
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _control(p: argparse.ArgumentParser, token: bool = True) -> None:
@@ -71,7 +64,7 @@ def _proxy_status(sub: Any) -> None:
         epilog="examples:\n  sidemesh proxy-status\n  sidemesh proxy-status web --control "
         "https://cp:15010 --control-ca ca.pem --admin-token-file admin.token")
     p.add_argument("service", nargs="?", metavar="SERVICE", help="only this service's proxies")
-    p.add_argument("--stale-after", type=_duration, default=DEFAULT_STALE_AFTER,
+    p.add_argument("--stale-after", type=duration_argument, default=DEFAULT_STALE_AFTER,
                    metavar="DURATION", help="a proxy not seen for this long is STALE "
                    "(default 2m: a live one is seen at least every 85 s)")
     _control(p)
