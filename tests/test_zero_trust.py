@@ -266,6 +266,21 @@ def test_a_permissive_listener_drops_a_client_that_never_sends_a_byte(
         assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
 
 
+def test_a_tls_listener_at_its_limit_refuses_before_any_handshake(tmp_path: Path) -> None:
+    # Envoy closes an overflowing connection as it is accepted. Handshaking first gave
+    # every client over the limit a server key operation for nothing.
+    with mtls_proxy(tmp_path, "strict", max_connections=1) as (ca, sc):
+        port = sc.port("main")
+        good = _client_context(svid_files(ca, tmp_path, "a"))
+        before = _overflows()
+        with good.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5)):
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 1)
+            with pytest.raises(OSError):  # reset or EOF in the handshake, no ServerHello
+                good.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+            assert _overflows() == before + 1
+        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
+
+
 def _handshake_failures(reason: str) -> float:
     labels = {"listener": "main", "reason": reason}
     sample = "sidemesh_downstream_tls_handshake_failures_total"

@@ -63,12 +63,14 @@ class ListenerServer:
         self.port = server.sockets[0].getsockname()[1]
 
     def _protocol(self) -> asyncio.BaseProtocol:
-        ctx = self.setup.ssl_context
-        if ctx is None:
-            return self.factory()
+        app = self.factory()
+        # A connection over the listener's limit is closed by its own protocol as it is
+        # made, as Envoy closes an overflow at accept: no TLS handshake, no first byte.
+        if self.setup.ssl_context is None or getattr(app, "refused", False):
+            return app
         if self.setup.tls_optional:
-            return _Sniffer(self, self.factory())
-        return self.tls(self.factory())
+            return _Sniffer(self, app)
+        return self.tls(app)
 
     def tls(self, app: asyncio.BaseProtocol) -> TlsBridge:
         """``app``'s connection, spoken in TLS with the listener's context."""
@@ -96,11 +98,6 @@ class _Sniffer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        # A connection over the listener's limit is closed by its protocol as it is
-        # made: at once, not after the client's first byte.
-        if getattr(self.app, "refused", False):
-            self._hand_over(self.app, b"")
-            return
         self.listener._sniffing.add(self)
         self.timer = asyncio.get_running_loop().call_later(SNIFF_TIMEOUT, self.abort)
 
@@ -127,7 +124,7 @@ class _Sniffer(asyncio.Protocol):
         assert transport is not None
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        if data and not transport.is_closing():
+        if not transport.is_closing():
             protocol.data_received(data)
 
     def _done(self) -> None:
