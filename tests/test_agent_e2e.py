@@ -178,7 +178,9 @@ def test_a_put_reaches_every_sidecar_and_is_acked(mesh: Mesh) -> None:
                     timeout=10, interval=0.01)
     elapsed = time.monotonic() - started
     print(f"PUT -> ACK from all three sidecars: {elapsed * 1000:.0f} ms")
-    assert elapsed < 1.0
+    # Pushed, not polled: a sidecar that waited out its long poll would take 25 s. The
+    # margin is for four processes and their fsyncs on a loaded machine.
+    assert elapsed < 5.0
     for proxy_id in ("web-1", "web-2", "api-1"):
         service = mesh.service(proxy_id)
         assert httpx.get(mesh.data_url(proxy_id), timeout=5).text == f"{service}-b"

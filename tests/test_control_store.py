@@ -70,6 +70,8 @@ _WRITER = textwrap.dedent("""
         n += 1
         run(store.put_config("web", {"node": {"service": "web"}, "n": n, "pad": "x" * 20000},
                              "admin"))
+        if n == 1:
+            print("committed", flush=True)
 """)
 
 
@@ -83,6 +85,8 @@ def test_killed_while_writing_leaves_a_consistent_store(tmp_path: Path) -> None:
                                 stdout=subprocess.PIPE)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+            # At least one commit a round however slow the disk, then a kill at any point.
+            assert proc.stdout.readline().strip() == b"committed"
             time.sleep(0.3 + 0.1 * round_)
         finally:
             proc.send_signal(signal.SIGKILL)

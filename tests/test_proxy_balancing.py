@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
 import threading
-import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,7 @@ from sidemesh.testing import (
     free_port,
     running_sidecar,
     simple_config,
+    wait_for,
 )
 
 
@@ -44,29 +46,37 @@ def test_random_spreads_over_every_endpoint() -> None:
 
 
 def test_least_request_avoids_the_endpoint_that_is_busy() -> None:
+    release = threading.Event()
+
+    async def hold(_: object) -> Reply:
+        await asyncio.to_thread(release.wait, 30)
+        return Reply(body=b"slow")
+
     with (
-        Upstream(lambda r: Reply(body=b"slow", delay=1.0)) as busy,
-        Upstream(lambda r: Reply(body=b"fast", delay=0.02)) as free,
+        Upstream(hold) as busy,
+        Upstream(lambda r: Reply(body=b"fast")) as free,
+        running_sidecar(simple_config(busy.address, free.address,
+                                      load_balancer="least_request")) as sc,
+        ThreadPoolExecutor(1) as pool,
     ):
-        doc = simple_config(busy.address, free.address, load_balancer="least_request")
-        with running_sidecar(doc) as sc:
-            results: list[str] = []
-
-            def call() -> None:
-                results.append(httpx.get(sc.url("main") + "/", timeout=10).text)
-
-            threads = [threading.Thread(target=call) for _ in range(40)]
-            for thread in threads:
-                # Arrivals spread over ~0.6 s, as traffic is: the slow endpoint keeps
-                # its requests for 1 s, the fast one for 20 ms.
-                thread.start()
-                time.sleep(0.015)
-            for thread in threads:
-                thread.join(15)
-    # round robin would send 20 of 40 to the slow endpoint; picking the less loaded of
-    # two sends new requests away from it as soon as it holds more in flight.
-    assert len(results) == 40
-    assert Counter(results)["slow"] <= 10, Counter(results)
+        url = sc.url("main") + "/"
+        try:
+            # Two idle endpoints tie and either may be picked: send until one request is
+            # held by the busy endpoint.
+            for _ in range(40):
+                held = pool.submit(httpx.get, url, timeout=20)
+                assert wait_for(lambda f=held: f.done() or len(busy.requests) == 1, timeout=10)
+                if len(busy.requests) == 1:
+                    break
+            assert len(busy.requests) == 1
+            # The better of two choices by requests in flight: every new request goes to
+            # the free endpoint. Round robin would send the second one to the busy one.
+            answers = [httpx.get(url, timeout=5).text for _ in range(20)]
+        finally:
+            release.set()
+        assert answers == ["fast"] * 20
+        assert held.result(timeout=20).text == "slow"
+        assert len(busy.requests) == 1 and len(free.requests) >= 20
 
 
 def test_connect_timeout_is_503_with_flag_uf() -> None:

@@ -254,14 +254,12 @@ def test_a_permissive_listener_counts_connections_before_their_first_byte(
 def test_a_permissive_listener_drops_a_client_that_never_sends_a_byte(
     tmp_path: Path,
 ) -> None:
-    with (
-        mtls_proxy(tmp_path, "permissive") as (_, sc),
-        socket.create_connection(("127.0.0.1", sc.port("main")), timeout=20) as silent,
-    ):
-        assert testing.wait_for(lambda: len(sc.sidecar.connections) == 1)
-        started = time.monotonic()
-        with contextlib.suppress(ConnectionResetError):
-            assert silent.recv(1) == b""  # closed by the proxy, not by our timeout
+    with mtls_proxy(tmp_path, "permissive") as (_, sc):
+        started = time.monotonic()  # before the accept, where the proxy's timer starts
+        with socket.create_connection(("127.0.0.1", sc.port("main")), timeout=20) as silent:
+            assert testing.wait_for(lambda: len(sc.sidecar.connections) == 1)
+            with contextlib.suppress(ConnectionResetError):
+                assert silent.recv(1) == b""  # closed by the proxy, not by our timeout
         assert 9 < time.monotonic() - started < 15  # SNIFF_TIMEOUT, 10 s
         assert testing.wait_for(lambda: len(sc.sidecar.connections) == 0)
 

@@ -211,19 +211,29 @@ def test_rotation_while_clients_keep_connecting_drops_nothing(pki: Pki) -> None:
 
     async def main() -> tuple[list[dict[str, Any]], int]:
         results: list[dict[str, Any]] = []
-        done = asyncio.Event()
+        done, answered = asyncio.Event(), asyncio.Event()
 
         async def client() -> None:
             while not done.is_set():
                 setup = upstream_setup(outbound)
                 results.append(await call(port, setup.ssl_context, setup.verify_peer))
+                answered.set()
+
+        async def settle() -> None:
+            # Three more answers: one connection, at least, began after the last write
+            # (each client has one in flight), however slow the machine. The sleep gives
+            # the next files a new mtime, whatever the clock's tick.
+            await asyncio.sleep(0.1)
+            for _ in range(3):
+                answered.clear()
+                await answered.wait()
 
         async def rotate() -> None:
             for _ in range(4):
-                await asyncio.sleep(0.15)
+                await settle()
                 pki.write(pki.issue("reviews"), "reviews")
                 pki.write(pki.issue("productpage"), "productpage")
-            await asyncio.sleep(0.15)
+            await settle()
             done.set()
 
         async with serve(listener_setup(inbound).ssl_context, inbound) as (port, _):
