@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from sidemesh.datapath.connections import ConnectionSetup
+from sidemesh.datapath.downstream import DownstreamConnection
 from sidemesh.datapath.tls_bridge import HANDSHAKE_TIMEOUT, TlsBridge
 
 __all__ = ["ListenerServer"]
@@ -30,7 +31,7 @@ class ListenerServer:
         name: str,
         host: str,
         port: int,
-        factory: Callable[[], asyncio.Protocol],
+        factory: Callable[[], DownstreamConnection],
         setup: ConnectionSetup,
         reuse_port: bool = False,
         on_tls_failure: Callable[[BaseException | None], None] | None = None,
@@ -66,7 +67,7 @@ class ListenerServer:
         app = self.factory()
         # A connection over the listener's limit is closed by its own protocol as it is
         # made, as Envoy closes an overflow at accept: no TLS handshake, no first byte.
-        if self.setup.ssl_context is None or getattr(app, "refused", False):
+        if self.setup.ssl_context is None or app.refused:
             return app
         if self.setup.tls_optional:
             return _Sniffer(self, app)

@@ -200,7 +200,7 @@ class Sidecar:
 
         return count
 
-    def _factory(self, listener: str) -> Any:
+    def _factory(self, listener: str) -> Callable[[], DownstreamConnection]:
         def closed(conn: DownstreamConnection) -> None:
             if conn in self.connections:
                 self.connections.discard(conn)
